@@ -1,0 +1,260 @@
+"""The immutable model of what Consul says: instances, services, snapshots.
+
+Everything that comes from Consul passes through :func:`parse_health_entries` before any other part
+of haproxy-sync sees it. That function is the trust boundary: it turns Consul's JSON into typed,
+validated values and skips (with a reason) any instance whose strings could not safely reach a
+config file. Render and plan only ever see values that were checked here, so a name with a newline
+or an address with a ``#`` can never add a line or a directive to ``haproxy.cfg``.
+
+The types are frozen and ordered so that two snapshots of the same catalog compare equal whatever
+order Consul listed them in; the daemon compares snapshots, not Consul indexes, because the index can
+move without the data changing.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: HAProxy accepts these characters in proxy and server names; we add a length bound of our own.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+MAX_WEIGHT = 256  # HAProxy's own bound for server weights.
+
+
+class Status(enum.IntEnum):
+    """Consul check status, ordered so that ``max()`` gives the worst one."""
+
+    PASSING = 0
+    WARNING = 1
+    CRITICAL = 2
+
+    @classmethod
+    def parse(cls, text: object) -> Status:
+        """Unknown or missing statuses count as critical: never route to what we cannot read."""
+        try:
+            return cls[str(text).upper()]
+        except KeyError:
+            return cls.CRITICAL
+
+
+class InvalidInstance(ValueError):
+    """An entry from Consul that cannot safely become a server line; the message is the reason."""
+
+    def __init__(self, reason: str, instance_id: str = "?") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.instance_id = instance_id
+
+
+def is_valid_hostname(text: str) -> bool:
+    """RFC 1123 host names: what a resolver will look up, and nothing that can break a config line."""
+    if not text or len(text) > 253:
+        return False
+    labels = text.rstrip(".").split(".")
+    return all(_HOST_LABEL.match(label) for label in labels)
+
+
+def validate_address(text: object) -> str:
+    """Return the address as HAProxy should see it, or raise ``ValueError`` saying why not."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("address is empty")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if is_valid_hostname(text):
+        return text.lower()
+    raise ValueError(f"address {text[:80]!r} is neither an IP address nor a valid host name")
+
+
+def validate_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"port {str(value)[:20]!r} is not an integer in 1-65535")
+    return value
+
+
+def _weight(value: object, which: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Weights.{which} {str(value)[:20]!r} is not a non-negative integer")
+    return min(value, MAX_WEIGHT)
+
+
+def server_name_for(instance_id: str, node: str) -> str:
+    """A server name HAProxy accepts, stable for the instance's whole life.
+
+    The Consul service ID is used as it is when it is already a safe name (what operators will grep
+    for); otherwise a readable cleaned form plus a short hash of the original keeps it unique.
+    """
+    if SAFE_NAME.match(instance_id):
+        return instance_id
+    cleaned = re.sub(r"[^A-Za-z0-9_.:-]+", "_", instance_id)[:60].strip("_") or "instance"
+    digest = hashlib.sha256(f"{node}\0{instance_id}".encode()).hexdigest()[:8]
+    return f"{cleaned}-{digest}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Instance:
+    """One service instance, as far as it can reach HAProxy's config.
+
+    Only what the config uses is kept (no check output, no indexes), so that two reads of an unchanged
+    catalog give equal instances even when Consul's index or a check's output text moved.
+    """
+
+    node: str
+    id: str
+    address: str
+    port: int
+    status: Status
+    weight_passing: int = 1
+    weight_warning: int = 1
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Consul service IDs are unique per agent, not per cluster: the node is part of the key."""
+        return (self.node, self.id)
+
+    @property
+    def weight(self) -> int:
+        """The weight HAProxy should give the instance in its current status (0 means drain)."""
+        if self.status is Status.PASSING:
+            return self.weight_passing
+        if self.status is Status.WARNING:
+            return self.weight_warning
+        return 0
+
+    @property
+    def routable(self) -> bool:
+        return self.status is not Status.CRITICAL
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> Instance:
+        """Build an instance from one ``/v1/health/service`` entry, or raise :class:`InvalidInstance`."""
+        if not isinstance(entry, Mapping):
+            raise InvalidInstance("entry is not a JSON object")
+        node = entry.get("Node") or {}
+        service = entry.get("Service") or {}
+        checks = entry.get("Checks") or []
+        if not isinstance(node, Mapping) or not isinstance(service, Mapping) or not isinstance(checks, list):
+            raise InvalidInstance("entry lacks Node, Service or Checks objects")
+        instance_id = service.get("ID")
+        if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 256:
+            raise InvalidInstance("Service.ID is missing, not a string, or longer than 256 characters")
+        node_name = node.get("Node")
+        if not isinstance(node_name, str) or not node_name or len(node_name) > 256:
+            raise InvalidInstance("Node.Node is missing or not a string", instance_id)
+        try:
+            # Consul's rule: an empty Service.Address means "the node's address".
+            address = validate_address(service.get("Address") or node.get("Address"))
+            port = validate_port(service.get("Port"))
+            weights = service.get("Weights") or {}
+            if not isinstance(weights, Mapping):
+                raise ValueError("Weights is not an object")
+            weight_passing = _weight(weights.get("Passing", 1), "Passing")
+            weight_warning = _weight(weights.get("Warning", 1), "Warning")
+        except ValueError as exc:
+            raise InvalidInstance(str(exc), instance_id) from None
+        statuses = [Status.parse(c.get("Status")) for c in checks if isinstance(c, Mapping)]
+        tags = service.get("Tags") or []
+        meta = service.get("Meta") or {}
+        return cls(
+            node=node_name,
+            id=instance_id,
+            address=address,
+            port=port,
+            status=max(statuses, default=Status.PASSING),
+            weight_passing=weight_passing,
+            weight_warning=weight_warning,
+            tags=tuple(sorted(str(t) for t in tags)) if isinstance(tags, list) else (),
+            meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, Mapping) else (),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An instance left out of the config, and why: logged and counted, never silently dropped."""
+
+    service: str
+    instance_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """An instance with the HAProxy server name it is given in its backend."""
+
+    name: str
+    instance: Instance
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """All instances of one Consul service, sorted, with unique HAProxy server names."""
+
+    name: str
+    instances: tuple[Instance, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instances", tuple(sorted(self.instances)))
+
+    @property
+    def servers(self) -> tuple[Server, ...]:
+        """Server names are the Consul IDs; IDs repeated across nodes get the node in their name."""
+        counts: dict[str, int] = {}
+        for inst in self.instances:
+            counts[inst.id] = counts.get(inst.id, 0) + 1
+        servers = []
+        for inst in self.instances:
+            raw = inst.id if counts[inst.id] == 1 else f"{inst.node}-{inst.id}"
+            servers.append(Server(server_name_for(raw, inst.node), inst))
+        return tuple(servers)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for inst in self.instances if inst.status is status)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What Consul said about every routed service at one moment; decisions are taken against one."""
+
+    services: tuple[Service, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", tuple(sorted(self.services, key=lambda s: s.name)))
+
+    def get(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        return Service(name)
+
+    @classmethod
+    def of(cls, services: Iterable[Service]) -> Snapshot:
+        return cls(tuple(services))
+
+
+def parse_health_entries(service_name: str, entries: object) -> tuple[Service, tuple[Skipped, ...]]:
+    """Turn a ``/v1/health/service/<name>`` answer into a :class:`Service` plus what was skipped.
+
+    A malformed answer as a whole (not a list) raises ``ValueError``: the caller keeps the last good
+    snapshot. A malformed entry only skips that entry.
+    """
+    if not isinstance(entries, list):
+        raise ValueError(f"health answer for {service_name!r} is not a JSON list")
+    instances: dict[tuple[str, str], Instance] = {}
+    skipped: list[Skipped] = []
+    for entry in entries:
+        try:
+            inst = Instance.from_entry(entry)
+        except InvalidInstance as exc:
+            skipped.append(Skipped(service_name, exc.instance_id[:80], exc.reason))
+            continue
+        instances[inst.key] = inst
+    return Service(service_name, tuple(instances.values())), tuple(skipped)

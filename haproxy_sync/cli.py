@@ -1,0 +1,294 @@
+"""The ``haproxy-sync`` command. Thin: parse flags, build settings, call one function, map to an exit code.
+
+Exit codes: 0 success; 1 an error (one line on stderr, a traceback only with ``--debug``); 2 with
+``render --diff`` when the rendered config differs from the live file; 64 a usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import functools
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from haproxy_sync import __version__, haproxy, logs
+from haproxy_sync.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, load_settings
+from haproxy_sync.consul import ConsulError
+from haproxy_sync.render import TemplateError
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES_HELP = "Exit codes: 0 ok, 1 error, 2 changes found (render --diff), 64 usage error."
+log = logging.getLogger("haproxy_sync")
+
+
+class Failure(Exception):
+    """An error already phrased for the operator: printed as one line, exit code 1."""
+
+
+def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags shared by every command that needs settings; they override file and environment."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                     help="TOML config file [default: /etc/haproxy-sync/config.toml, if it exists]."),
+        click.option("--consul", "consul_address", metavar="URL",
+                     help="Consul address, e.g. http://127.0.0.1:8500 (overrides CONSUL_HTTP_ADDR)."),
+        click.option("--service", "services", multiple=True, metavar="NAME",
+                     help="Consul service to route; repeat for several. Replaces [[services]] of the file."),
+        click.option("--template", type=click.Path(path_type=Path), default=None,
+                     help="Jinja2 template for haproxy.cfg [default: the built-in one]."),
+        click.option("--output", type=click.Path(path_type=Path), default=None,
+                     help="Where haproxy.cfg is written (haproxy.config_path)."),
+        click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Log level [default: info]."),
+        click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+                     help="Log lines as key=value text or JSON [default: text]."),
+        click.option("--debug", is_flag=True, help="Debug logs, and a traceback on errors."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(params: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("consul_address", "consul.address"),
+        ("template", "haproxy.template"),
+        ("output", "haproxy.config_path"),
+        ("log_level", "log.level"),
+        ("log_format", "log.format"),
+    ):
+        if params.get(flag) is not None:
+            overrides[key] = str(params[flag])
+    if params.get("debug"):
+        overrides["log.level"] = "debug"
+    return load_settings(params.get("config_path"), overrides=overrides, services=params.get("services") or ())
+
+
+def _command(func: Callable[..., int]) -> Callable[..., None]:
+    """Run a command body, turning known errors into one line on stderr and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(**params: Any) -> None:
+        debug = bool(params.get("debug"))
+        try:
+            code = func(**params)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"haproxy-sync: config: {problem}", err=True)
+            code = EXIT_ERROR
+        except (Failure, TemplateError, ConsulError, haproxy.HAProxyError) as exc:
+            if debug:
+                log.exception("failed")
+            click.echo(f"haproxy-sync: {exc}", err=True)
+            code = EXIT_ERROR
+        sys.exit(code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, "--version", prog_name="haproxy-sync", message="%(prog)s %(version)s")
+def main() -> None:
+    """Keep HAProxy in step with Consul: blocking queries, Jinja2, validated atomic swaps, clean reloads.
+
+    Settings come from built-in defaults, then the TOML file, then Consul's environment variables
+    (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...), then flags. Try `haproxy-sync dev` for a sandbox.
+    """
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@_settings_options
+@click.option("--once", is_flag=True, help="Read Consul once, apply once, exit (0 when applied).")
+@_command
+def run(once: bool, **params: Any) -> int:
+    """Watch Consul and keep haproxy.cfg and HAProxy in step until stopped.
+
+    SIGTERM or SIGINT stop it; SIGHUP re-reads the config file and the template (a bad new one is
+    reported and the running one kept).
+    """
+    from haproxy_sync.daemon import Daemon, run_once
+
+    settings = _load(params)
+    logs.configure(settings.log.level, settings.log.format)
+    if once:
+        outcome = asyncio.run(run_once(settings))
+        log.log(logging.INFO if outcome.ok else logging.ERROR, "once: %s", outcome.sentence)
+        return EXIT_OK if outcome.ok else EXIT_ERROR
+    daemon = Daemon(settings, reload_settings=lambda: _load(params))
+    return asyncio.run(daemon.run())
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@_settings_options
+@click.option("--dry-run", is_flag=True, help="Print the rendered config to stdout; touch nothing.")
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Print a unified diff against the live file; exit 2 when they differ. Touches nothing.")
+@click.option("--check", "run_check", is_flag=True, help="Also run `haproxy -c` on the rendered config.")
+@_command
+def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> int:
+    """Read Consul once and render haproxy.cfg.
+
+    Without --dry-run or --diff the result is validated and written to haproxy.config_path
+    atomically, without reloading HAProxy (use `run --once` to reload too).
+    """
+    from haproxy_sync.catalog import Snapshot
+    from haproxy_sync.consul import read_once
+    from haproxy_sync.render import load_template
+    from haproxy_sync.render import render as render_text
+
+    settings = _load(params)
+    logs.configure(settings.log.level, settings.log.format)
+    template = load_template(settings.template_path())
+    services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services]))
+    text = render_text(Snapshot.of(svc for svc, _ in services.values()), settings, template)
+    if run_check:
+        _check_text(settings, text)
+    if show_diff:
+        live = haproxy.read_text(settings.haproxy.config_path) or ""
+        diff = list(difflib.unified_diff(
+            live.splitlines(keepends=True), text.splitlines(keepends=True),
+            str(settings.haproxy.config_path), "rendered",
+        ))
+        click.echo("".join(diff), nl=False)
+        return EXIT_CHANGES if diff else EXIT_OK
+    if dry_run:
+        click.echo(text, nl=False)
+        return EXIT_OK
+    haproxy.atomic_write(settings.haproxy.config_path, text, binary=settings.haproxy.binary)
+    click.echo(f"wrote {settings.haproxy.config_path}", err=True)
+    return EXIT_OK
+
+
+def _check_text(settings: Settings, text: str) -> None:
+    binary = haproxy.find_binary(settings.haproxy.binary)
+    if binary is None:
+        raise Failure(f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
+    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
+        path = Path(tmp) / "haproxy.cfg"
+        path.write_text(text)
+        haproxy.validate(binary, path)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@_settings_options
+@_command
+def check(**params: Any) -> int:
+    """Validate the config file and the template, without Consul or a running HAProxy.
+
+    Every problem of the config file is reported at once. The template is rendered with a sample
+    catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
+    """
+    from haproxy_sync.catalog import Snapshot, parse_health_entries
+    from haproxy_sync.render import load_template
+    from haproxy_sync.render import render as render_text
+
+    settings = _load(params)
+    template = load_template(settings.template_path())
+    sample = [
+        {"Node": {"Node": "node-1", "Address": "127.0.0.1"},
+         "Service": {"ID": f"sample-{i}", "Address": "", "Port": 8080 + i}, "Checks": []}
+        for i in range(2)
+    ]
+    text = render_text(
+        Snapshot.of(parse_health_entries(s.name, sample)[0] for s in settings.services), settings, template
+    )
+    checked = "rendered with a sample catalog"
+    if haproxy.find_binary(settings.haproxy.binary):
+        _check_text(settings, text)
+        checked += " and passed haproxy -c"
+    click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} {checked}")
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8500", show_default=True, metavar="HOST:PORT",
+              help="Where the Consul HTTP API listens.")
+@click.option("--token", envvar="DEVCONSUL_TOKEN", default=None,
+              help="Require this ACL token on every request (env DEVCONSUL_TOKEN).")
+def devconsul(listen: str, token: str | None) -> None:
+    """Serve an in-memory Consul HTTP API (agent, health, catalog, blocking queries) for local use."""
+    from haproxy_sync import devconsul as dc
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    logs.configure("info", "text")
+    dc.run_forever(host, int(port), token=token)
+
+
+@main.command()
+@click.option("--instances", default=7, show_default=True, type=click.IntRange(1, 200),
+              help="App instances to start and register as `cabify`.")
+@click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="Where HAProxy serves the app.")
+@click.option("--consul-port", default=8500, show_default=True, type=click.IntRange(0, 65535),
+              help="Where the embedded Consul API listens (0: any free port).")
+@click.option("--stats-port", default=8404, show_default=True, type=click.IntRange(1, 65535),
+              help="HAProxy stats page and Prometheus exporter.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Runtime directory for configs and sockets [default: a new temp dir, removed at exit].")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@_command
+def dev(instances: int, http_port: int, consul_port: int, stats_port: int, workdir: Path | None,
+        log_level: str) -> int:
+    """Run a local sandbox: Consul API, app instances, HAProxy and the daemon, until Ctrl-C.
+
+    Everything listens on 127.0.0.1. Requests to the HAProxy URL spread over the instances; stop an
+    instance or deregister it through the Consul API and it leaves the rotation.
+    """
+    from haproxy_sync.sandbox import Sandbox
+
+    logs.configure(log_level, "text")
+    binary = haproxy.find_binary("haproxy")
+    if binary is None:
+        raise Failure("HAProxy is not installed; run 'sudo apt-get install -y haproxy' (or scripts/sandbox)")
+    sandbox = Sandbox(
+        instances=instances, http_port=http_port, consul_port=consul_port, stats_port=stats_port,
+        workdir=workdir, haproxy_binary=binary, log_level=log_level,
+    )
+    return sandbox.run()
+
+
+@main.command("systemd-unit")
+@click.option("--exec-path", default="/opt/haproxy-sync/bin/haproxy-sync", show_default=True,
+              help="Path of the haproxy-sync executable on the host.")
+@click.option("--user", default="haproxy-sync", show_default=True, help="User the service runs as.")
+@click.option("--group", default="haproxy", show_default=True,
+              help="Group the service runs as (HAProxy's, for its sockets and config dir).")
+@click.option("--config", "config_path", default="/etc/haproxy-sync/config.toml", show_default=True,
+              help="Config file the service reads.")
+def systemd_unit(exec_path: str, user: str, group: str, config_path: str) -> None:
+    """Print the systemd unit for `systemctl start haproxy-sync`."""
+    from haproxy_sync.systemd import unit_text
+
+    click.echo(unit_text(exec_path=exec_path, user=user, group=group, config_path=config_path), nl=False)
+
+
+def entrypoint() -> None:
+    """Console-script entry: click's usage errors exit 64 so that 2 can mean "changes" for --diff."""
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    entrypoint()

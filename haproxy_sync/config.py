@@ -1,0 +1,506 @@
+"""Settings: built-in defaults < TOML file < Consul's environment names < command-line flags.
+
+The schema below is the single description of every setting: the loader, the error messages, ``check``
+and the README's config reference all come from it. Validation collects every problem before it
+fails, so an operator fixing a config file sees all of its mistakes in one run, each naming where the
+value came from (file and key, environment variable, or flag) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haproxy_sync.catalog import SAFE_NAME, is_valid_hostname
+
+DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%?-]*$")
+_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """Every problem found in the settings, one line each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = tuple(problems)
+
+
+# --- value parsers: each returns the typed value or raises ValueError saying what is allowed ---
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"250ms"``, ``"60s"``, ``"5m"``, ``"1h"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"250ms\", \"60s\" or \"5m\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"60s\" or \"5m\"")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _path_or_none(value: Any) -> Path | None:
+    text = _string(value)
+    return Path(text) if text else None
+
+
+def _path(value: Any) -> Path:
+    text = _string(value)
+    if not text:
+        raise ValueError("a path is required")
+    return Path(text)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean; use true or false")
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer in {low}-{high}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not an integer in {low}-{high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"{number} is outside {low}-{high}")
+        return number
+
+    return parse
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError("expected a list of arguments, e.g. [\"systemctl\", \"reload\", \"haproxy\"]")
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _bind(value: Any) -> str:
+    text = _string(value)
+    match = _BIND.match(text)
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (e.g. \"*:80\" or \"127.0.0.1:8404\")")
+    return text
+
+
+def parse_consul_address(value: Any) -> str:
+    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
+    text = _string(value).strip()
+    if not text:
+        raise ValueError("an address is required, e.g. \"http://127.0.0.1:8500\"")
+    parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{text!r} is not host:port or http(s)://host:port")
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 8500)
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}:{port}"
+
+
+def _safe_name(value: Any) -> str:
+    text = _string(value)
+    if not SAFE_NAME.match(text):
+        raise ValueError(f"{text!r} must be 1-100 characters of A-Z a-z 0-9 _ . : -")
+    return text
+
+
+def _health_path(value: Any) -> str:
+    text = _string(value)
+    if not _HEALTH_PATH.match(text) or len(text) > 200:
+        raise ValueError(f"{text!r} must be a URL path starting with / with no spaces or quotes")
+    return text
+
+
+def _host(value: Any) -> str:
+    text = _string(value)
+    if text and not is_valid_hostname(text):
+        raise ValueError(f"{text!r} is not a valid host name")
+    return text.lower()
+
+
+# --- the schema ---
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key: how to parse it, its default, the environment variable that sets it, what it means."""
+
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    env: str | None = None
+
+
+SCHEMA: dict[str, dict[str, Setting]] = {
+    "log": {
+        "level": Setting(_one_of(LOG_LEVELS), "info", "Least severe level logged: debug, info, warning, error."),
+        "format": Setting(_one_of(LOG_FORMATS), "text", "One line per event: key=value `text` or `json`."),
+    },
+    "consul": {
+        "address": Setting(
+            parse_consul_address, "http://127.0.0.1:8500",
+            "Consul agent: host:port or http(s)://host:port.", "CONSUL_HTTP_ADDR",
+        ),
+        "ssl": Setting(_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL"),
+        "token": Setting(_string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN"),
+        "token_file": Setting(_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE"),
+        "ca_file": Setting(_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT"),
+        "cert_file": Setting(_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT"),
+        "key_file": Setting(_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY"),
+        "tls_server_name": Setting(
+            _string, "", "Server name to verify Consul's certificate against.", "CONSUL_TLS_SERVER_NAME",
+        ),
+        "datacenter": Setting(_string, "", "Datacenter to query; empty means the agent's own."),
+        "wait": Setting(parse_duration, "60s", "Blocking query wait (Consul caps it at 10m)."),
+        "backoff_max": Setting(parse_duration, "30s", "Longest pause between retries after Consul errors."),
+    },
+    "haproxy": {
+        "binary": Setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`."),
+        "config_path": Setting(_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written."),
+        "template": Setting(_path_or_none, "", "Jinja2 template; empty means the built-in one."),
+        "master_socket": Setting(_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads)."),
+        "stats_socket": Setting(_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket."),
+        "server_state_file": Setting(
+            _path, "/var/lib/haproxy/server-state", "Server state carried across reloads.",
+        ),
+        "reload_command": Setting(
+            _argv, [], "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
+        ),
+        "reload_timeout": Setting(parse_duration, "10s", "How long a new worker may take to show up."),
+        "http_bind": Setting(_bind, "*:80", "Where the HTTP frontend listens."),
+        "stats_bind": Setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter."),
+        "maxconn": Setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit."),
+        "user": Setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user."),
+        "group": Setting(_string, "haproxy", "Group of the workers and of the runtime socket; empty: none."),
+        "log_target": Setting(
+            _string, "/dev/log local0", "HAProxy `log` target (syslog socket, or `stderr format short local0`).",
+        ),
+    },
+    "sync": {
+        "wait_min": Setting(parse_duration, "25ms", "Quiet time after a change before applying (resets per change)."),
+        "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
+    },
+}
+
+SERVICE_SCHEMA: dict[str, Setting] = {
+    "name": Setting(_safe_name, None, "Consul service name (required)."),
+    "backend": Setting(_safe_name, None, "HAProxy backend name; default: the service name."),
+    "balance": Setting(_one_of(BALANCE_ALGORITHMS), "roundrobin", "Load-balancing algorithm."),
+    "health_path": Setting(_health_path, "/health", "Path of HAProxy's own HTTP check."),
+    "host": Setting(_host, "", "Route requests with this Host header here; the first service is the default."),
+}
+
+DEFAULT_SERVICES = ({"name": "cabify"},)
+
+
+# --- the typed result ---
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    backend: str
+    balance: str = "roundrobin"
+    health_path: str = "/health"
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class ConsulSettings:
+    address: str
+    ssl: bool
+    token: str = field(repr=False)
+    token_file: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    tls_server_name: str
+    datacenter: str
+    wait: float
+    backoff_max: float
+
+    @property
+    def url(self) -> urllib.parse.SplitResult:
+        return urllib.parse.urlsplit(self.address)
+
+
+@dataclass(frozen=True)
+class HAProxySettings:
+    binary: str
+    config_path: Path
+    template: Path | None
+    master_socket: Path
+    stats_socket: Path
+    server_state_file: Path
+    reload_command: tuple[str, ...]
+    reload_timeout: float
+    http_bind: str
+    stats_bind: str
+    maxconn: int
+    user: str
+    group: str
+    log_target: str
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    wait_min: float
+    wait_max: float
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    log: LogSettings
+    consul: ConsulSettings
+    haproxy: HAProxySettings
+    sync: SyncSettings
+    services: tuple[ServiceSettings, ...]
+    source: Path | None = None
+
+    def template_path(self) -> Path:
+        return self.haproxy.template or default_template_path()
+
+
+def default_template_path() -> Path:
+    return Path(__file__).parent / "templates" / "haproxy.cfg.j2"
+
+
+# --- loading ---
+
+
+@dataclass
+class _Value:
+    raw: Any
+    origin: str  # where it came from, for error messages
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found; create it or drop --config"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied reading the config file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, expected a TOML file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+
+
+def _layer_file(
+    data: Mapping[str, Any], where: str, values: dict[str, dict[str, _Value]], problems: list[str]
+) -> list[tuple[dict[str, Any], str]] | None:
+    """Merge a parsed TOML document into ``values``; returns its services, if it names any."""
+    services: list[tuple[dict[str, Any], str]] | None = None
+    for section, content in data.items():
+        if section == "services":
+            if not isinstance(content, list) or not all(isinstance(s, dict) for s in content):
+                problems.append(f"{where}: services: must be an array of tables ([[services]])")
+                continue
+            services = [(dict(s), f"{where}: services[{i}]") for i, s in enumerate(content)]
+            continue
+        if section not in SCHEMA:
+            known = ", ".join([*SCHEMA, "services"])
+            problems.append(f"{where}: [{section}]: unknown section; known sections: {known}")
+            continue
+        if not isinstance(content, dict):
+            problems.append(f"{where}: {section}: must be a table ([{section}])")
+            continue
+        for key, raw in content.items():
+            if key not in SCHEMA[section]:
+                problems.append(
+                    f"{where}: {section}.{key}: unknown key; known keys: {', '.join(SCHEMA[section])}"
+                )
+                continue
+            values[section][key] = _Value(raw, f"{where}: {section}.{key}")
+    return services
+
+
+def load_settings(
+    config_path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    services: Sequence[str] = (),
+) -> Settings:
+    """Build the one validated :class:`Settings`, or raise :class:`ConfigError` with every problem.
+
+    ``config_path=None`` means the default path, which may be missing; a path given explicitly must
+    exist. ``overrides`` maps ``"section.key"`` to values from command-line flags; ``services``
+    (from ``--service``) replaces the configured list.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, dict[str, _Value]] = {
+        section: {key: _Value(s.default, f"default {section}.{key}") for key, s in keys.items()}
+        for section, keys in SCHEMA.items()
+    }
+    service_tables: list[tuple[dict[str, Any], str]] = [(dict(s), "default services") for s in DEFAULT_SERVICES]
+
+    source: Path | None = None
+    path = config_path or DEFAULT_CONFIG_PATH
+    if config_path is not None or path.exists():
+        source = path
+        from_file = _layer_file(_read_toml(path), str(path), values, problems)
+        if from_file is not None:
+            service_tables = from_file
+
+    for section, keys in SCHEMA.items():
+        for key, setting in keys.items():
+            if setting.env and env.get(setting.env, "") != "":
+                values[section][key] = _Value(env[setting.env], f"environment {setting.env}")
+
+    for dotted, raw in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        values[section][key] = _Value(raw, f"flag for {dotted}")
+    if services:
+        service_tables = [({"name": name}, f"--service {name}") for name in services]
+
+    parsed: dict[str, dict[str, Any]] = {section: {} for section in SCHEMA}
+    for section, keys in values.items():
+        for key, value in keys.items():
+            try:
+                parsed[section][key] = SCHEMA[section][key].parse(value.raw)
+            except ValueError as exc:
+                problems.append(f"{value.origin}: {exc}")
+
+    service_settings = _parse_services(service_tables, problems)
+    consul_values = parsed["consul"]
+    if not problems:
+        _apply_consul_rules(consul_values, values["consul"], problems)
+        if parsed["sync"]["wait_max"] < parsed["sync"]["wait_min"]:
+            problems.append(f"{values['sync']['wait_max'].origin}: must not be shorter than sync.wait_min")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        log=LogSettings(**parsed["log"]),
+        consul=ConsulSettings(**consul_values),
+        haproxy=HAProxySettings(**parsed["haproxy"]),
+        sync=SyncSettings(**parsed["sync"]),
+        services=service_settings,
+        source=source,
+    )
+
+
+def _parse_services(tables: list[tuple[dict[str, Any], str]], problems: list[str]) -> tuple[ServiceSettings, ...]:
+    result: list[ServiceSettings] = []
+    if not tables:
+        problems.append("services: at least one service must be routed")
+    for table, where in tables:
+        fields: dict[str, Any] = {}
+        for key, raw in table.items():
+            if key not in SERVICE_SCHEMA:
+                problems.append(f"{where}.{key}: unknown key; known keys: {', '.join(SERVICE_SCHEMA)}")
+                continue
+            try:
+                fields[key] = SERVICE_SCHEMA[key].parse(raw)
+            except ValueError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+        if "name" not in table:
+            problems.append(f"{where}: name is required")
+            continue
+        if "name" not in fields:
+            continue
+        fields.setdefault("backend", fields["name"])
+        result.append(ServiceSettings(**fields))
+    for attr in ("name", "backend"):
+        seen = [getattr(s, attr) for s in result]
+        for dup in sorted({x for x in seen if seen.count(x) > 1}):
+            problems.append(f"services: {attr} {dup!r} appears more than once")
+    return tuple(result)
+
+
+def _apply_consul_rules(
+    consul: dict[str, Any], origins: Mapping[str, _Value], problems: list[str]
+) -> None:
+    """Consul's own conventions: CONSUL_HTTP_SSL picks https, a token file supplies the token."""
+    raw_address = str(origins["address"].raw)
+    if consul["ssl"] and "://" not in raw_address:
+        consul["address"] = consul["address"].replace("http://", "https://", 1)
+    if consul["token_file"] and not consul["token"]:
+        try:
+            consul["token"] = Path(consul["token_file"]).read_text().strip()
+        except OSError as exc:
+            problems.append(f"{origins['token_file'].origin}: cannot read token file: {exc.strerror}")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if consul[key] and not Path(consul[key]).is_file():
+            problems.append(f"{origins[key].origin}: {consul[key]}: no such file")
+    if bool(consul["cert_file"]) != bool(consul["key_file"]):
+        problems.append("consul: cert_file and key_file go together; set both or neither")
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated so that the docs cannot drift from the code."""
+    rows = ["| key | default | environment | meaning |", "| --- | --- | --- | --- |"]
+    for section, keys in SCHEMA.items():
+        for key, setting in keys.items():
+            rows.append(
+                f"| `{section}.{key}` | `{_show_default(setting.default)}` | "
+                f"{'`' + setting.env + '`' if setting.env else ''} | {setting.help} |"
+            )
+    for key, setting in SERVICE_SCHEMA.items():
+        default = "" if setting.default is None else f"`{_show_default(setting.default)}`"
+        rows.append(f"| `services[].{key}` | {default} |  | {setting.help} |")
+    return "\n".join(rows)
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)

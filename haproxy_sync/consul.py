@@ -1,0 +1,289 @@
+"""The Consul side: one blocking-query watch per service, with Consul's index rules and backoff.
+
+A watch turns a stream of ``/v1/health/service/<name>`` answers into a stream of *changed*
+:class:`~haproxy_sync.catalog.Service` values. It follows the rules of Consul's "blocking queries"
+documentation: an index that goes backwards resets to a fresh read, an index below 1 is treated as 1,
+the data is compared rather than the index (the index moves for unrelated writes and for check output
+text), and the loop is rate-limited so that an index that keeps moving cannot spin the CPU.
+
+On errors the watch backs off with jitter up to ``backoff_max`` and keeps its last good value: an
+unreachable Consul never yields an empty service. A fault is logged once when it starts (and when its
+kind changes) and once when it clears, not once per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import consul
+import consul.aio
+
+from haproxy_sync.catalog import Service, Skipped, parse_health_entries
+from haproxy_sync.config import ConsulSettings
+
+log = logging.getLogger(__name__)
+
+#: Shortest time between two requests of one watch: a moving index cannot make it spin.
+MIN_REQUEST_INTERVAL = 0.02
+#: First retry delay after an error; doubles up to ``backoff_max``.
+BACKOFF_BASE = 0.25
+
+
+class ConsulError(Exception):
+    """A Consul read that failed, classified so that logs and metrics can say which fault it is."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def classify(exc: BaseException, service: str) -> ConsulError:
+    """Turn whatever the client raised into one :class:`ConsulError` with a short, safe message."""
+    if isinstance(exc, ConsulError):
+        return exc
+    if isinstance(exc, consul.ACLPermissionDenied):
+        return ConsulError(
+            "acl",
+            f"403 permission denied reading service {service!r}: the ACL token needs "
+            "service:read and node:read (check consul.token / CONSUL_HTTP_TOKEN)",
+        )
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return ConsulError("timeout", "no answer within the blocking wait plus margin")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return ConsulError("tls", f"TLS handshake failed: {_short(exc)}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConsulError("unreachable", f"cannot connect: {_short(exc.os_error or exc)}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | ConnectionResetError):
+        return ConsulError("connection_reset", "connection closed before the answer was complete")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ConsulError("connection", _short(exc))
+    if isinstance(exc, consul.ConsulException):
+        text = str(exc)
+        if text.startswith("Failed to decode JSON") or text.startswith("Missing index header"):
+            return ConsulError("bad_answer", "answer was not valid JSON with an X-Consul-Index")
+        if "No cluster leader" in text:
+            return ConsulError("no_leader", "500 No cluster leader: Consul servers have no leader")
+        if text.startswith("429"):
+            return ConsulError("rate_limited", "429 rate limited by Consul")
+        return ConsulError("server_error", _short(text))
+    if isinstance(exc, ValueError):
+        return ConsulError("bad_answer", _short(exc))
+    return ConsulError("unexpected", f"{type(exc).__name__}: {_short(exc)}")
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """Consul errors can carry a whole answer body (megabytes); logs get the head of it."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def next_index(last: int, returned: int) -> int:
+    """The index for the next blocking query, by the rules in Consul's documentation.
+
+    Going backwards (a snapshot restore, a new cluster) resets to 0: a fresh, non-blocking read.
+    An index below 1 is never sent as is: 1 is used, so the next query still blocks.
+    """
+    if returned < last:
+        return 0
+    return max(returned, 1)
+
+
+def parse_index(raw: object) -> int:
+    try:
+        return int(str(raw))
+    except (TypeError, ValueError):
+        raise ConsulError("bad_answer", f"X-Consul-Index {str(raw)[:40]!r} is not an integer") from None
+
+
+def backoff_delay(failures: int, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: spreads retries of many watches after a Consul blip."""
+    ceiling = min(cap, BACKOFF_BASE * (2 ** min(failures - 1, 20)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class _TLSHTTPClient(consul.aio.HTTPClient):
+    """py-consul's aio client, plus ``CONSUL_TLS_SERVER_NAME`` (verify against a name, not the host)."""
+
+    server_hostname: str | None = None
+
+    async def _request(self, callback, method, uri, headers, data=None, connections_timeout=None, raw=False):  # type: ignore[no-untyped-def]
+        extra = {"server_hostname": self.server_hostname} if self.server_hostname else {}
+        # No total timeout here: blocking queries are bounded by the watch's own wait_for.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        resp = await self._session.request(method, uri, headers=headers, data=data, timeout=timeout, **extra)
+        body = await resp.read() if raw else await resp.text(encoding="utf-8", errors="replace")
+        return callback(consul.base.Response(resp.status, resp.headers, body))
+
+
+def make_client(settings: ConsulSettings) -> consul.aio.Consul:
+    """One client (one connection pool) for all watches; call from inside the running event loop."""
+    url = settings.url
+    verify: bool | str = settings.ca_file or True
+    cert = (settings.cert_file, settings.key_file) if settings.cert_file else None
+    server_name = settings.tls_server_name or None
+
+    class _Client(consul.aio.Consul):
+        def http_connect(self, host, port, scheme, verify=True, cert=None):  # type: ignore[no-untyped-def]
+            client = _TLSHTTPClient(host, port, scheme, verify=verify, cert=cert)
+            client.server_hostname = server_name
+            return client
+
+    with warnings.catch_warnings():
+        # py-consul hands aiohttp arguments it has deprecated; harmless, and not ours to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _Client(
+            host=url.hostname,
+            port=url.port,
+            scheme=url.scheme,
+            token=settings.token or None,
+            dc=settings.datacenter or None,
+            verify=verify,
+            cert=cert,
+        )
+
+
+@dataclass(frozen=True)
+class WatchUpdate:
+    """A changed service, as the apply loop receives it."""
+
+    service: Service
+    skipped: tuple[Skipped, ...]
+    index: int
+    seen_at: float  # monotonic time the answer arrived, for convergence latency
+
+
+@dataclass
+class WatchStatus:
+    """What the watch knows about its own health; read by the daemon for logs, metrics and status."""
+
+    healthy: bool = True
+    fault: str = ""
+    failures: int = 0
+    last_index: int = 0
+    last_success: float | None = None  # monotonic
+    first_read: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ServiceWatch:
+    """One blocking-query loop for one Consul service."""
+
+    def __init__(
+        self,
+        client: consul.aio.Consul,
+        service: str,
+        on_update: Callable[[WatchUpdate], None],
+        *,
+        wait: float,
+        backoff_max: float,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.on_update = on_update
+        self.wait = wait
+        self.backoff_max = backoff_max
+        self.status = WatchStatus()
+        self._last_value: Service | None = None
+        self._last_skipped: tuple[Skipped, ...] = ()
+        self._fault_since = 0.0
+
+    async def run(self) -> None:
+        """Watch until cancelled; never raises for a Consul fault."""
+        index = 0
+        last_start = 0.0
+        while True:
+            pause = MIN_REQUEST_INTERVAL - (time.monotonic() - last_start)
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last_start = time.monotonic()
+            try:
+                returned, entries = await self._read(index)
+                value, skipped = parse_health_entries(self.service, entries if entries is not None else [])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every fault becomes a classified, logged retry
+                error = classify(exc, self.service)
+                index = 0  # after an error, start again with a fresh read
+                await asyncio.sleep(self._record_failure(error))
+                continue
+            self._record_success(returned)
+            index = next_index(index, returned)
+            self._offer(value, skipped, returned)
+
+    async def _read(self, index: int) -> tuple[int, object]:
+        # Consul adds up to wait/16 of jitter; beyond that plus a margin, the answer is hung.
+        deadline = self.wait + self.wait / 16 + 5.0 if index else 15.0
+        raw_index, entries = await asyncio.wait_for(
+            self.client.health.service(self.service, index=str(index) if index else None, wait=f"{self.wait:g}s"),
+            timeout=deadline,
+        )
+        return parse_index(raw_index), entries
+
+    def _offer(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
+        if skipped != self._last_skipped:
+            for item in skipped:
+                log.warning(
+                    "skipped instance service=%s id=%r reason=%r; it is left out of haproxy.cfg",
+                    item.service, item.instance_id, item.reason,
+                )
+            self._last_skipped = skipped
+        first = not self.status.first_read.is_set()
+        self.status.first_read.set()
+        if value == self._last_value and not first:
+            log.debug("consul watch service=%s index=%d: no change that reaches the config", self.service, index)
+            return
+        self._last_value = value
+        self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
+
+    def _record_success(self, index: int) -> None:
+        status = self.status
+        if not status.healthy:
+            log.info(
+                "consul watch service=%s recovered after %d errors in %.1fs (fault=%s)",
+                self.service, status.failures, time.monotonic() - self._fault_since, status.fault,
+            )
+        status.healthy, status.fault, status.failures = True, "", 0
+        status.last_index = index
+        status.last_success = time.monotonic()
+
+    def _record_failure(self, error: ConsulError) -> float:
+        status = self.status
+        status.failures += 1
+        delay = backoff_delay(status.failures, self.backoff_max)
+        if status.healthy or status.fault != error.kind:
+            if status.healthy:
+                self._fault_since = time.monotonic()
+            log.warning(
+                "consul watch service=%s failing fault=%s error=%r; keeping last good data, "
+                "retrying with backoff up to %gs",
+                self.service, error.kind, str(error), self.backoff_max,
+            )
+        else:
+            log.debug("consul watch service=%s retry %d in %.2fs fault=%s", self.service, status.failures,
+                      delay, error.kind)
+        status.healthy, status.fault = False, error.kind
+        return delay
+
+
+async def read_once(
+    settings: ConsulSettings, services: list[str], deadline: float = 15.0
+) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:
+    """One non-blocking read of each service, for ``render`` and ``run --once``; raises ConsulError."""
+    client = make_client(settings)
+    try:
+        result = {}
+        for name in services:
+            try:
+                _, entries = await asyncio.wait_for(client.health.service(name), timeout=deadline)
+                result[name] = parse_health_entries(name, entries if entries is not None else [])
+            except Exception as exc:
+                raise classify(exc, name) from None
+        return result
+    finally:
+        await client.close()

@@ -1,0 +1,135 @@
+"""Pure rendering: (snapshot, settings, template) -> haproxy.cfg text.
+
+Rendering is deterministic (the same snapshot gives the same bytes), so the daemon can tell "nothing
+changed" by comparing text and skip both the write and the reload. The template sees only validated
+values from :mod:`haproxy_sync.catalog` and settings; Jinja2 runs with ``StrictUndefined`` so that a
+typo in a template is an error naming the file and line instead of an empty string in the config.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from haproxy_sync import __version__
+from haproxy_sync.catalog import Server, Snapshot
+from haproxy_sync.config import ServiceSettings, Settings
+
+
+class TemplateError(Exception):
+    """A template that cannot be loaded or rendered; the message starts with ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What a template needs of one server; ``state`` is ``enabled``, ``drain`` or ``disabled``."""
+
+    name: str
+    address: str
+    port: int
+    weight: int
+    state: str
+    instance_id: str
+    node: str
+
+    @property
+    def endpoint(self) -> str:
+        """``address:port`` as HAProxy parses it: IPv6 addresses in brackets."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def of(cls, server: Server) -> ServerView:
+        inst = server.instance
+        if not inst.routable:
+            state = "disabled"
+        elif inst.weight == 0:
+            state = "drain"
+        else:
+            state = "enabled"
+        # A disabled server keeps its passing weight, so enabling it again restores the right share.
+        weight = inst.weight if inst.routable else inst.weight_passing
+        return cls(server.name, inst.address, inst.port, weight, state, inst.id, inst.node)
+
+
+@dataclass(frozen=True)
+class BackendView:
+    name: str
+    service: str
+    balance: str
+    health_path: str
+    host: str
+    servers: tuple[ServerView, ...]
+
+    @property
+    def up_count(self) -> int:
+        return sum(1 for s in self.servers if s.state == "enabled")
+
+
+def backend_views(snapshot: Snapshot, services: tuple[ServiceSettings, ...]) -> tuple[BackendView, ...]:
+    return tuple(
+        BackendView(
+            name=svc.backend,
+            service=svc.name,
+            balance=svc.balance,
+            health_path=svc.health_path,
+            host=svc.host,
+            servers=tuple(ServerView.of(s) for s in snapshot.get(svc.name).servers),
+        )
+        for svc in services
+    )
+
+
+def template_context(snapshot: Snapshot, settings: Settings) -> dict[str, Any]:
+    hap = settings.haproxy
+    return {
+        "backends": backend_views(snapshot, settings.services),
+        "haproxy": hap,
+        "stats_socket": str(hap.stats_socket),
+        "server_state_file": str(hap.server_state_file),
+        "version": __version__,
+    }
+
+
+def load_template(path: Path) -> jinja2.Template:
+    """Compile the template at ``path``; syntax errors become :class:`TemplateError` with file:line."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path.parent)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # the output is haproxy.cfg, not HTML
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    try:
+        return env.get_template(path.name)
+    except jinja2.TemplateNotFound:
+        raise TemplateError(f"{path}: template not found") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename or path}:{exc.lineno}: syntax error: {exc.message}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"{path}: cannot read template: {exc}") from None
+
+
+def render(snapshot: Snapshot, settings: Settings, template: jinja2.Template) -> str:
+    """Render the config text; any error inside the template is reported with its file and line."""
+    try:
+        return template.render(template_context(snapshot, settings))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.message}") from None
+    except Exception as exc:  # a template may raise anything from a filter or a method it calls
+        where = _template_frame(exc, template.filename or "<template>")
+        raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _template_frame(exc: BaseException, filename: str) -> str:
+    """Jinja2 rewrites tracebacks so that template frames carry the template's file and line."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return f"{filename}:{line}" if line is not None else filename

@@ -1,0 +1,210 @@
+"""``haproxy-sync dev``: devconsul, app instances, HAProxy and the daemon on 127.0.0.1, in one command.
+
+Each app instance is a separate process (so an operator can ``kill`` one and watch it leave the
+rotation), registered in devconsul as ``cabify`` with a real HTTP check. HAProxy runs in master-worker
+mode from a runtime directory; the daemon runs in this process's event loop. Every process started
+here is stopped on Ctrl-C or SIGTERM, and a temporary runtime directory is removed.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from haproxy_sync import haproxy
+from haproxy_sync.config import Settings, load_settings
+from haproxy_sync.daemon import Daemon, run_once
+from haproxy_sync.devconsul import DevConsulThread
+
+log = logging.getLogger(__name__)
+SERVICE = "cabify"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AppInstance:
+    instance_id: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "haproxy_sync.sandbox_app", "--port", str(self.port), "--id", self.instance_id],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(3)
+
+
+def consul_put(base_url: str, path: str, body: object | None = None, timeout: float = 5.0) -> None:
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(f"{base_url}{path}", data=data, method="PUT")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read()
+
+
+def register_instance(base_url: str, instance: AppInstance, service: str = SERVICE, interval: str = "1s") -> None:
+    consul_put(base_url, "/v1/agent/service/register", {
+        "ID": instance.instance_id,
+        "Name": service,
+        "Address": "127.0.0.1",
+        "Port": instance.port,
+        "Tags": ["sandbox"],
+        "Check": {"HTTP": f"http://127.0.0.1:{instance.port}/health", "Interval": interval, "Timeout": "1s"},
+    })
+
+
+@dataclass
+class Sandbox:
+    instances: int = 7
+    http_port: int = 8080
+    consul_port: int = 8500
+    stats_port: int = 8404
+    workdir: Path | None = None
+    haproxy_binary: str = "haproxy"
+    log_level: str = "info"
+    apps: list[AppInstance] = field(default_factory=list)
+
+    def settings(self, workdir: Path, consul_address: str) -> Settings:
+        config = workdir / "config.toml"
+        config.write_text(
+            f'[consul]\naddress = "{consul_address}"\n'
+            f'[haproxy]\nbinary = "{self.haproxy_binary}"\n'
+            f'config_path = "{workdir / "haproxy.cfg"}"\n'
+            f'master_socket = "{workdir / "master.sock"}"\n'
+            f'stats_socket = "{workdir / "admin.sock"}"\n'
+            f'server_state_file = "{workdir / "server-state"}"\n'
+            f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
+            'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
+            f'[log]\nlevel = "{self.log_level}"\n'
+            f'[[services]]\nname = "{SERVICE}"\n'
+        )
+        return load_settings(config, env={})
+
+    def run(self) -> int:
+        with self._workdir() as workdir, _terminate_as_interrupt():
+            consul = DevConsulThread(port=self.consul_port)
+            hap: haproxy.HAProxyProcess | None = None
+            try:
+                consul.start()
+                settings = self.settings(workdir, consul.url)
+                self._start_apps(consul.url)
+                outcome = asyncio.run(run_once(settings))
+                if not outcome.ok:
+                    raise haproxy.HAProxyError(f"first render failed: {outcome.sentence}")
+                hap = haproxy.HAProxyProcess(
+                    self.haproxy_binary, settings.haproxy.config_path, settings.haproxy.master_socket,
+                    log_path=workdir / "haproxy.log",
+                )
+                hap.start()
+                self._print_summary(settings, consul.url, workdir)
+                return asyncio.run(Daemon(settings, reload_settings=lambda: self.settings(workdir, consul.url)).run())
+            except KeyboardInterrupt:
+                return 0
+            finally:
+                log.info("sandbox: stopping HAProxy, %d app instances and devconsul", len(self.apps))
+                if hap is not None:
+                    hap.stop()
+                for app in self.apps:
+                    app.stop()
+                consul.stop()
+
+    def _start_apps(self, consul_url: str) -> None:
+        for number in range(1, self.instances + 1):
+            app = AppInstance(f"{SERVICE}-{number}", free_port())
+            app.start()
+            self.apps.append(app)
+        deadline = time.monotonic() + 10
+        for app in self.apps:
+            while not _answers(app.port):
+                if time.monotonic() > deadline:
+                    raise haproxy.HAProxyError(f"app instance {app.instance_id} did not start on port {app.port}")
+                time.sleep(0.05)
+            register_instance(consul_url, app)
+        time.sleep(0.3)  # devconsul runs each new HTTP check promptly; let the first round land
+
+    @contextlib.contextmanager
+    def _workdir(self) -> Iterator[Path]:
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            yield self.workdir
+            return
+        path = Path(tempfile.mkdtemp(prefix="haproxy-sync-dev-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _print_summary(self, settings: Settings, consul_url: str, workdir: Path) -> None:
+        hap = settings.haproxy
+        pids = ", ".join(f"{a.instance_id}={a.process.pid}" for a in self.apps if a.process)
+        lines = [
+            "",
+            "haproxy-sync sandbox is up (Ctrl-C stops everything):",
+            f"  HAProxy        http://127.0.0.1:{self.http_port}/",
+            f"  stats          http://{hap.stats_bind}/stats   (Prometheus: http://{hap.stats_bind}/metrics)",
+            f"  Consul API     {consul_url}   (CONSUL_HTTP_ADDR={consul_url})",
+            f"  runtime API    {hap.stats_socket}",
+            f"  master socket  {hap.master_socket}",
+            f"  haproxy.cfg    {hap.config_path}",
+            f"  HAProxy log    {workdir / 'haproxy.log'}",
+            f"  app instances  {pids}",
+            "",
+            "Try:",
+            f"  curl -s http://127.0.0.1:{self.http_port}/",
+            f"  kill {self.apps[0].process.pid if self.apps and self.apps[0].process else 'PID'}"
+            "                      # an instance dies: its check fails, it leaves the rotation",
+            f"  curl -X PUT {consul_url}/v1/agent/service/deregister/{SERVICE}-2",
+            f"  echo 'show servers state' | socat stdio {hap.stats_socket}",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM during set-up unwinds like Ctrl-C, so no child process is left behind."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

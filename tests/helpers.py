@@ -1,0 +1,232 @@
+"""Test helpers shared by the integration tests: real processes, real sockets, bounded waits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+from haproxy_sync import haproxy
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll until ``predicate`` returns something truthy; fail the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate} (last value {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def consul_put(base_url: str, path: str, body: Any = None) -> None:
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(f"{base_url}{path}", data=data, method="PUT")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200, response.read()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # HAProxy's checks and killed keep-alive clients reset connections; that is normal here
+
+
+class App:
+    """A backend instance in a thread: ``/`` answers its id, ``/health`` answers ``health_status``."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.health_status = 200
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                status = app.health_status if self.path == "/health" else 200
+                body = f"{app.instance_id}\n".encode()
+                if self.path == "/health":  # check output that changes every time, as real apps' do
+                    body = f"{app.instance_id} {time.monotonic_ns()}\n".encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def register(consul_url: str, app: App, service: str = "cabify", interval: str = "200ms", **extra: Any) -> None:
+    consul_put(consul_url, "/v1/agent/service/register", {
+        "ID": app.instance_id, "Name": service, "Address": "127.0.0.1", "Port": app.port,
+        "Check": {"HTTP": f"http://127.0.0.1:{app.port}/health", "Interval": interval, "Timeout": "1s"},
+        **extra,
+    })
+
+
+def health(consul_url: str, service: str = "cabify") -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{consul_url}/v1/health/service/{service}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def all_passing(consul_url: str, count: int, service: str = "cabify") -> bool:
+    entries = health(consul_url, service)
+    return len(entries) == count and all(
+        all(c["Status"] == "passing" for c in e["Checks"]) for e in entries
+    )
+
+
+@dataclass
+class Layout:
+    """Paths and ports of one test's HAProxy + daemon, all in its own temp dir."""
+
+    root: Path
+    consul_url: str
+    http_port: int = field(default_factory=free_port)
+    stats_port: int = field(default_factory=free_port)
+    services: tuple[str, ...] = ("cabify",)
+    template: Path | None = None
+    extra: str = ""
+
+    @property
+    def config_toml(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def haproxy_cfg(self) -> Path:
+        return self.root / "haproxy.cfg"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.root / "master.sock"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.root / "admin.sock"
+
+    def write(self) -> Path:
+        services = "".join(f'[[services]]\nname = "{name}"\n' for name in self.services)
+        template = f'template = "{self.template}"\n' if self.template else ""
+        self.config_toml.write_text(
+            f'[consul]\naddress = "{self.consul_url}"\nbackoff_max = "2s"\nwait = "5s"\n'
+            f'[haproxy]\nbinary = "{haproxy.find_binary("haproxy")}"\n'
+            f'config_path = "{self.haproxy_cfg}"\nmaster_socket = "{self.master_socket}"\n'
+            f'stats_socket = "{self.stats_socket}"\nserver_state_file = "{self.root / "server-state"}"\n'
+            f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
+            f'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n{template}'
+            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\n'
+            f"{self.extra}{services}"
+        )
+        return self.config_toml
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def servers(self, backend: str = "cabify") -> tuple[haproxy.ServerState, ...]:
+        return haproxy.servers_state(self.stats_socket, backend)
+
+    def up_servers(self, backend: str = "cabify") -> set[str]:
+        return {s.name for s in self.servers(backend) if s.up}
+
+    def reloads(self) -> int:
+        return haproxy.show_proc(self.master_socket).reloads
+
+
+def cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``haproxy-sync`` console entry in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "haproxy_sync.cli", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+
+
+class DaemonProcess:
+    """``haproxy-sync run`` as a real process, its stderr collected in a file."""
+
+    def __init__(self, config: Path, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self.log_handle = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "haproxy_sync.cli", "run", "--config", str(config), *args],
+            stdout=self.log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 10.0, count: int = 1) -> str:
+        return wait_until(lambda: self.log().count(text) >= count and self.log(), timeout,
+                          what=f"{text!r} x{count} in daemon log")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        self.log_handle.close()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def running_haproxy(layout: Layout) -> Iterator[haproxy.HAProxyProcess]:
+    binary = haproxy.find_binary("haproxy")
+    assert binary, "haproxy is not installed"
+    process = haproxy.HAProxyProcess(binary, layout.haproxy_cfg, layout.master_socket, layout.root / "haproxy.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -1,0 +1,163 @@
+"""The daemon end to end: real devconsul over HTTP, real HAProxy master-worker, real `haproxy-sync run`."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.devconsul import DevConsulThread
+from tests.helpers import (
+    DaemonProcess,
+    Layout,
+    all_passing,
+    cli,
+    consul_put,
+    http_get,
+    register,
+    running_haproxy,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
+
+
+class Stack:
+    """devconsul + N apps registered as cabify + HAProxy + the daemon, for one test."""
+
+    def __init__(self, tmp_path: Path, consul: DevConsulThread, apps: list, stack: ExitStack, **layout: object):
+        self.consul = consul
+        self.apps = apps
+        self.layout = Layout(tmp_path, consul.url, **layout)  # type: ignore[arg-type]
+        self.layout.write()
+        for app in apps:
+            register(consul.url, app)
+        wait_until(lambda: all_passing(consul.url, len(apps)), 10, what="all checks passing in devconsul")
+        once = cli("run", "--once", "--config", str(self.layout.config_toml))
+        assert once.returncode == 0, once.stderr
+        self.haproxy = stack.enter_context(running_haproxy(self.layout))
+        self.daemon = DaemonProcess(self.layout.config_toml, tmp_path / "daemon.log")
+        stack.callback(self.daemon.stop)
+        self.daemon.wait_for_log("applied ")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]:
+    with ExitStack() as exits:
+        yield Stack(tmp_path, consul, make_apps(7), exits)
+
+
+def test_seven_registered_instances_are_seven_up_servers(stack: Stack) -> None:
+    assert stack.layout.up_servers() == {f"cabify-{i}" for i in range(1, 8)}
+    answers = {http_get(stack.layout.url())[1].strip() for _ in range(21)}
+    assert answers == {f"cabify-{i}" for i in range(1, 8)}, "roundrobin should reach every instance"
+
+
+def test_deregistered_instance_leaves_haproxy(stack: Stack) -> None:
+    reloads = stack.layout.reloads()
+    consul_put(stack.consul.url, "/v1/agent/service/deregister/cabify-3")
+    wait_until(lambda: len(stack.layout.servers()) == 6, 10, what="6 servers in the backend")
+    assert "cabify-3" not in stack.layout.up_servers()
+    assert "cabify-3" not in stack.layout.haproxy_cfg.read_text()
+    assert stack.layout.reloads() == reloads + 1
+    stack.daemon.wait_for_log("cabify: 6 servers (+0 -1 ~0)")
+
+
+def test_failing_health_check_takes_server_out(stack: Stack) -> None:
+    stack.apps[1].health_status = 500
+    wait_until(lambda: "cabify-2" not in stack.layout.up_servers(), 10, what="cabify-2 out of rotation")
+    assert len(stack.layout.up_servers()) == 6
+    assert "server cabify-2 " in stack.layout.haproxy_cfg.read_text()  # kept, but disabled
+    answers = {http_get(stack.layout.url())[1].strip() for _ in range(14)}
+    assert "cabify-2" not in answers
+    stack.apps[1].health_status = 200
+    wait_until(lambda: len(stack.layout.up_servers()) == 7, 10, what="cabify-2 back in rotation")
+
+
+def test_identical_snapshot_does_not_reload(stack: Stack) -> None:
+    """Check output text moving the Consul index must not render, write or reload."""
+    reloads = stack.layout.reloads()
+    mtime = stack.layout.haproxy_cfg.stat().st_mtime_ns
+    consul_put(stack.consul.url, "/v1/agent/service/register", {
+        "ID": "cabify-ttl", "Name": "other", "Port": 9, "Check": {"TTL": "30s", "Status": "passing"}})
+    index = stack.consul.index
+    for note in ("a", "b", "c"):
+        consul_put(stack.consul.url, f"/v1/agent/check/pass/service:cabify-ttl?note={note}")
+    assert stack.consul.index > index
+    time.sleep(1.0)  # several apply cycles' worth of quiet; nothing may happen in it
+    assert stack.layout.reloads() == reloads
+    assert stack.layout.haproxy_cfg.stat().st_mtime_ns == mtime
+
+
+def test_output_only_check_change_on_routed_service_is_ignored(stack: Stack) -> None:
+    reloads = stack.layout.reloads()
+    before = stack.consul.index
+    wait_until(lambda: stack.consul.index > before + 3, 5, what="HTTP checks moving the index")
+    time.sleep(0.5)
+    assert stack.layout.reloads() == reloads
+
+
+def test_consul_down_keeps_config_and_converges_when_back(tmp_path: Path, make_apps) -> None:
+    apps = make_apps(7)
+    consul = DevConsulThread(port=0).start()
+    port = consul.port
+    with ExitStack() as exits:
+        exits.callback(consul.stop)
+        stack = Stack(tmp_path, consul, apps, exits)
+        live = stack.layout.haproxy_cfg.read_text()
+        consul.stop()
+        stack.daemon.wait_for_log("failing fault=unreachable", timeout=10)
+        time.sleep(1.0)
+        assert stack.daemon.alive()
+        assert stack.layout.haproxy_cfg.read_text() == live
+        assert len(stack.layout.up_servers()) == 7
+        # Consul comes back empty-handed (a new agent: lower index, fewer instances) on the same port.
+        consul = DevConsulThread(port=port).start()
+        exits.callback(consul.stop)
+        for app in apps[:5]:
+            register(consul.url, app)
+        wait_until(lambda: len(stack.layout.servers()) == 5, 10, what="5 servers after Consul returned")
+        stack.daemon.wait_for_log("recovered after")
+        assert stack.daemon.log().count("failing fault=") == 1, "one line when the fault starts, not per retry"
+
+
+def test_sigterm_stops_within_two_seconds_and_haproxy_keeps_serving(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.daemon.signal(signal.SIGTERM)
+    stack.daemon.process.wait(5)
+    assert time.monotonic() - started < 2.0
+    assert stack.daemon.process.returncode == 0
+    assert http_get(stack.layout.url())[0] == 200
+
+
+def test_sighup_with_broken_template_keeps_last_good(stack: Stack, tmp_path: Path) -> None:
+    template = tmp_path / "broken.j2"
+    template.write_text("global\n{{ no_such_variable }}\n")
+    stack.layout.template = template
+    stack.layout.write()
+    stack.daemon.signal(signal.SIGHUP)
+    stack.daemon.wait_for_log("SIGHUP: new configuration rejected")
+    consul_put(stack.consul.url, "/v1/agent/service/deregister/cabify-7")
+    time.sleep(0.5)
+    assert stack.daemon.alive()
+    wait_until(lambda: len(stack.layout.servers()) == 6, 10, what="changes still applied with the old template")
+    assert "no_such_variable" in stack.daemon.log() and f"{template}:2" in stack.daemon.log()
+
+
+def test_template_error_is_reported_with_file_and_line(tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
+    layout = Layout(tmp_path, consul.url)
+    layout.haproxy_cfg.write_text("# last good\n")
+    template = tmp_path / "bad.j2"
+    template.write_text("global\n    maxconn 10\n{{ backends[0].nope }}\n")
+    layout.template = template
+    layout.write()
+    result = cli("run", "--once", "--config", str(layout.config_toml))
+    assert result.returncode == 1
+    assert f"{template}:3:" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert layout.haproxy_cfg.read_text() == "# last good\n"
