@@ -210,11 +210,16 @@ class Service:
         counts: dict[str, int] = {}
         for inst in self.instances:
             counts[inst.id] = counts.get(inst.id, 0) + 1
-        servers = []
-        for inst in self.instances:
-            raw = inst.id if counts[inst.id] == 1 else f"{inst.node}-{inst.id}"
-            servers.append(Server(server_name_for(raw, inst.node), inst))
-        return tuple(servers)
+        names = [
+            server_name_for(inst.id if counts[inst.id] == 1 else f"{inst.node}-{inst.id}", inst.node)
+            for inst in self.instances
+        ]
+        # Two different instances can still clean up to the same name; a hash of the key separates them.
+        names = [
+            name if names.count(name) == 1 else server_name_for(f"{name}\0", f"{inst.node}\0{inst.id}")
+            for name, inst in zip(names, self.instances, strict=True)
+        ]
+        return tuple(Server(name, inst) for name, inst in zip(names, self.instances, strict=True))
 
     def count(self, status: Status) -> int:
         return sum(1 for inst in self.instances if inst.status is status)

@@ -236,7 +236,8 @@ def devconsul(listen: str, token: str | None) -> None:
               help="HAProxy stats page and Prometheus exporter.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Runtime directory for configs and sockets [default: a new temp dir, removed at exit].")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
+              help="Least severe level logged by the daemon and devconsul.")
 @_command
 def dev(instances: int, http_port: int, consul_port: int, stats_port: int, workdir: Path | None,
         log_level: str) -> int:
@@ -276,7 +277,7 @@ def systemd_unit(exec_path: str, user: str, group: str, config_path: str) -> Non
 def entrypoint() -> None:
     """Console-script entry: click's usage errors exit 64 so that 2 can mean "changes" for --diff."""
     try:
-        main.main(standalone_mode=False)
+        main.main(prog_name="haproxy-sync", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -504,3 +504,7 @@ def _show_default(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -90,7 +90,7 @@ def next_index(last: int, returned: int) -> int:
     Going backwards (a snapshot restore, a new cluster) resets to 0: a fresh, non-blocking read.
     An index below 1 is never sent as is: 1 is used, so the next query still blocks.
     """
-    if returned < last:
+    if last > 0 and returned < last:
         return 0
     return max(returned, 1)
 

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,6 @@ SERVICE = "cabify"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -109,6 +108,12 @@ class Sandbox:
         return load_settings(config, env={})
 
     def run(self) -> int:
+        # HAProxy binds with SO_REUSEPORT: a second one on a busy port starts fine and silently shares
+        # it with whatever is there. Check first, with a plain bind that fails on a busy port.
+        for flag, port in (("--http-port", self.http_port), ("--stats-port", self.stats_port),
+                           ("--consul-port", self.consul_port)):
+            if port and not _port_free(port):
+                raise haproxy.HAProxyError(f"port {port} on 127.0.0.1 is in use; choose another with {flag}")
         with self._workdir() as workdir, _terminate_as_interrupt():
             consul = DevConsulThread(port=self.consul_port)
             hap: haproxy.HAProxyProcess | None = None
@@ -186,6 +191,15 @@ class Sandbox:
             "",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _answers(port: int) -> bool:

@@ -1,0 +1,126 @@
+"""The CLI as people type it, in real subprocesses against devconsul."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from haproxy_sync import __version__, haproxy
+from haproxy_sync.cli import main
+from haproxy_sync.devconsul import DevConsulThread
+from tests.helpers import Layout, all_passing, cli, free_port, register, wait_until
+
+COMMANDS = ["run", "render", "check", "dev", "devconsul", "systemd-unit"]
+needs_haproxy = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
+
+
+@pytest.fixture
+def layout(tmp_path: Path, consul: DevConsulThread, make_apps) -> Layout:
+    for app in make_apps(3):
+        register(consul.url, app)
+    wait_until(lambda: all_passing(consul.url, 3), 10, what="checks passing")
+    layout = Layout(tmp_path, consul.url)
+    layout.write()
+    return layout
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"haproxy-sync {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_explaining_every_option(command: str) -> None:
+    definition = main.commands[command]
+    for param in definition.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{command} {param.opts[0]} has no help text"
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"Usage: haproxy-sync {command} [OPTIONS]")
+    for param in definition.params:
+        assert param.opts[0] in result.stdout
+
+
+def test_usage_error_exits_64_with_one_clear_line() -> None:
+    result = cli("render", "--no-such-flag")
+    assert result.returncode == 64
+    assert "No such option '--no-such-flag'" in result.stderr
+
+
+def test_render_dry_run_prints_config_and_touches_nothing(layout: Layout) -> None:
+    result = cli("render", "--dry-run", "--config", str(layout.config_toml))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("    server cabify-") == 3
+    assert not layout.haproxy_cfg.exists()
+
+
+def test_render_flags_work_without_a_config_file(consul: DevConsulThread, make_apps, tmp_path: Path) -> None:
+    (app,) = make_apps(1, prefix="api")
+    register(consul.url, app, service="api")
+    result = cli("render", "--dry-run", "--consul", consul.url, "--service", "api", "--output",
+                 str(tmp_path / "x.cfg"), env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    assert result.returncode == 0, result.stderr
+    assert "backend api" in result.stdout and "server api-1 127.0.0.1:" in result.stdout
+
+
+@needs_haproxy
+def test_render_diff_exit_codes(layout: Layout) -> None:
+    first = cli("render", "--diff", "--config", str(layout.config_toml))
+    assert first.returncode == 2 and "+    server cabify-1" in first.stdout
+    assert not layout.haproxy_cfg.exists(), "--diff touches nothing"
+    written = cli("render", "--check", "--config", str(layout.config_toml))
+    assert written.returncode == 0, written.stderr
+    assert layout.haproxy_cfg.read_text().count("    server cabify-") == 3
+    same = cli("render", "--diff", "--config", str(layout.config_toml))
+    assert same.returncode == 0 and same.stdout == ""
+
+
+def test_unreachable_consul_is_one_line_without_traceback(tmp_path: Path) -> None:
+    result = cli("render", "--dry-run", "--consul", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("haproxy-sync: cannot connect")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_debug_shows_a_traceback(tmp_path: Path) -> None:
+    result = cli("render", "--dry-run", "--debug", "--consul", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_bad_config_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[consul]\nwait = "x"\n[haproxy]\nmaxconn = -1\n')
+    result = cli("check", "--config", str(path))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"haproxy-sync: config: {path}: ") for line in lines)
+
+
+@needs_haproxy
+def test_check_validates_config_and_template_offline(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[consul]\naddress = "127.0.0.1:1"\n[haproxy]\nuser = ""\ngroup = ""\n')
+    ok = cli("check", "--config", str(path))
+    assert ok.returncode == 0 and "passed haproxy -c" in ok.stdout, ok.stderr
+    template = tmp_path / "bad.j2"
+    template.write_text("global\n    bogus-directive 1\n{% for b in backends %}backend {{ b.name }}\n{% endfor %}")
+    bad = cli("check", "--config", str(path), "--template", str(template))
+    assert bad.returncode == 1 and "haproxy -c rejected" in bad.stderr and "bogus-directive" in bad.stderr
+
+
+@needs_haproxy
+def test_run_once_writes_and_exits_zero(layout: Layout) -> None:
+    result = cli("run", "--once", "--config", str(layout.config_toml))
+    assert result.returncode == 0, result.stderr
+    assert "HAProxy not running, it will load this file when it starts" in result.stderr
+    assert layout.haproxy_cfg.read_text().count("    server cabify-") == 3
+
+
+def test_systemd_unit_prints_the_unit() -> None:
+    result = cli("systemd-unit", "--user", "hs", "--exec-path", "/opt/x/bin/haproxy-sync")
+    assert result.returncode == 0
+    assert "Type=notify" in result.stdout and "User=hs" in result.stdout
+    assert "ExecStart=/opt/x/bin/haproxy-sync run --config /etc/haproxy-sync/config.toml" in result.stdout

@@ -1,0 +1,77 @@
+"""`haproxy-sync dev` as a user runs it: one command, real processes, everything gone after SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from tests.helpers import consul_put, free_port, http_get, wait_until
+
+pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
+
+
+def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_path: Path) -> None:
+    http_port, consul_port, stats_port = free_port(), free_port(), free_port()
+    out = (tmp_path / "out").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haproxy_sync.cli", "dev", "--instances", "3", "--http-port", str(http_port),
+         "--consul-port", str(consul_port), "--stats-port", str(stats_port)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        text = wait_until(lambda: "sandbox is up" in (t := (tmp_path / "out").read_text()) and t, 30,
+                          what="the sandbox summary")
+        assert f"http://127.0.0.1:{http_port}/" in text
+        assert f"http://127.0.0.1:{consul_port}" in text
+        assert f"http://127.0.0.1:{stats_port}/stats" in text
+        workdir = Path(re.search(r"runtime API\s+(\S+)/admin.sock", text).group(1))
+        pids = dict(re.findall(r"(cabify-\d+)=(\d+)", text))
+        assert sorted(pids) == ["cabify-1", "cabify-2", "cabify-3"]
+
+        def answers() -> set[str]:
+            return {http_get(f"http://127.0.0.1:{http_port}/")[1].strip() for _ in range(9)}
+
+        assert answers() == {"cabify-1", "cabify-2", "cabify-3"}
+        assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
+
+        os.kill(int(pids["cabify-1"]), signal.SIGKILL)
+        wait_until(lambda: answers() == {"cabify-2", "cabify-3"}, 15, what="killed instance out of rotation")
+
+        consul_put(f"http://127.0.0.1:{consul_port}", "/v1/agent/service/deregister/cabify-2")
+        wait_until(lambda: answers() == {"cabify-3"}, 15, what="deregistered instance out of rotation")
+
+        os.killpg(proc.pid, 0)  # still alive as a group
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not workdir.exists(), "the temporary runtime directory is removed"
+        leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True)
+        assert leftovers.stdout == "", "HAProxy processes left behind"
+        for pid in pids.values():
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        out.close()
+
+
+def test_sandbox_refuses_a_busy_port() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "haproxy_sync.cli", "dev", "--http-port", str(port), "--consul-port", "0"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use; choose another with --http-port" in result.stderr

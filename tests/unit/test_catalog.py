@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from haproxy_sync.catalog import Instance, InvalidInstance, Snapshot, Status, parse_health_entries
+
+
+def entry(sid: str = "web-1", *, node: str = "n1", node_addr: str = "10.0.0.1", addr: str = "", port: Any = 8080,
+          checks: tuple[str, ...] = ("passing",), weights: Any = None, **service: Any) -> dict[str, Any]:
+    svc = {"ID": sid, "Service": "web", "Address": addr, "Port": port, "Tags": [], "Meta": {}, **service}
+    if weights is not None:
+        svc["Weights"] = weights
+    return {
+        "Node": {"Node": node, "Address": node_addr},
+        "Service": svc,
+        "Checks": [{"CheckID": f"c{i}", "Status": s, "Output": "text"} for i, s in enumerate(checks)],
+    }
+
+
+def test_empty_service_address_falls_back_to_node_address() -> None:
+    assert Instance.from_entry(entry()).address == "10.0.0.1"
+    assert Instance.from_entry(entry(addr="10.9.9.9")).address == "10.9.9.9"
+
+
+@pytest.mark.parametrize(("checks", "status"), [
+    (("passing", "passing"), Status.PASSING),
+    (("passing", "warning"), Status.WARNING),
+    (("warning", "critical", "passing"), Status.CRITICAL),
+    (("maintenance-or-unknown",), Status.CRITICAL),
+    ((), Status.PASSING),
+])
+def test_status_is_the_worst_check(checks: tuple[str, ...], status: Status) -> None:
+    assert Instance.from_entry(entry(checks=checks)).status is status
+
+
+def test_weight_follows_status() -> None:
+    weights = {"Passing": 10, "Warning": 0}
+    assert Instance.from_entry(entry(weights=weights)).weight == 10
+    assert Instance.from_entry(entry(weights=weights, checks=("warning",))).weight == 0
+    assert Instance.from_entry(entry(weights=weights, checks=("critical",))).weight == 0
+    assert Instance.from_entry(entry(weights={"Passing": 100000, "Warning": 1})).weight == 256
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"addr": "10.0.0.1\n    server evil 1.2.3.4:80"}, "neither an IP address nor a valid host name"),
+    ({"addr": "", "node_addr": ""}, "address is empty"),
+    ({"port": 0}, "not an integer in 1-65535"),
+    ({"port": "80"}, "not an integer in 1-65535"),
+    ({"port": 70000}, "not an integer in 1-65535"),
+    ({"weights": {"Passing": -1, "Warning": 1}}, "Weights.Passing"),
+])
+def test_unsafe_instances_are_skipped_with_reason(kwargs: dict[str, Any], reason: str) -> None:
+    service, skipped = parse_health_entries("web", [entry("ok-1"), entry("bad-1", **kwargs)])
+    assert [i.id for i in service.instances] == ["ok-1"]
+    assert len(skipped) == 1 and skipped[0].instance_id == "bad-1" and reason in skipped[0].reason
+
+
+def test_a_non_list_answer_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        parse_health_entries("web", {"not": "a list"})
+
+
+def test_garbage_entries_are_skipped() -> None:
+    service, skipped = parse_health_entries("web", [None, 3, {"Node": [], "Service": {}}, entry()])
+    assert len(service.instances) == 1 and len(skipped) == 3
+
+
+def test_equality_ignores_order_check_output_and_indexes() -> None:
+    a = [entry("w1"), entry("w2", port=8081)]
+    b = [entry("w2", port=8081), entry("w1")]
+    b[0]["Checks"][0]["Output"] = "different text"
+    b[0]["Service"]["ModifyIndex"] = 99
+    assert parse_health_entries("web", a)[0] == parse_health_entries("web", b)[0]
+    assert Snapshot.of([parse_health_entries("web", a)[0]]) == Snapshot.of([parse_health_entries("web", b)[0]])
+
+
+def test_same_id_on_two_nodes_gives_two_servers_with_distinct_names() -> None:
+    service, _ = parse_health_entries("web", [entry("web-1", node="n1"), entry("web-1", node="n2")])
+    names = [s.name for s in service.servers]
+    assert len(set(names)) == 2 and all("web-1" in n for n in names)
+
+
+def test_unsafe_ids_get_safe_stable_server_names() -> None:
+    service, _ = parse_health_entries("web", [entry("web 1/\u03b1\n")])
+    (server,) = service.servers
+    assert server.name.startswith("web_1") and all(c.isalnum() or c in "_.:-" for c in server.name)
+    assert server.name == parse_health_entries("web", [entry("web 1/\u03b1\n")])[0].servers[0].name
+
+
+def test_invalid_instance_carries_its_id() -> None:
+    with pytest.raises(InvalidInstance) as err:
+        Instance.from_entry(entry("x", port=-1))
+    assert err.value.instance_id == "x"
+
+
+def test_names_that_collide_after_cleaning_are_still_unique() -> None:
+    service, _ = parse_health_entries("web", [entry("c", node="a-b"), entry("b-c", node="a"),
+                                              entry("b-c", node="a-b")])
+    names = [s.name for s in service.servers]
+    assert len(set(names)) == 3, names

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import config
+from haproxy_sync.config import ConfigError, load_settings, parse_consul_address, parse_duration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    settings = load_settings(env={})
+    assert settings.source is None
+    assert settings.consul.address == "http://127.0.0.1:8500"
+    assert settings.consul.wait == 60.0
+    assert [s.name for s in settings.services] == ["cabify"]
+    assert settings.services[0].backend == "cabify"
+    assert settings.haproxy.config_path == Path("/etc/haproxy/haproxy.cfg")
+    assert settings.sync.wait_min == pytest.approx(0.025)
+
+
+def test_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path / "nope.toml", env={})
+    assert str(tmp_path / "nope.toml") in str(err.value) and "not found" in str(err.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[consul]
+wait = "forever"
+adress = "x"
+[haproxy]
+maxconn = 0
+[sync]
+wait_min = "1s"
+[bogus]
+[[services]]
+name = "bad name"
+balance = "fastest"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    problems = err.value.problems
+    assert any(f"{path}: consul.wait: 'forever' is not a duration" in p for p in problems)
+    assert any(f"{path}: consul.adress: unknown key" in p and "address" in p for p in problems)
+    assert any(f"{path}: haproxy.maxconn: 0 is outside 1-1000000" in p for p in problems)
+    assert any(f"{path}: [bogus]: unknown section" in p for p in problems)
+    assert any("services[0].name" in p and "'bad name'" in p for p in problems)
+    assert any("services[0].balance" in p and "roundrobin" in p for p in problems)
+    assert len(problems) == 6, problems
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[consul\n")
+    with pytest.raises(ConfigError, match=r"config.toml: invalid TOML"):
+        load_settings(path, env={})
+
+
+def test_layers_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, '[consul]\naddress = "10.0.0.1:8500"\ntoken = "from-file"\n')
+    assert load_settings(path, env={}).consul.address == "http://10.0.0.1:8500"
+    env = {"CONSUL_HTTP_ADDR": "https://consul.example:8501", "CONSUL_HTTP_TOKEN": "from-env"}
+    settings = load_settings(path, env=env)
+    assert settings.consul.address == "https://consul.example:8501"
+    assert settings.consul.token == "from-env"
+    flagged = load_settings(path, env=env, overrides={"consul.address": "127.0.0.2:9500"})
+    assert flagged.consul.address == "http://127.0.0.2:9500"
+
+
+def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"environment CONSUL_HTTP_ADDR: 'ftp://x' is not host:port"):
+        load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_ADDR": "ftp://x"})
+
+
+def test_consul_http_ssl_switches_scheme_only_without_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert load_settings(path, env={"CONSUL_HTTP_ADDR": "c:8501", "CONSUL_HTTP_SSL": "true"}).consul.address == (
+        "https://c:8501"
+    )
+    assert load_settings(path, env={"CONSUL_HTTP_ADDR": "http://c:8500", "CONSUL_HTTP_SSL": "true"}).consul.address == (
+        "http://c:8500"
+    )
+
+
+def test_token_file_is_read_and_token_never_in_repr(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    settings = load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_TOKEN_FILE": str(token)})
+    assert settings.consul.token == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
+
+
+def test_unreadable_token_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read token file"):
+        load_settings(write(tmp_path, f'[consul]\ntoken_file = "{tmp_path}/missing"\n'), env={})
+
+
+def test_services_flag_replaces_the_file_list(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[services]]\nname = "api"\nbackend = "be_api"\nhost = "API.example.com"\n')
+    settings = load_settings(path, env={})
+    assert [(s.name, s.backend, s.host) for s in settings.services] == [("api", "be_api", "api.example.com")]
+    assert [s.name for s in load_settings(path, env={}, services=["web", "db"]).services] == ["web", "db"]
+
+
+def test_duplicate_backends_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[services]]\nname = "a"\nbackend = "x"\n[[services]]\nname = "b"\nbackend = "x"\n')
+    with pytest.raises(ConfigError, match="backend 'x' appears more than once"):
+        load_settings(path, env={})
+
+
+def test_wait_max_must_not_be_shorter_than_wait_min(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"must not be shorter than sync\.wait_min"):
+        load_settings(write(tmp_path, '[sync]\nwait_min = "2s"\nwait_max = "1s"\n'), env={})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("250ms", 0.25), ("60s", 60), ("5m", 300), ("1h", 3600), (2, 2.0)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1s", "1d", True])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(("raw", "url"), [
+    ("127.0.0.1:8500", "http://127.0.0.1:8500"),
+    ("consul.service:8500", "http://consul.service:8500"),
+    ("https://consul:8501", "https://consul:8501"),
+    ("http://[::1]:8500", "http://[::1]:8500"),
+    ("consul", "http://consul:8500"),
+])
+def test_consul_address_forms(raw: str, url: str) -> None:
+    assert parse_consul_address(raw) == url
+
+
+def test_readme_config_reference_matches_the_schema() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert config.reference_markdown() in readme, "regenerate the README table: python -m haproxy_sync.config"

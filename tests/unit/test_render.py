@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.catalog import Snapshot, parse_health_entries
+from haproxy_sync.config import load_settings
+from haproxy_sync.render import TemplateError, load_template, render
+
+
+def entries(n: int, **over: object) -> list[dict]:
+    return [
+        {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+         "Service": {"ID": f"cabify-{i}", "Address": "", "Port": 9000 + i, **over},
+         "Checks": [{"Status": "passing"}]}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text(f'[haproxy]\nstats_socket = "{tmp_path}/admin.sock"\nuser = ""\ngroup = ""\n'
+                    f'server_state_file = "{tmp_path}/state"\nhttp_bind = "127.0.0.1:8080"\n')
+    return load_settings(path, env={})
+
+
+def snapshot(raw: list[dict]) -> Snapshot:
+    return Snapshot.of([parse_health_entries("cabify", raw)[0]])
+
+
+def test_same_snapshot_same_bytes_whatever_the_order(settings) -> None:
+    template = load_template(settings.template_path())
+    raw = entries(5)
+    first = render(snapshot(raw), settings, template)
+    again = render(snapshot(list(reversed(raw))), settings, template)
+    assert first == again
+    assert first.count("\n    server cabify-") == 5
+
+
+def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Path) -> None:
+    raw = entries(3)
+    raw[1]["Checks"] = [{"Status": "critical"}]
+    raw[2]["Service"]["Weights"] = {"Passing": 5, "Warning": 0}
+    raw[2]["Checks"] = [{"Status": "warning"}]
+    text = render(snapshot(raw), settings, load_template(settings.template_path()))
+    for directive in ("master-worker", f"stats socket {tmp_path}/admin.sock mode 660 level admin",
+                      f"server-state-file {tmp_path}/state", "option httplog", "option redispatch",
+                      "option idle-close-on-response", "load-server-state-from-file global",
+                      "option httpchk GET /health", "prometheus-exporter", "bind 127.0.0.1:8404",
+                      "default_backend cabify"):
+        assert directive in text, directive
+    assert re.search(r"server cabify-0 10\.0\.0\.1:9000 check weight 1$", text, re.M)
+    assert re.search(r"server cabify-1 10\.0\.0\.1:9001 check weight 1 disabled$", text, re.M)
+    assert re.search(r"server cabify-2 10\.0\.0\.1:9002 check weight 0$", text, re.M)
+    binary = haproxy.find_binary("haproxy")
+    if binary:
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(text)
+        haproxy.validate(binary, cfg)
+
+
+def test_ipv6_addresses_are_bracketed(settings) -> None:
+    text = render(snapshot(entries(1, Address="2001:db8::1")), settings, load_template(settings.template_path()))
+    assert "server cabify-0 [2001:db8::1]:9000 check" in text
+
+
+def test_undefined_variable_names_file_and_line(settings, tmp_path: Path) -> None:
+    path = tmp_path / "t.j2"
+    path.write_text("global\n  maxconn 1\n{{ backends[0].nmae }}\n")
+    with pytest.raises(TemplateError, match=rf"^{re.escape(str(path))}:3: UndefinedError"):
+        render(snapshot(entries(1)), settings, load_template(path))
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.j2"
+    path.write_text("global\n{% for x in %}\n")
+    with pytest.raises(TemplateError, match=rf"^{re.escape(str(path))}:2: syntax error"):
+        load_template(path)
+
+
+def test_missing_template_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="template not found"):
+        load_template(tmp_path / "absent.j2")
+
+
+def test_a_raising_expression_names_file_and_line(settings, tmp_path: Path) -> None:
+    path = tmp_path / "t.j2"
+    path.write_text("a\nb\n{{ 1 // 0 }}\n")
+    with pytest.raises(TemplateError, match=rf"{re.escape(str(path))}:3: ZeroDivisionError"):
+        render(snapshot(entries(1)), settings, load_template(path))
