@@ -170,10 +170,22 @@ class Layout:
         return haproxy.servers_state(self.stats_socket, backend)
 
     def up_servers(self, backend: str = "cabify") -> set[str]:
-        return {s.name for s in self.servers(backend) if s.up}
+        """Servers taking traffic; empty while the backend does not exist yet."""
+        try:
+            return {s.name for s in self.servers(backend) if s.up}
+        except haproxy.SocketError:
+            return set()
 
     def reloads(self) -> int:
-        return haproxy.show_proc(self.master_socket).reloads
+        """The master's reload counter; its socket blinks while it re-executes itself, so retry."""
+
+        def read() -> int | None:
+            try:
+                return haproxy.show_proc(self.master_socket).reloads + 1
+            except haproxy.SocketError:
+                return None
+
+        return wait_until(read, 5, what="the master socket") - 1
 
 
 def cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

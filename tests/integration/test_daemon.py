@@ -161,3 +161,38 @@ def test_template_error_is_reported_with_file_and_line(tmp_path: Path, consul: D
     assert f"{template}:3:" in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert layout.haproxy_cfg.read_text() == "# last good\n"
+
+
+def test_sighup_rereads_config_and_watches_new_services(stack: Stack, make_apps) -> None:
+    (api,) = make_apps(1, prefix="api")
+    register(stack.consul.url, api, service="api")
+    stack.layout.services = ("cabify", "api")
+    stack.layout.write()
+    stack.daemon.signal(signal.SIGHUP)
+    stack.daemon.wait_for_log("SIGHUP: configuration and template re-read")
+    wait_until(lambda: api.instance_id in stack.layout.up_servers("api"), 10, what="the new backend api served")
+    assert len(stack.layout.up_servers()) == 7
+
+
+def test_sighup_with_broken_config_keeps_the_running_one(stack: Stack) -> None:
+    stack.layout.config_toml.write_text(stack.layout.config_toml.read_text() + "\n[haproxy]\nmaxconn = 'lots'\n")
+    stack.daemon.signal(signal.SIGHUP)
+    log = stack.daemon.wait_for_log("SIGHUP: new configuration rejected")
+    assert str(stack.layout.config_toml) in log
+    consul_put(stack.consul.url, "/v1/agent/service/deregister/cabify-1")
+    wait_until(lambda: len(stack.layout.servers()) == 6, 10, what="the daemon still applying changes")
+
+
+def test_json_logs_parse_line_by_line(tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
+    import json
+
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(2), exits)
+        stack.daemon.stop()
+        daemon = DaemonProcess(stack.layout.config_toml, tmp_path / "json.log", "--log-format", "json")
+        exits.callback(daemon.stop)
+        daemon.wait_for_log('"applied ')
+        daemon.stop()
+        records = [json.loads(line) for line in daemon.log().splitlines()]
+        assert {"ts", "level", "logger", "msg"} <= records[0].keys()
+        assert any(r["msg"].startswith("applied cabify: 2 servers") for r in records)
