@@ -224,6 +224,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "sync": {
         "wait_min": Setting(parse_duration, "25ms", "Quiet time after a change before applying (resets per change)."),
         "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
+        "runtime_api": Setting(
+            _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
+        ),
     },
 }
 
@@ -291,6 +294,7 @@ class HAProxySettings:
 class SyncSettings:
     wait_min: float
     wait_max: float
+    runtime_api: bool
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+# The Docker registry that holds the cabify images, on static port 5000. Its storage is the
+# Nomad host volume "registry" (configured by the nomad role on the hosts of the `registry`
+# inventory group), so images survive restarts and reschedules of the container.
+
+variable "image" {
+  type        = string
+  description = "Registry image, pinned to an exact tag."
+  default     = "registry:2.8.3"
+}
+
+variable "datacenters" {
+  type        = list(string)
+  description = "Nomad datacenters to run in."
+  default     = ["dc1"]
+}
+
+job "registry" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  update {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "5s"
+    healthy_deadline = "2m"
+    auto_revert      = true
+  }
+
+  group "registry" {
+    count = 1
+
+    volume "registry" {
+      type      = "host"
+      source    = "registry"
+      read_only = false
+    }
+
+    network {
+      port "http" {
+        static = 5000
+        to     = 5000
+      }
+    }
+
+    restart {
+      attempts = 5
+      interval = "5m"
+      delay    = "10s"
+      mode     = "delay"
+    }
+
+    service {
+      name = "registry"
+      port = "http"
+
+      check {
+        name     = "registry-api"
+        type     = "http"
+        path     = "/v2/"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "registry" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        ports = ["http"]
+      }
+
+      volume_mount {
+        volume      = "registry"
+        destination = "/var/lib/registry"
+        read_only   = false
+      }
+
+      env {
+        REGISTRY_HTTP_ADDR              = "0.0.0.0:5000"
+        REGISTRY_STORAGE_DELETE_ENABLED = "true"
+      }
+
+      resources {
+        cpu    = 200
+        memory = 256
+      }
+
+      logs {
+        max_files     = 3
+        max_file_size = 10
+      }
+    }
+  }
+}
