@@ -142,6 +142,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> in
     """
     from haproxy_sync.catalog import Snapshot
     from haproxy_sync.consul import read_once
+    from haproxy_sync.daemon import plan_tables
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
 
@@ -149,7 +150,9 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> in
     logs.configure(settings.log.level, settings.log.format)
     template = load_template(settings.template_path())
     services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services]))
-    text = render_text(Snapshot.of(svc for svc, _ in services.values()), settings, template)
+    snapshot = Snapshot.of(svc for svc, _ in services.values())
+    live = haproxy.read_text(settings.haproxy.config_path)
+    text = render_text(plan_tables(settings, snapshot, None, live), settings, template)
     if run_check:
         _check_text(settings, text)
     if show_diff:
@@ -188,6 +191,7 @@ def check(**params: Any) -> int:
     catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
     """
     from haproxy_sync.catalog import Snapshot, parse_health_entries
+    from haproxy_sync.daemon import plan_tables
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
 
@@ -198,9 +202,8 @@ def check(**params: Any) -> int:
          "Service": {"ID": f"sample-{i}", "Address": "", "Port": 8080 + i}, "Checks": []}
         for i in range(2)
     ]
-    text = render_text(
-        Snapshot.of(parse_health_entries(s.name, sample)[0] for s in settings.services), settings, template
-    )
+    snapshot = Snapshot.of(parse_health_entries(s.name, sample)[0] for s in settings.services)
+    text = render_text(plan_tables(settings, snapshot, None, None), settings, template)
     checked = "rendered with a sample catalog"
     if haproxy.find_binary(settings.haproxy.binary):
         _check_text(settings, text)

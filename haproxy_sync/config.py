@@ -224,6 +224,13 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "sync": {
         "wait_min": Setting(parse_duration, "25ms", "Quiet time after a change before applying (resets per change)."),
         "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
+        "slots": Setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (one reload) when full."),
+        "drain_timeout": Setting(
+            parse_duration, "10s", "How long a leaving or critical instance drains (weight 0) before maintenance.",
+        ),
+        "reload_min_interval": Setting(
+            parse_duration, "1s", "Least time between two reloads; changes meanwhile fold into the next.",
+        ),
         "runtime_api": Setting(
             _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
         ),
@@ -294,6 +301,9 @@ class HAProxySettings:
 class SyncSettings:
     wait_min: float
     wait_max: float
+    slots: int
+    drain_timeout: float
+    reload_min_interval: float
     runtime_api: bool
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,19 @@ from haproxy_sync import haproxy
 from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import ServiceWatch, WatchUpdate, backoff_delay, make_client, read_once
-from haproxy_sync.plan import describe, diff_snapshots
+from haproxy_sync.plan import (
+    BackendSlots,
+    Drift,
+    Plan,
+    Running,
+    assign_all,
+    describe,
+    diff_snapshots,
+    find_drift,
+    next_deadline,
+    plan_runtime,
+    slots_from_config,
+)
 from haproxy_sync.render import TemplateError, load_template, render
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,7 @@ class Outcome:
 
     ok: bool
     sentence: str
+    deferred: bool = False  # nothing failed: the reload budget moved it to a later cycle
 
 
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
@@ -59,7 +72,7 @@ def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
 
 
 def apply_config(settings: Settings, text: str) -> str:
-    """Write ``text`` as the live config (validated) and have HAProxy run it; returns what was done.
+    """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
     Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`haproxy.ReloadError` after
     putting the last confirmed config back when HAProxy refused the new one.
@@ -84,7 +97,65 @@ def apply_config(settings: Settings, text: str) -> str:
         raise
     haproxy.remember_last_good(path)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
-    return f"{action}; reloaded in {(time.monotonic() - started) * 1000:.0f} ms{worker}"
+    old = len(info.workers) - 1
+    piling = f"; {old} old workers still serving long-lived connections" if old > 0 else ""
+    return f"{action}; reloaded in {(time.monotonic() - started) * 1000:.0f} ms{worker}{piling}"
+
+
+def read_running(stats_socket: Path) -> dict[tuple[str, str], Running]:
+    """What every server runs now, as (address, port, weight, in maintenance)."""
+    return {
+        (s.backend, s.name): (s.address, s.port, s.weight, s.in_maintenance)
+        for s in haproxy.servers_state(stats_socket)
+    }
+
+
+class RuntimeApplyError(haproxy.HAProxyError):
+    """The Runtime API did not leave HAProxy running what was planned; a reload will."""
+
+
+def apply_runtime(
+    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...], text: str
+) -> str:
+    """The fast path: runtime commands, read back, then the same state written to disk.
+
+    The commands go first, so convergence does not wait for ``haproxy -c``; the file follows so that
+    a restart or a later reload gives the same state.
+    """
+    hap = settings.haproxy
+    started = time.monotonic()
+    answers = haproxy.runtime_commands(hap.stats_socket, commands) if commands else ""
+    drift = find_drift(tables, read_running(hap.stats_socket))
+    if not drift.empty:
+        detail = "; ".join([*drift.missing, *drift.found][:3])
+        raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: {detail}"
+                                + (f" (HAProxy said: {answers[:200]})" if answers else ""))
+    applied_ms = (time.monotonic() - started) * 1000
+    haproxy.atomic_write(hap.config_path, text, binary=hap.binary)
+    haproxy.remember_last_good(hap.config_path)
+    return f"runtime API: {len(commands)} commands in {applied_ms:.0f} ms, no reload"
+
+
+def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots]) -> Drift:
+    """Read what HAProxy runs, and put right what differs from the plan (someone's `disable server`,
+    state a reload brought back). Returns the drift found; slots HAProxy lacks need a reload."""
+    drift = find_drift(tables, read_running(settings.haproxy.stats_socket))
+    if drift.commands:
+        haproxy.runtime_commands(settings.haproxy.stats_socket, drift.commands)
+    return drift
+
+
+def plan_tables(
+    settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None
+) -> dict[str, BackendSlots]:
+    """Slot tables for ``snapshot``; without previous tables, the live config says who holds which slot."""
+    pairs = [(s.backend, s.name) for s in settings.services]
+    if previous is None:
+        previous = slots_from_config(live_text or "", snapshot, pairs)
+    sync = settings.sync
+    return assign_all(
+        previous, snapshot, pairs, base=sync.slots, now=time.monotonic(), drain_timeout=sync.drain_timeout
+    )
 
 
 class Daemon:
@@ -96,13 +167,17 @@ class Daemon:
         self.notifier = sdnotify.SystemdNotifier()
         self.latest: dict[str, Service] = {}
         self.applied: Snapshot | None = None
+        self.tables: dict[str, BackendSlots] | None = None  # the slot tables HAProxy runs
         self.watches: dict[str, tuple[ServiceWatch, asyncio.Task[None]]] = {}
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
         self._changed = False
         self._stop = False
         self._hup = False
-        self._retry_at: float | None = None
+        self._structure_changed = False  # template or settings changed: the next apply reloads
+        self._retry_at: float | None = None  # after a failed apply
+        self._drain_at: float | None = None  # when the earliest drain ends
+        self._reload_not_before = 0.0  # reload budget
         self._failures = 0
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
@@ -135,9 +210,9 @@ class Daemon:
         try:
             self._sync_watches(client)
             log.info(
-                "started services=%s consul=%s config=%s",
+                "started services=%s consul=%s config=%s runtime_api=%s",
                 ",".join(s.name for s in self.settings.services), self.settings.consul.address,
-                self.settings.haproxy.config_path,
+                self.settings.haproxy.config_path, "on" if self.settings.sync.runtime_api else "off",
             )
             await self._loop(client)
         finally:
@@ -151,6 +226,9 @@ class Daemon:
                 loop.remove_signal_handler(signum)
         log.info("stopped")
         return 0
+
+    def _timers(self) -> list[float]:
+        return [t for t in (self._retry_at, self._drain_at) if t is not None]
 
     async def _loop(self, client: object) -> None:
         waiting_logged = False
@@ -167,19 +245,22 @@ class Daemon:
                     log.info("waiting for a first good read from Consul of services=%s", ",".join(missing))
                     waiting_logged = True
                 continue
-            retry_due = self._retry_at is not None and time.monotonic() >= self._retry_at
-            if not (self._changed or retry_due):
+            now = time.monotonic()
+            timer_due = any(t <= now for t in self._timers())
+            if not (self._changed or timer_due):
                 continue
-            await self._settle()
-            if self._stop:
-                break
+            if self._changed:
+                await self._settle()
+                if self._stop:
+                    break
             self._changed = False
             self._retry_at = None
             outcome = await self._apply_once()
             self._after(outcome)
 
     async def _sleep_until_woken(self) -> None:
-        timeout = None if self._retry_at is None else max(0.0, self._retry_at - time.monotonic())
+        timers = self._timers()
+        timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
@@ -199,18 +280,51 @@ class Daemon:
                 return
 
     async def _apply_once(self) -> Outcome:
-        snapshot = Snapshot.of(self.latest[s.name] for s in self.settings.services)
+        settings = self.settings
+        snapshot = Snapshot.of(self.latest[s.name] for s in settings.services)
         change = describe(diff_snapshots(self.applied, snapshot))
+        live = haproxy.read_text(settings.haproxy.config_path)
+        tables = plan_tables(settings, snapshot, self.tables, live)
+        self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
         assert self.template is not None
         try:
-            text = render(snapshot, self.settings, self.template)
+            text = render(tables, settings, self.template)
         except TemplateError as exc:
             return Outcome(False, f"{change}; template error {exc}; kept last good config")
-        if self._confirmed and text == haproxy.read_text(self.settings.haproxy.config_path):
-            self.applied = snapshot
+        if self._confirmed and text == live:
+            self._commit(snapshot, tables)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
+        plan = self._plan(tables, live, text)
+        if not plan.needs_reload:
+            try:
+                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, text)
+            except haproxy.HAProxyError as exc:
+                plan = Plan(reload_reason=f"runtime API path failed ({exc})")
+            else:
+                self._commit(snapshot, tables)
+                return Outcome(True, f"{change}; {action}")
+        wait = self._reload_not_before - time.monotonic()
+        if wait > 0:
+            self._retry_at = self._reload_not_before
+            return Outcome(True, f"{change}; reload ({plan.reload_reason}) deferred {wait:.1f}s by the reload budget",
+                           deferred=True)
+        return await self._reload(snapshot, tables, text, change, plan.reload_reason or "")
+
+    def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str) -> Plan:
+        if not self.settings.sync.runtime_api:
+            return Plan(reload_reason="runtime API off")
+        if self._structure_changed:
+            return Plan(reload_reason="template or settings changed")
+        if not self._confirmed or self.tables is None:
+            return Plan(reload_reason="HAProxy not yet confirmed running the live config")
+        return plan_runtime(self.tables, tables, live, text)
+
+    async def _reload(
+        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: str
+    ) -> Outcome:
+        settings = self.settings
         try:
-            action = await asyncio.to_thread(apply_config, self.settings, text)
+            action = await asyncio.to_thread(apply_config, settings, text)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -218,11 +332,30 @@ class Daemon:
         except haproxy.HAProxyError as exc:
             self._confirmed = False
             return Outcome(False, f"{change}; {exc}")
-        self.applied = snapshot
-        self._confirmed = True
+        if "reloaded" in action:
+            self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
+            action = f"{action} ({reason})"
+        self._structure_changed = False
+        self._commit(snapshot, tables)
+        try:
+            drift = await asyncio.to_thread(repair_drift, settings, tables)
+        except haproxy.HAProxyError as exc:
+            log.warning("could not read back servers after the reload: %s", exc)
+        else:
+            if not drift.empty:
+                log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
+                            len(drift.found), "; ".join(drift.found[:5]))
         return Outcome(True, f"{change}; {action}")
 
+    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots]) -> None:
+        self.applied = snapshot
+        self.tables = tables
+        self._confirmed = True
+
     def _after(self, outcome: Outcome) -> None:
+        if outcome.deferred:
+            log.debug("%s", outcome.sentence)
+            return
         if outcome.ok:
             self._failures = 0
             log.info("applied %s", outcome.sentence)
@@ -246,16 +379,17 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            render(Snapshot.of(self.latest.values()), settings, template)
+            render(plan_tables(settings, Snapshot.of(self.latest.values()), self.tables, None), settings, template)
         except (ConfigError, TemplateError) as exc:
             log.error("SIGHUP: new configuration rejected, keeping the running one: %s",
                       str(exc).replace("\n", "; "))
             return
         if settings.consul != self.settings.consul:
             log.warning("SIGHUP: [consul] changes take effect on restart; other changes applied now")
-            settings = _replace_consul(settings, self.settings)
+            settings = dataclasses.replace(settings, consul=self.settings.consul)
         self.settings, self.template = settings, template
         self._sync_watches(client)
+        self._structure_changed = True
         self._changed = True
         log.info("SIGHUP: configuration and template re-read")
 
@@ -282,10 +416,6 @@ class Daemon:
             await asyncio.sleep(usec / 2_000_000)
 
 
-def _replace_consul(new: Settings, old: Settings) -> Settings:
-    return dataclasses.replace(new, consul=old.consul)
-
-
 async def run_once(settings: Settings) -> Outcome:
     """``run --once``: one read of every service, one apply; the caller turns ``ok`` into the exit code."""
     template = load_template(settings.template_path())
@@ -295,9 +425,10 @@ async def run_once(settings: Settings) -> Outcome:
             log.warning("skipped instance service=%s id=%r reason=%r", name, item.instance_id, item.reason)
     snapshot = Snapshot.of(service for service, _ in services.values())
     change = describe(diff_snapshots(None, snapshot))
-    text = render(snapshot, settings, template)
     hap = settings.haproxy
-    if haproxy.read_text(hap.config_path) == text:
+    live = haproxy.read_text(hap.config_path)
+    text = render(plan_tables(settings, snapshot, None, live), settings, template)
+    if live == text:
         return Outcome(True, f"{change}; rendered config identical, no write, no reload")
     try:
         haproxy.show_proc(hap.master_socket)

@@ -277,7 +277,9 @@ class ServerState:
 
     @property
     def in_maintenance(self) -> bool:
-        return bool(self.admin & 0x27)  # forced, inherited, config or resolution maintenance
+        # Forced, inherited or resolution maintenance. The config bit (0x04) stays set after
+        # `set server state ready` on a server the file had `disabled`: it records, not enforces.
+        return bool(self.admin & 0x23)
 
     @property
     def draining(self) -> bool:
@@ -307,6 +309,18 @@ def parse_servers_state(text: str) -> tuple[ServerState, ...]:
             )
         )
     return tuple(states)
+
+
+def runtime_commands(stats_socket: Path, commands: list[str] | tuple[str, ...], batch: int = 50) -> str:
+    """Send Runtime API commands, several per connection (``;``-separated, run in order).
+
+    HAProxy answers informational text even on success, so the caller verifies the outcome by
+    reading the state back rather than by parsing these answers; they are returned for the logs.
+    """
+    answers = []
+    for start in range(0, len(commands), batch):
+        answers.append(socket_command(stats_socket, "; ".join(commands[start:start + batch])))
+    return " | ".join(" ".join(a.split()) for a in answers if a.strip())
 
 
 def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[ServerState, ...]:

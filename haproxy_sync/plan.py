@@ -1,15 +1,276 @@
-"""Pure planning: what changed between the snapshot HAProxy runs and the new one.
+"""Pure planning: which server slot each instance holds, and how HAProxy gets there.
 
-Today every change that reaches the config goes through a validated reload; this module says what
-changed, so that each apply can log one sentence (``cabify: 7 servers (+1 -0 ~0)``) and so that the
-runtime-API fast path has one place to grow into.
+Every backend has pre-made server lines, ``slot1`` .. ``slotN``. An instance takes a free slot when it
+appears and keeps it, keyed by its Consul node and service ID, for its whole life; a slot goes back to
+the pool only after its instance left and its connections had ``drain_timeout`` to finish. Because the
+server lines exist before the instances do, a change of membership, health or weight is a handful of
+Runtime API commands (``set server ... addr/weight/state``), not a reload. A reload is planned only for
+what the Runtime API cannot express: a new backend, a template or settings change, more slots.
+
+Lifecycle of a slot, driven by Consul's status (passing < warning < critical):
+
+    free (maint) --instance appears--> ready, weight Passing (or Warning; 0 drains)
+    ready --critical or gone--> draining (weight 0: in-flight requests finish) --drain_timeout--> maint
+    maint --instance gone--> free            maint/draining --passing again--> ready
+
+Drain is expressed as weight 0, not the runtime ``drain`` state, because weight 0 can be written in
+haproxy.cfg: the file on disk always describes what runs, so a restart gives the same state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
-from haproxy_sync.catalog import Service, Snapshot
+from haproxy_sync.catalog import Instance, Service, Snapshot, Status
+
+FREE_ADDRESS = "127.0.0.1"
+FREE_PORT = 1  # a free slot is in maintenance; the placeholder only has to be a valid address
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One server line of a backend and, when held, the instance behind it."""
+
+    index: int
+    owner: tuple[str, str] | None = None  # (node, service ID)
+    address: str = FREE_ADDRESS
+    port: int = FREE_PORT
+    weight: int = 0
+    maint: bool = True
+    draining_since: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"slot{self.index}"
+
+    @property
+    def runtime(self) -> tuple[str, int, int, bool]:
+        """What HAProxy must run for this slot: address, port, weight, in maintenance."""
+        return (self.address, self.port, self.weight, self.maint)
+
+    @property
+    def state(self) -> str:
+        """``enabled``, ``drain`` (weight 0, no new requests) or ``disabled`` (maintenance)."""
+        if self.maint:
+            return "disabled"
+        return "drain" if self.weight == 0 else "enabled"
+
+
+@dataclass(frozen=True)
+class BackendSlots:
+    backend: str
+    slots: tuple[Slot, ...]
+
+    def holder(self, key: tuple[str, str]) -> Slot | None:
+        return next((slot for slot in self.slots if slot.owner == key), None)
+
+
+def _free(index: int) -> Slot:
+    return Slot(index)
+
+
+def _slot_for(instance: Instance, slot: Slot, now: float, drain_timeout: float) -> Slot:
+    """The slot an existing holder should be in, given the instance's status now."""
+    held = replace(slot, owner=instance.key, address=instance.address, port=instance.port)
+    if instance.status is Status.PASSING:
+        return replace(held, weight=instance.weight_passing, maint=False, draining_since=None)
+    if instance.status is Status.WARNING:
+        return replace(held, weight=instance.weight_warning, maint=False, draining_since=None)
+    return _drain(held, now, drain_timeout)
+
+
+def _drain(slot: Slot, now: float, drain_timeout: float) -> Slot:
+    if slot.maint:
+        return replace(slot, weight=0, draining_since=None)
+    since = slot.draining_since if slot.draining_since is not None else now
+    if now - since >= drain_timeout:
+        return replace(slot, weight=0, maint=True, draining_since=None)
+    return replace(slot, weight=0, draining_since=since)
+
+
+def assign(
+    previous: BackendSlots | None, backend: str, service: Service, *, base: int, now: float, drain_timeout: float
+) -> BackendSlots:
+    """The new slot table of one backend; pure, so that the same inputs always plan the same."""
+    instances = {inst.key: inst for inst in service.instances}
+    slots: list[Slot] = []
+    for slot in previous.slots if previous else ():
+        if slot.owner is None:
+            slots.append(slot)
+        elif slot.owner in instances:
+            slots.append(_slot_for(instances[slot.owner], slot, now, drain_timeout))
+        else:
+            gone = _drain(slot, now, drain_timeout)
+            slots.append(_free(slot.index) if gone.maint else gone)
+    held = {slot.owner for slot in slots if slot.owner is not None}
+    newcomers = [inst for inst in service.instances if inst.key not in held]
+    size = max(len(slots), base)
+    free = sum(1 for slot in slots if slot.owner is None) + size - len(slots)
+    while free < len(newcomers):
+        free += size
+        size *= 2
+    slots.extend(_free(index) for index in range(len(slots) + 1, size + 1))
+    free_indexes = iter([i for i, slot in enumerate(slots) if slot.owner is None])
+    for inst in newcomers:
+        position = next(free_indexes)
+        fresh = replace(slots[position], owner=inst.key, address=inst.address, port=inst.port)
+        if inst.status is Status.CRITICAL:  # never had traffic: straight to maintenance
+            slots[position] = replace(fresh, weight=0, maint=True)
+        else:
+            slots[position] = _slot_for(inst, fresh, now, drain_timeout)
+    return BackendSlots(backend, tuple(slots))
+
+
+def assign_all(
+    previous: Mapping[str, BackendSlots],
+    snapshot: Snapshot,
+    backends: Iterable[tuple[str, str]],
+    *,
+    base: int,
+    now: float,
+    drain_timeout: float,
+) -> dict[str, BackendSlots]:
+    """Slot tables for every (backend, service) pair."""
+    return {
+        backend: assign(previous.get(backend), backend, snapshot.get(service), base=base, now=now,
+                        drain_timeout=drain_timeout)
+        for backend, service in backends
+    }
+
+
+def next_deadline(tables: Mapping[str, BackendSlots], drain_timeout: float) -> float | None:
+    """When the earliest drain ends, so the daemon can wake up and move that slot on."""
+    ends = [s.draining_since + drain_timeout for t in tables.values() for s in t.slots if s.draining_since is not None]
+    return min(ends, default=None)
+
+
+# --- from the live config back to slot tables (after a restart) ---
+
+_BACKEND = re.compile(r"^\s*backend\s+(\S+)")
+_SECTION = re.compile(r"^\s*(global|defaults|frontend|listen|backend|peers|resolvers|userlist|program|cache)\b")
+_SERVER = re.compile(r"^\s*server\s+slot(\d+)\s+(\[[0-9A-Fa-f:.]+\]|[^\s:]+):(\d+)\b(.*)$")
+_WEIGHT = re.compile(r"\bweight\s+(\d+)")
+
+
+def slots_from_config(text: str, snapshot: Snapshot, backends: Iterable[tuple[str, str]]) -> dict[str, BackendSlots]:
+    """Rebuild slot tables from a config we rendered, matching instances by address and port.
+
+    Lets a restarted daemon keep every instance in the slot HAProxy already gives it, so its first
+    apply is a no-op instead of a reshuffle.
+    """
+    service_of = dict(backends)
+    found: dict[str, list[Slot]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if match := _BACKEND.match(line):
+            current = match.group(1)
+            continue
+        if _SECTION.match(line):
+            current = None
+            continue
+        if current in service_of and (match := _SERVER.match(line)):
+            index, host, port, rest = match.groups()
+            weight = _WEIGHT.search(rest)
+            found.setdefault(current, []).append(Slot(
+                index=int(index), address=host.strip("[]"), port=int(port),
+                weight=int(weight.group(1)) if weight else 1, maint=" disabled" in f" {rest.split('#')[0]}",
+            ))
+    tables: dict[str, BackendSlots] = {}
+    for backend, slots in found.items():
+        by_endpoint = {(i.address, i.port): i for i in snapshot.get(service_of[backend]).instances}
+        adopted = []
+        for slot in sorted(slots, key=lambda s: s.index):
+            inst = by_endpoint.pop((slot.address, slot.port), None)
+            adopted.append(replace(slot, owner=inst.key) if inst else _free(slot.index) if slot.maint else slot)
+        tables[backend] = BackendSlots(backend, tuple(adopted))
+    return tables
+
+
+# --- what HAProxy must be told ---
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Runtime API commands to send, or the reason a reload is needed instead."""
+
+    commands: tuple[str, ...] = ()
+    reload_reason: str | None = None
+
+    @property
+    def needs_reload(self) -> bool:
+        return self.reload_reason is not None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def slot_commands(backend: str, old: Slot, new: Slot) -> list[str]:
+    """Commands taking one slot from ``old`` to ``new``; maintenance first, ready last, so no request
+    ever reaches a half-changed server."""
+    target = f"{backend}/{new.name}"
+    commands: list[str] = []
+    if new.maint and not old.maint:
+        commands.append(f"set server {target} state maint")
+    if (new.address, new.port) != (old.address, old.port):
+        commands.append(f"set server {target} addr {new.address} port {new.port}")
+    if new.weight != old.weight:
+        commands.append(f"set server {target} weight {new.weight}")
+    if old.maint and not new.maint:
+        commands.append(f"set server {target} state ready")
+    return commands
+
+
+def structure(text: str) -> list[str]:
+    """The config with what the Runtime API can change taken out: server lines keep only their name,
+    comments go. Two configs with the same structure differ only in what runtime commands can apply."""
+    shape = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("server "):
+            stripped = " ".join(stripped.split()[:2])
+        shape.append(stripped)
+    return shape
+
+
+def plan_runtime(
+    old: Mapping[str, BackendSlots], new: Mapping[str, BackendSlots], old_text: str | None, new_text: str
+) -> Plan:
+    """Runtime commands for ``old`` -> ``new``, or the first reason they cannot do it alone."""
+    if old_text is None:
+        return Plan(reload_reason="no live config yet")
+    if old.keys() != new.keys():
+        added = sorted(new.keys() - old.keys())
+        removed = sorted(old.keys() - new.keys())
+        return Plan(reload_reason=f"backends changed (+{','.join(added) or '-'} -{','.join(removed) or '-'})")
+    commands: list[str] = []
+    for backend, table in new.items():
+        before = old[backend]
+        if len(before.slots) != len(table.slots):
+            return Plan(reload_reason=f"backend {backend} slots {len(before.slots)} -> {len(table.slots)}")
+        for previous, slot in zip(before.slots, table.slots, strict=True):
+            if previous.runtime == slot.runtime:
+                continue
+            if not _is_ip(slot.address):
+                return Plan(reload_reason=f"{backend}/{slot.name} address {slot.address} is a host name")
+            commands.extend(slot_commands(backend, previous, slot))
+    old_shape, new_shape = structure(old_text), structure(new_text)
+    if old_shape != new_shape:
+        line = next((n for o, n in zip(old_shape, new_shape, strict=False) if o != n), "(length)")
+        return Plan(reload_reason=f"config structure changed at {line[:80]!r}")
+    return Plan(commands=tuple(commands))
+
+
+# --- one sentence per apply ---
 
 
 @dataclass(frozen=True)
@@ -49,3 +310,55 @@ def describe(diffs: tuple[ServiceDiff, ...]) -> str:
     """The changed services first; unchanged ones only when nothing changed at all."""
     changed = [d.sentence() for d in diffs if not d.empty]
     return "; ".join(changed or [d.sentence() for d in diffs]) or "no services"
+
+
+# --- drift: what HAProxy runs against what it should ---
+
+Running = tuple[str, int, int, bool]  # address, port, weight, in maintenance
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+def _fmt(run: Running) -> str:
+    address, port, weight, maint = run
+    return f"{address}:{port} weight {weight}{' maint' if maint else ''}"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Servers that run something other than planned, and the commands that put them right.
+
+    ``missing`` names slots HAProxy does not have at all: only a reload can bring those back.
+    """
+
+    commands: tuple[str, ...] = ()
+    found: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.found or self.missing)
+
+
+def find_drift(desired: Mapping[str, BackendSlots], running: Mapping[tuple[str, str], Running]) -> Drift:
+    commands: list[str] = []
+    found: list[str] = []
+    missing: list[str] = []
+    for backend, table in desired.items():
+        for slot in table.slots:
+            actual = running.get((backend, slot.name))
+            if actual is None:
+                missing.append(f"{backend}/{slot.name}")
+                continue
+            address, port, weight, maint = actual
+            if _same_endpoint(address, slot.address) and (port, weight, maint) == (slot.port, slot.weight, slot.maint):
+                continue
+            found.append(f"{backend}/{slot.name} runs {_fmt(actual)}, planned {_fmt(slot.runtime)}")
+            as_running = replace(slot, address=address, port=port, weight=weight, maint=maint)
+            commands.extend(slot_commands(backend, as_running, slot))
+    return Drift(tuple(commands), tuple(found), tuple(missing))

@@ -1,6 +1,6 @@
-"""Pure rendering: (snapshot, settings, template) -> haproxy.cfg text.
+"""Pure rendering: (slot tables, settings, template) -> haproxy.cfg text.
 
-Rendering is deterministic (the same snapshot gives the same bytes), so the daemon can tell "nothing
+Rendering is deterministic (the same slot tables give the same bytes), so the daemon can tell "nothing
 changed" by comparing text and skip both the write and the reload. The template sees only validated
 values from :mod:`haproxy_sync.catalog` and settings; Jinja2 runs with ``StrictUndefined`` so that a
 typo in a template is an error naming the file and line instead of an empty string in the config.
@@ -9,6 +9,7 @@ typo in a template is an error naming the file and line instead of an empty stri
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import jinja2
 
 from haproxy_sync import __version__
-from haproxy_sync.catalog import Server, Snapshot
+from haproxy_sync.catalog import server_name_for
 from haproxy_sync.config import ServiceSettings, Settings
+from haproxy_sync.plan import BackendSlots, Slot
 
 
 class TemplateError(Exception):
@@ -26,15 +28,20 @@ class TemplateError(Exception):
 
 @dataclass(frozen=True)
 class ServerView:
-    """What a template needs of one server; ``state`` is ``enabled``, ``drain`` or ``disabled``."""
+    """What a template needs of one server slot; ``state`` is ``enabled``, ``drain`` or ``disabled``."""
 
     name: str
     address: str
     port: int
     weight: int
     state: str
-    instance_id: str
+    instance_id: str  # empty for a free slot
     node: str
+
+    @property
+    def label(self) -> str:
+        """The instance as a name that is safe anywhere in a config line (IDs may hold anything)."""
+        return server_name_for(self.instance_id, self.node) if self.instance_id else "free"
 
     @property
     def endpoint(self) -> str:
@@ -43,17 +50,9 @@ class ServerView:
         return f"{host}:{self.port}"
 
     @classmethod
-    def of(cls, server: Server) -> ServerView:
-        inst = server.instance
-        if not inst.routable:
-            state = "disabled"
-        elif inst.weight == 0:
-            state = "drain"
-        else:
-            state = "enabled"
-        # A disabled server keeps its passing weight, so enabling it again restores the right share.
-        weight = inst.weight if inst.routable else inst.weight_passing
-        return cls(server.name, inst.address, inst.port, weight, state, inst.id, inst.node)
+    def of(cls, slot: Slot) -> ServerView:
+        node, instance_id = slot.owner or ("", "")
+        return cls(slot.name, slot.address, slot.port, slot.weight, slot.state, instance_id, node)
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,12 @@ class BackendView:
     def up_count(self) -> int:
         return sum(1 for s in self.servers if s.state == "enabled")
 
+    @property
+    def instance_count(self) -> int:
+        return sum(1 for s in self.servers if s.instance_id)
 
-def backend_views(snapshot: Snapshot, services: tuple[ServiceSettings, ...]) -> tuple[BackendView, ...]:
+
+def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSettings, ...]) -> tuple[BackendView, ...]:
     return tuple(
         BackendView(
             name=svc.backend,
@@ -78,16 +81,16 @@ def backend_views(snapshot: Snapshot, services: tuple[ServiceSettings, ...]) -> 
             balance=svc.balance,
             health_path=svc.health_path,
             host=svc.host,
-            servers=tuple(ServerView.of(s) for s in snapshot.get(svc.name).servers),
+            servers=tuple(ServerView.of(slot) for slot in tables[svc.backend].slots),
         )
         for svc in services
     )
 
 
-def template_context(snapshot: Snapshot, settings: Settings) -> dict[str, Any]:
+def template_context(tables: Mapping[str, BackendSlots], settings: Settings) -> dict[str, Any]:
     hap = settings.haproxy
     return {
-        "backends": backend_views(snapshot, settings.services),
+        "backends": backend_views(tables, settings.services),
         "haproxy": hap,
         "stats_socket": str(hap.stats_socket),
         "server_state_file": str(hap.server_state_file),
@@ -115,10 +118,10 @@ def load_template(path: Path) -> jinja2.Template:
         raise TemplateError(f"{path}: cannot read template: {exc}") from None
 
 
-def render(snapshot: Snapshot, settings: Settings, template: jinja2.Template) -> str:
+def render(tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template) -> str:
     """Render the config text; any error inside the template is reported with its file and line."""
     try:
-        return template.render(template_context(snapshot, settings))
+        return template.render(template_context(tables, settings))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.message}") from None
     except Exception as exc:  # a template may raise anything from a filter or a method it calls

@@ -169,10 +169,11 @@ class Layout:
     def servers(self, backend: str = "cabify") -> tuple[haproxy.ServerState, ...]:
         return haproxy.servers_state(self.stats_socket, backend)
 
-    def up_servers(self, backend: str = "cabify") -> set[str]:
-        """Servers taking traffic; empty while the backend does not exist yet."""
+    def serving_ports(self, backend: str = "cabify") -> set[int]:
+        """Ports of the servers taking new requests (up, weight above 0); empty while the backend
+        does not exist yet. Slots are named slot1..N, so tests identify instances by their port."""
         try:
-            return {s.name for s in self.servers(backend) if s.up}
+            return {s.port for s in self.servers(backend) if s.up and s.weight > 0}
         except haproxy.SocketError:
             return set()
 

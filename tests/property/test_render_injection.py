@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Snapshot, parse_health_entries
 from haproxy_sync.config import load_settings
+from haproxy_sync.daemon import plan_tables
 from haproxy_sync.render import load_template, render
 
 NASTY = st.sampled_from(["\n", "\r", "#", '"', "'", " ", "\\", "\t", "{{", "}}", "\x00", "é", "ü", "\u2028"])
@@ -32,7 +33,8 @@ entry = st.fixed_dictionaries({
                                               "Output": text}), max_size=3),
 })
 SERVER_LINE = re.compile(
-    r"^    server [A-Za-z0-9_.:-]{1,100} (\[[0-9a-f:]+\]|[A-Za-z0-9.-]+):\d{1,5} check weight \d{1,3}( disabled)?$"
+    r"^    server slot\d+ (\[[0-9a-f:]+\]|[A-Za-z0-9.-]+):\d{1,5} check weight \d{1,3}( disabled)?"
+    r"  # [A-Za-z0-9_.:-]{1,100}$"
 )
 
 
@@ -49,15 +51,17 @@ def test_arbitrary_catalog_renders_only_valid_server_lines(tmp_path: Path, entri
     settings_ = _settings(tmp_path)
     template = load_template(settings_.template_path())
     service, skipped = parse_health_entries("cabify", entries)
-    text = render(Snapshot.of([service]), settings_, template)
-    baseline = render(Snapshot.of([]), settings_, template)
+    text = render(plan_tables(settings_, Snapshot.of([service]), None, None), settings_, template)
+    baseline = render(plan_tables(settings_, Snapshot.of([]), None, None), settings_, template)
     server_lines = [line for line in text.splitlines() if line.startswith("    server ")]
-    assert len(server_lines) == len(service.instances)
+    assert len(server_lines) == 8, "the base count of slots; six instances at most fit"
+    assert sum(1 for line in server_lines if not line.endswith("# free")) == len(service.instances)
     assert len(service.instances) + len(skipped) == len(entries) - _duplicates(service, entries, skipped)
     for line in server_lines:
         assert SERVER_LINE.match(line), line
     other = [line for line in text.splitlines() if not line.startswith(("    server ", "# Consul"))]
-    assert other == [line for line in baseline.splitlines() if not line.startswith("# Consul")]
+    assert len(other) + len(server_lines) + 1 == len(text.splitlines())
+    assert other == [line for line in baseline.splitlines() if not line.startswith(("    server ", "# Consul"))]
 
 
 def _duplicates(service, entries, skipped) -> int:
@@ -75,5 +79,6 @@ def test_arbitrary_catalog_passes_haproxy_check(tmp_path: Path, entries: list[di
     settings_ = _settings(tmp_path)
     service, _ = parse_health_entries("cabify", entries)
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render(Snapshot.of([service]), settings_, load_template(settings_.template_path())))
+    tables = plan_tables(settings_, Snapshot.of([service]), None, None)
+    cfg.write_text(render(tables, settings_, load_template(settings_.template_path())))
     haproxy.validate(binary, cfg)

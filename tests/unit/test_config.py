@@ -145,4 +145,4 @@ def test_consul_address_forms(raw: str, url: str) -> None:
 
 def test_readme_config_reference_matches_the_schema() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert config.reference_markdown() in readme, "regenerate the README table: python -m haproxy_sync.config"
+    assert config.reference_markdown() in readme, "regenerate the README table: scripts/update-readme-reference"

@@ -8,6 +8,7 @@ import pytest
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Snapshot, parse_health_entries
 from haproxy_sync.config import load_settings
+from haproxy_sync.daemon import plan_tables
 from haproxy_sync.render import TemplateError, load_template, render
 
 
@@ -32,13 +33,18 @@ def snapshot(raw: list[dict]) -> Snapshot:
     return Snapshot.of([parse_health_entries("cabify", raw)[0]])
 
 
+def tables(settings, raw: list[dict]):
+    return plan_tables(settings, snapshot(raw), None, None)
+
+
 def test_same_snapshot_same_bytes_whatever_the_order(settings) -> None:
     template = load_template(settings.template_path())
     raw = entries(5)
-    first = render(snapshot(raw), settings, template)
-    again = render(snapshot(list(reversed(raw))), settings, template)
+    first = render(tables(settings, raw), settings, template)
+    again = render(tables(settings, list(reversed(raw))), settings, template)
     assert first == again
-    assert first.count("\n    server cabify-") == 5
+    assert first.count("\n    server slot") == 8, "5 instances in the 8 slots of the base count"
+    assert first.count("  # cabify-") == 5
 
 
 def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Path) -> None:
@@ -46,16 +52,17 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
     raw[1]["Checks"] = [{"Status": "critical"}]
     raw[2]["Service"]["Weights"] = {"Passing": 5, "Warning": 0}
     raw[2]["Checks"] = [{"Status": "warning"}]
-    text = render(snapshot(raw), settings, load_template(settings.template_path()))
+    text = render(tables(settings, raw), settings, load_template(settings.template_path()))
     for directive in ("master-worker", f"stats socket {tmp_path}/admin.sock mode 660 level admin",
                       f"server-state-file {tmp_path}/state", "option httplog", "option redispatch",
                       "option idle-close-on-response", "load-server-state-from-file global",
                       "option httpchk GET /health", "prometheus-exporter", "bind 127.0.0.1:8404",
                       "default_backend cabify"):
         assert directive in text, directive
-    assert re.search(r"server cabify-0 10\.0\.0\.1:9000 check weight 1$", text, re.M)
-    assert re.search(r"server cabify-1 10\.0\.0\.1:9001 check weight 1 disabled$", text, re.M)
-    assert re.search(r"server cabify-2 10\.0\.0\.1:9002 check weight 0$", text, re.M)
+    assert re.search(r"server slot1 10\.0\.0\.1:9000 check weight 1  # cabify-0$", text, re.M)
+    assert re.search(r"server slot2 10\.0\.0\.1:9001 check weight 0 disabled  # cabify-1$", text, re.M)
+    assert re.search(r"server slot3 10\.0\.0\.1:9002 check weight 0  # cabify-2$", text, re.M)
+    assert re.search(r"server slot4 127\.0\.0\.1:1 check weight 0 disabled  # free$", text, re.M)
     binary = haproxy.find_binary("haproxy")
     if binary:
         cfg = tmp_path / "haproxy.cfg"
@@ -64,15 +71,16 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
 
 
 def test_ipv6_addresses_are_bracketed(settings) -> None:
-    text = render(snapshot(entries(1, Address="2001:db8::1")), settings, load_template(settings.template_path()))
-    assert "server cabify-0 [2001:db8::1]:9000 check" in text
+    template = load_template(settings.template_path())
+    text = render(tables(settings, entries(1, Address="2001:db8::1")), settings, template)
+    assert "server slot1 [2001:db8::1]:9000 check" in text
 
 
 def test_undefined_variable_names_file_and_line(settings, tmp_path: Path) -> None:
     path = tmp_path / "t.j2"
     path.write_text("global\n  maxconn 1\n{{ backends[0].nmae }}\n")
     with pytest.raises(TemplateError, match=rf"^{re.escape(str(path))}:3: UndefinedError"):
-        render(snapshot(entries(1)), settings, load_template(path))
+        render(tables(settings, entries(1)), settings, load_template(path))
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -91,4 +99,4 @@ def test_a_raising_expression_names_file_and_line(settings, tmp_path: Path) -> N
     path = tmp_path / "t.j2"
     path.write_text("a\nb\n{{ 1 // 0 }}\n")
     with pytest.raises(TemplateError, match=rf"{re.escape(str(path))}:3: ZeroDivisionError"):
-        render(snapshot(entries(1)), settings, load_template(path))
+        render(tables(settings, entries(1)), settings, load_template(path))

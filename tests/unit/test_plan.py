@@ -1,0 +1,170 @@
+"""The slot planner: pure, so every lifecycle step is checked without sockets."""
+
+from __future__ import annotations
+
+from haproxy_sync.catalog import Instance, Service, Snapshot, Status
+from haproxy_sync.plan import (
+    FREE_ADDRESS,
+    BackendSlots,
+    assign,
+    find_drift,
+    next_deadline,
+    plan_runtime,
+    slot_commands,
+    slots_from_config,
+    structure,
+)
+
+
+def inst(i: int, status: Status = Status.PASSING, *, passing: int = 1, warning: int = 1, port: int = 0) -> Instance:
+    return Instance("n1", f"web-{i}", "10.0.0.1", port or 9000 + i, status, passing, warning)
+
+
+def svc(*instances: Instance) -> Service:
+    return Service("web", instances)
+
+
+def step(prev: BackendSlots | None, service: Service, now: float = 0.0, base: int = 4, drain: float = 10.0):
+    return assign(prev, "web", service, base=base, now=now, drain_timeout=drain)
+
+
+def by_owner(table: BackendSlots) -> dict[str, tuple]:
+    return {s.owner[1]: (s.name, s.weight, s.maint) for s in table.slots if s.owner}
+
+
+def test_new_instances_take_free_slots_in_order() -> None:
+    table = step(None, svc(inst(1), inst(2)))
+    assert len(table.slots) == 4
+    assert by_owner(table) == {"web-1": ("slot1", 1, False), "web-2": ("slot2", 1, False)}
+    assert [s.maint for s in table.slots[2:]] == [True, True]
+    assert table.slots[3].address == FREE_ADDRESS
+
+
+def test_an_instance_keeps_its_slot_for_life() -> None:
+    first = step(None, svc(inst(1), inst(2), inst(3)))
+    second = step(first, svc(inst(3), inst(4)), now=1)  # 1 and 2 leave, 4 arrives
+    assert by_owner(second)["web-3"][0] == "slot3"
+    assert by_owner(second)["web-4"][0] == "slot4", "draining slots are not free yet"
+
+
+def test_leaving_instance_drains_then_frees_its_slot() -> None:
+    table = step(None, svc(inst(1)))
+    draining = step(table, svc(), now=100)
+    (slot,) = [s for s in draining.slots if s.owner]
+    assert (slot.weight, slot.maint, slot.draining_since) == (0, False, 100)
+    assert next_deadline({"web": draining}, 10.0) == 110
+    still = step(draining, svc(), now=109)
+    assert still.slots[0].owner is not None
+    freed = step(still, svc(), now=110)
+    assert freed.slots[0].owner is None and freed.slots[0].maint
+    assert next_deadline({"web": freed}, 10.0) is None
+
+
+def test_critical_drains_then_maint_and_comes_back_to_the_same_slot() -> None:
+    table = step(None, svc(inst(1), inst(2)))
+    critical = step(table, svc(inst(1), inst(2, Status.CRITICAL)), now=5)
+    assert by_owner(critical)["web-2"] == ("slot2", 0, False)
+    maint = step(critical, svc(inst(1), inst(2, Status.CRITICAL)), now=15)
+    assert by_owner(maint)["web-2"] == ("slot2", 0, True)
+    back = step(maint, svc(inst(1), inst(2)), now=16)
+    assert by_owner(back)["web-2"] == ("slot2", 1, False)
+
+
+def test_warning_uses_warning_weight_and_zero_drains() -> None:
+    table = step(None, svc(inst(1, passing=10, warning=3)))
+    assert by_owner(table)["web-1"][1] == 10
+    assert by_owner(step(table, svc(inst(1, Status.WARNING, passing=10, warning=3))))["web-1"][1] == 3
+    assert by_owner(step(table, svc(inst(1, Status.WARNING, passing=10, warning=0))))["web-1"] == ("slot1", 0, False)
+
+
+def test_new_critical_instance_goes_straight_to_maintenance() -> None:
+    table = step(None, svc(inst(1, Status.CRITICAL)))
+    assert by_owner(table)["web-1"] == ("slot1", 0, True)
+
+
+def test_slots_double_when_full_and_never_shrink() -> None:
+    table = step(None, svc(*[inst(i) for i in range(4)]))
+    assert len(table.slots) == 4
+    grown = step(table, svc(*[inst(i) for i in range(5)]))
+    assert len(grown.slots) == 8
+    huge = step(grown, svc(*[inst(i) for i in range(40)]))
+    assert len(huge.slots) == 64
+    assert len(step(huge, svc(), now=1000).slots) == 64
+
+
+def test_slot_commands_order_maint_first_ready_last() -> None:
+    table = step(None, svc(inst(1)))
+    free, held = step(None, svc()).slots[0], table.slots[0]
+    assert slot_commands("web", free, held) == [
+        "set server web/slot1 addr 10.0.0.1 port 9001",
+        "set server web/slot1 weight 1",
+        "set server web/slot1 state ready",
+    ]
+    assert slot_commands("web", held, free) == [
+        "set server web/slot1 state maint",
+        "set server web/slot1 addr 127.0.0.1 port 1",
+        "set server web/slot1 weight 0",
+    ]
+
+
+def test_membership_change_plans_runtime_commands_only() -> None:
+    old = step(None, svc(inst(1)))
+    new = step(old, svc(inst(1), inst(2)))
+    live, rendered = "backend web\n    server slot1 a:1", "backend web\n    server slot1 b:2"
+    plan = plan_runtime({"web": old}, {"web": new}, live, rendered)
+    assert not plan.needs_reload
+    assert plan.commands[-1] == "set server web/slot2 state ready"
+
+
+def test_reload_reasons() -> None:
+    old = step(None, svc(inst(1)))
+    grown = step(old, svc(*[inst(i) for i in range(6)]))
+    assert "slots 4 -> 8" in plan_runtime({"web": old}, {"web": grown}, "", "").reload_reason
+    assert "backends changed (+api" in plan_runtime({"web": old}, {"web": old, "api": old}, "", "").reload_reason
+    assert plan_runtime({}, {}, None, "x").reload_reason == "no live config yet"
+    live, rendered = "backend web\n balance roundrobin", "backend web\n balance first"
+    changed = plan_runtime({"web": old}, {"web": old}, live, rendered)
+    assert "config structure changed" in changed.reload_reason
+    host = step(old, svc(Instance("n1", "web-9", "app.internal", 80, Status.PASSING)))
+    assert "is a host name" in plan_runtime({"web": old}, {"web": host}, "", "").reload_reason
+
+
+def test_structure_ignores_server_values_and_comments() -> None:
+    a = "backend web\n    server slot1 10.0.0.1:80 check weight 1  # web-1\n# comment\n"
+    b = "backend web\n    server slot1 127.0.0.1:1 check weight 0 disabled  # free\n"
+    assert structure(a) == structure(b) == ["backend web", "server slot1"]
+
+
+def test_restart_adopts_slots_from_the_live_config() -> None:
+    config = (
+        "frontend http\n    bind *:80\nbackend web\n    balance roundrobin\n"
+        "    server slot1 127.0.0.1:1 check weight 0 disabled  # free\n"
+        "    server slot2 10.0.0.1:9002 check weight 5  # web-2\n"
+        "    server slot3 10.0.0.1:9001 check weight 1  # web-1\n"
+        "backend other\n    server slot1 10.0.0.1:9001 check weight 1\n"
+    )
+    snapshot = Snapshot.of([svc(inst(1), inst(2, passing=5))])
+    tables = slots_from_config(config, snapshot, [("web", "web")])
+    assert set(tables) == {"web"}
+    assert by_owner(tables["web"]) == {"web-2": ("slot2", 5, False), "web-1": ("slot3", 1, False)}
+    again = step(tables["web"], snapshot.get("web"), base=3)
+    assert again == tables["web"], "the first apply after a restart changes nothing"
+
+
+def test_drift_is_found_and_commands_repair_it() -> None:
+    table = step(None, svc(inst(1), inst(2)))
+    running = {("web", s.name): s.runtime for s in table.slots}
+    assert find_drift({"web": table}, running).empty
+    running[("web", "slot2")] = ("10.0.0.1", 9002, 1, True)  # someone ran `disable server`
+    del running[("web", "slot4")]
+    drift = find_drift({"web": table}, running)
+    assert drift.found == ("web/slot2 runs 10.0.0.1:9002 weight 1 maint, planned 10.0.0.1:9002 weight 1",)
+    assert drift.commands == ("set server web/slot2 state ready",)
+    assert drift.missing == ("web/slot4",)
+
+
+def test_drift_compares_ipv6_addresses_by_value() -> None:
+    table = step(None, svc(Instance("n1", "v6", "2001:db8::1", 80, Status.PASSING)))
+    running = {("web", s.name): s.runtime for s in table.slots}
+    running[("web", "slot1")] = ("2001:0db8:0:0::1", 80, 1, False)
+    assert find_drift({"web": table}, running).empty
