@@ -231,6 +231,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "reload_min_interval": Setting(
             parse_duration, "1s", "Least time between two reloads; changes meanwhile fold into the next.",
         ),
+        "reconcile_interval": Setting(
+            parse_duration, "30s", "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
+        ),
         "runtime_api": Setting(
             _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
         ),
@@ -304,6 +307,7 @@ class SyncSettings:
     slots: int
     drain_timeout: float
     reload_min_interval: float
+    reconcile_interval: float
     runtime_api: bool
 
 

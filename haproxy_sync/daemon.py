@@ -178,6 +178,7 @@ class Daemon:
         self._retry_at: float | None = None  # after a failed apply
         self._drain_at: float | None = None  # when the earliest drain ends
         self._reload_not_before = 0.0  # reload budget
+        self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
@@ -228,7 +229,7 @@ class Daemon:
         return 0
 
     def _timers(self) -> list[float]:
-        return [t for t in (self._retry_at, self._drain_at) if t is not None]
+        return [t for t in (self._retry_at, self._drain_at, self._reconcile_at) if t is not None]
 
     async def _loop(self, client: object) -> None:
         waiting_logged = False
@@ -246,7 +247,10 @@ class Daemon:
                     waiting_logged = True
                 continue
             now = time.monotonic()
-            timer_due = any(t <= now for t in self._timers())
+            if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
+                await self._reconcile()
+                continue
+            timer_due = any(t <= now for t in (self._retry_at, self._drain_at) if t is not None)
             if not (self._changed or timer_due):
                 continue
             if self._changed:
@@ -351,6 +355,30 @@ class Daemon:
         self.applied = snapshot
         self.tables = tables
         self._confirmed = True
+        self._schedule_reconcile()
+
+    def _schedule_reconcile(self) -> None:
+        interval = self.settings.sync.reconcile_interval
+        self._reconcile_at = time.monotonic() + interval if interval > 0 else None
+
+    async def _reconcile(self) -> None:
+        """Read back what HAProxy runs; repair drift (a hand-made `disable server`, a lost command)."""
+        self._schedule_reconcile()
+        if not self._confirmed or self.tables is None:
+            return
+        try:
+            drift = await asyncio.to_thread(repair_drift, self.settings, self.tables)
+        except haproxy.HAProxyError as exc:
+            log.warning("reconcile: cannot read HAProxy's servers: %s; trying again in %gs",
+                        exc, self.settings.sync.reconcile_interval)
+            return
+        if drift.found:
+            log.warning("reconcile: drift found on %d servers, repaired with %d runtime commands: %s",
+                        len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
+        if drift.missing:
+            log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]))
+            self._confirmed = False
+            self._changed = True
 
     def _after(self, outcome: Outcome) -> None:
         if outcome.deferred:

@@ -79,6 +79,8 @@ class App:
             def do_GET(self) -> None:
                 status = app.health_status if self.path == "/health" else 200
                 body = f"{app.instance_id}\n".encode()
+                if self.path.startswith("/slow"):  # an in-flight request that outlives a change
+                    time.sleep(float(self.path.rpartition("=")[2] or 2))
                 if self.path == "/health":  # check output that changes every time, as real apps' do
                     body = f"{app.instance_id} {time.monotonic_ns()}\n".encode()
                 self.send_response(status)
@@ -233,13 +235,43 @@ class DaemonProcess:
         return self.process.returncode
 
 
-@contextlib.contextmanager
-def running_haproxy(layout: Layout) -> Iterator[haproxy.HAProxyProcess]:
+def HAProxyProcess_for(layout: Layout) -> haproxy.HAProxyProcess:
+    """Start a master-worker HAProxy from the layout's haproxy.cfg; the caller stops it."""
     binary = haproxy.find_binary("haproxy")
     assert binary, "haproxy is not installed"
     process = haproxy.HAProxyProcess(binary, layout.haproxy_cfg, layout.master_socket, layout.root / "haproxy.log")
     process.start()
+    return process
+
+
+@contextlib.contextmanager
+def running_haproxy(layout: Layout) -> Iterator[haproxy.HAProxyProcess]:
+    process = HAProxyProcess_for(layout)
     try:
         yield process
     finally:
         process.stop()
+
+
+class Stack:
+    """devconsul + N apps registered as cabify + HAProxy + the daemon, for one test."""
+
+    def __init__(self, tmp_path: Path, consul: Any, apps: list[App], stack: contextlib.ExitStack, **layout: Any):
+        self.consul = consul
+        self.apps = apps
+        self.layout = Layout(tmp_path, consul.url, **layout)
+        self.layout.write()
+        for app in apps:
+            register(consul.url, app)
+        wait_until(lambda: all_passing(consul.url, len(apps)), 10, what="all checks passing in devconsul")
+        once = cli("run", "--once", "--config", str(self.layout.config_toml))
+        assert once.returncode == 0, once.stderr
+        self.haproxy = stack.enter_context(running_haproxy(self.layout))
+        self.daemon = DaemonProcess(self.layout.config_toml, tmp_path / "daemon.log")
+        stack.callback(self.daemon.stop)
+        self.daemon.wait_for_log("applied ")
+
+    def serving(self, backend: str = "cabify", apps: list | None = None) -> set[str]:
+        """Instance ids HAProxy sends new requests to, read from the runtime socket."""
+        by_port = {app.port: app.instance_id for app in (apps or self.apps)}
+        return {by_port.get(port, f"?{port}") for port in self.layout.serving_ports(backend)}

@@ -53,7 +53,7 @@ def test_usage_error_exits_64_with_one_clear_line() -> None:
 def test_render_dry_run_prints_config_and_touches_nothing(layout: Layout) -> None:
     result = cli("render", "--dry-run", "--config", str(layout.config_toml))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("    server cabify-") == 3
+    assert result.stdout.count("  # cabify-") == 3
     assert not layout.haproxy_cfg.exists()
 
 
@@ -63,17 +63,17 @@ def test_render_flags_work_without_a_config_file(consul: DevConsulThread, make_a
     result = cli("render", "--dry-run", "--consul", consul.url, "--service", "api", "--output",
                  str(tmp_path / "x.cfg"), env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
     assert result.returncode == 0, result.stderr
-    assert "backend api" in result.stdout and "server api-1 127.0.0.1:" in result.stdout
+    assert "backend api" in result.stdout and "server slot1 127.0.0.1:" in result.stdout and "# api-1" in result.stdout
 
 
 @needs_haproxy
 def test_render_diff_exit_codes(layout: Layout) -> None:
     first = cli("render", "--diff", "--config", str(layout.config_toml))
-    assert first.returncode == 2 and "+    server cabify-1" in first.stdout
+    assert first.returncode == 2 and "+    server slot1 127.0.0.1:" in first.stdout
     assert not layout.haproxy_cfg.exists(), "--diff touches nothing"
     written = cli("render", "--check", "--config", str(layout.config_toml))
     assert written.returncode == 0, written.stderr
-    assert layout.haproxy_cfg.read_text().count("    server cabify-") == 3
+    assert layout.haproxy_cfg.read_text().count("  # cabify-") == 3
     same = cli("render", "--diff", "--config", str(layout.config_toml))
     assert same.returncode == 0 and same.stdout == ""
 
@@ -116,7 +116,7 @@ def test_run_once_writes_and_exits_zero(layout: Layout) -> None:
     result = cli("run", "--once", "--config", str(layout.config_toml))
     assert result.returncode == 0, result.stderr
     assert "HAProxy not running, it will load this file when it starts" in result.stderr
-    assert layout.haproxy_cfg.read_text().count("    server cabify-") == 3
+    assert layout.haproxy_cfg.read_text().count("  # cabify-") == 3
 
 
 def test_systemd_unit_prints_the_unit() -> None:

@@ -15,40 +15,15 @@ from haproxy_sync.devconsul import DevConsulThread
 from tests.helpers import (
     DaemonProcess,
     Layout,
-    all_passing,
+    Stack,
     cli,
     consul_put,
     http_get,
     register,
-    running_haproxy,
     wait_until,
 )
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
-
-
-class Stack:
-    """devconsul + N apps registered as cabify + HAProxy + the daemon, for one test."""
-
-    def __init__(self, tmp_path: Path, consul: DevConsulThread, apps: list, stack: ExitStack, **layout: object):
-        self.consul = consul
-        self.apps = apps
-        self.layout = Layout(tmp_path, consul.url, **layout)  # type: ignore[arg-type]
-        self.layout.write()
-        for app in apps:
-            register(consul.url, app)
-        wait_until(lambda: all_passing(consul.url, len(apps)), 10, what="all checks passing in devconsul")
-        once = cli("run", "--once", "--config", str(self.layout.config_toml))
-        assert once.returncode == 0, once.stderr
-        self.haproxy = stack.enter_context(running_haproxy(self.layout))
-        self.daemon = DaemonProcess(self.layout.config_toml, tmp_path / "daemon.log")
-        stack.callback(self.daemon.stop)
-        self.daemon.wait_for_log("applied ")
-
-    def serving(self, backend: str = "cabify", apps: list | None = None) -> set[str]:
-        """Instance ids HAProxy sends new requests to, read from the runtime socket."""
-        by_port = {app.port: app.instance_id for app in (apps or self.apps)}
-        return {by_port.get(port, f"?{port}") for port in self.layout.serving_ports(backend)}
 
 
 @pytest.fixture
