@@ -133,8 +133,10 @@ def run(once: bool, **params: Any) -> int:
 @click.option("--diff", "show_diff", is_flag=True,
               help="Print a unified diff against the live file; exit 2 when they differ. Touches nothing.")
 @click.option("--check", "run_check", is_flag=True, help="Also run `haproxy -c` on the rendered config.")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print what applying would do (runtime API commands or a reload, and why). Touches nothing.")
 @_command
-def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> int:
+def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **params: Any) -> int:
     """Read Consul once and render haproxy.cfg.
 
     Without --dry-run or --diff the result is validated and written to haproxy.config_path
@@ -143,6 +145,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> in
     from haproxy_sync.catalog import Snapshot
     from haproxy_sync.consul import read_once
     from haproxy_sync.daemon import plan_tables
+    from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
 
@@ -152,9 +155,26 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, **params: Any) -> in
     services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services]))
     snapshot = Snapshot.of(svc for svc, _ in services.values())
     live = haproxy.read_text(settings.haproxy.config_path)
-    text = render_text(plan_tables(settings, snapshot, None, live), settings, template)
+    pairs = [(s.backend, s.name) for s in settings.services]
+    running = slots_from_config(live or "", snapshot, pairs)
+    tables = plan_tables(settings, snapshot, running, live)
+    text = render_text(tables, settings, template)
     if run_check:
         _check_text(settings, text)
+    if show_plan:
+        plan = plan_runtime(running, tables, live, text)
+        if not settings.sync.runtime_api and plan.commands:
+            plan = Plan(reload_reason="runtime API off")
+        changes = summarize(running, tables, snapshot)
+        if plan.needs_reload:
+            click.echo(f"reload: {plan.reload_reason}")
+        elif plan.commands:
+            click.echo(f"runtime: {len(plan.commands)} commands, no reload")
+        else:
+            click.echo("no change" if live == text else "no change to servers; the file is rewritten")
+        for line in changes:
+            click.echo(f"  {line}")
+        return EXIT_OK
     if show_diff:
         live = haproxy.read_text(settings.haproxy.config_path) or ""
         diff = list(difflib.unified_diff(

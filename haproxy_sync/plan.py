@@ -184,7 +184,12 @@ def slots_from_config(text: str, snapshot: Snapshot, backends: Iterable[tuple[st
         adopted = []
         for slot in sorted(slots, key=lambda s: s.index):
             inst = by_endpoint.pop((slot.address, slot.port), None)
-            adopted.append(replace(slot, owner=inst.key) if inst else _free(slot.index) if slot.maint else slot)
+            if inst is not None:
+                adopted.append(replace(slot, owner=inst.key))
+            elif slot.maint:
+                adopted.append(_free(slot.index))
+            else:  # its instance left while we were not watching: drain it like any leaver
+                adopted.append(replace(slot, owner=("", f"gone:{slot.address}:{slot.port}")))
         tables[backend] = BackendSlots(backend, tuple(adopted))
     return tables
 
@@ -362,3 +367,30 @@ def find_drift(desired: Mapping[str, BackendSlots], running: Mapping[tuple[str, 
             as_running = replace(slot, address=address, port=port, weight=weight, maint=maint)
             commands.extend(slot_commands(backend, as_running, slot))
     return Drift(tuple(commands), tuple(found), tuple(missing))
+
+
+def summarize(old: Mapping[str, BackendSlots], new: Mapping[str, BackendSlots], snapshot: Snapshot) -> list[str]:
+    """One line per backend that changes, as ``render --plan`` prints it: ``cabify: +2 -1 ~1 weight``."""
+    present = {inst.key for service in snapshot.services for inst in service.instances}
+    lines = []
+    for backend, table in new.items():
+        before = {s.index: s for s in old[backend].slots} if backend in old else {}
+        added = removed = weight = health = 0
+        for slot in table.slots:
+            prior = before.get(slot.index)
+            if prior is None or (prior.runtime == slot.runtime and prior.owner == slot.owner):
+                continue
+            if slot.owner != prior.owner or (prior.owner is not None and prior.owner not in present):
+                added += slot.owner is not None and slot.owner != prior.owner
+                removed += prior.owner is not None
+            elif (slot.maint, slot.weight == 0) != (prior.maint, prior.weight == 0):
+                health += 1
+            elif slot.weight != prior.weight:
+                weight += 1
+        if backend in old and len(old[backend].slots) != len(table.slots):
+            lines.append(f"{backend}: slots {len(old[backend].slots)} -> {len(table.slots)}")
+        extra = [f"~{n} {what}" for n, what in ((weight, "weight"), (health, "health")) if n]
+        parts = [f"+{added}", f"-{removed}", *extra]
+        if added or removed or weight or health:
+            lines.append(f"{backend}: {' '.join(parts)}")
+    return lines

@@ -124,3 +124,24 @@ def test_systemd_unit_prints_the_unit() -> None:
     assert result.returncode == 0
     assert "Type=notify" in result.stdout and "User=hs" in result.stdout
     assert "ExecStart=/opt/x/bin/haproxy-sync run --config /etc/haproxy-sync/config.toml" in result.stdout
+
+
+@needs_haproxy
+def test_render_plan_says_runtime_or_reload_and_touches_nothing(layout: Layout, consul: DevConsulThread,
+                                                               make_apps) -> None:
+    assert cli("render", "--config", str(layout.config_toml)).returncode == 0
+    before = layout.haproxy_cfg.read_text()
+    same = cli("render", "--plan", "--config", str(layout.config_toml))
+    assert same.returncode == 0 and same.stdout.strip() == "no change", same.stdout + same.stderr
+    for app in make_apps(2, prefix="new"):
+        register(consul.url, app)
+    from tests.helpers import consul_put
+    consul_put(consul.url, "/v1/agent/service/deregister/cabify-1")
+    wait_until(lambda: all_passing(consul.url, 4), 10, what="checks passing")
+    runtime = cli("render", "--plan", "--config", str(layout.config_toml))
+    assert runtime.stdout.splitlines() == ["runtime: 7 commands, no reload", "  cabify: +2 -1"], runtime.stdout
+    for app in make_apps(6, prefix="more"):
+        register(consul.url, app)
+    grown = cli("render", "--plan", "--config", str(layout.config_toml))
+    assert grown.stdout.splitlines()[0] == "reload: backend cabify slots 8 -> 16", grown.stdout
+    assert layout.haproxy_cfg.read_text() == before

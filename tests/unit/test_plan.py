@@ -168,3 +168,10 @@ def test_drift_compares_ipv6_addresses_by_value() -> None:
     running = {("web", s.name): s.runtime for s in table.slots}
     running[("web", "slot1")] = ("2001:0db8:0:0::1", 80, 1, False)
     assert find_drift({"web": table}, running).empty
+
+
+def test_restart_drains_a_slot_whose_instance_left_meanwhile() -> None:
+    config = "backend web\n    server slot1 10.0.0.1:9001 check weight 1  # web-1\n"
+    tables = slots_from_config(config, Snapshot.of([svc()]), [("web", "web")])
+    after = step(tables["web"], svc(), now=50, base=1)
+    assert (after.slots[0].weight, after.slots[0].maint, after.slots[0].draining_since) == (0, False, 50)
