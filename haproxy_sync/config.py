@@ -231,6 +231,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "reload_min_interval": Setting(
             parse_duration, "1s", "Least time between two reloads; changes meanwhile fold into the next.",
         ),
+        "hold_down": Setting(
+            parse_duration, "0s", "Flap damping: a new health status must last this long before it applies; 0 is off.",
+        ),
         "reconcile_interval": Setting(
             parse_duration, "30s", "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
         ),
@@ -308,6 +311,7 @@ class SyncSettings:
     drain_timeout: float
     reload_min_interval: float
     reconcile_interval: float
+    hold_down: float
     runtime_api: bool
 
 

@@ -34,7 +34,9 @@ from haproxy_sync.plan import (
     Drift,
     Plan,
     Running,
+    Seen,
     assign_all,
+    damp,
     describe,
     diff_snapshots,
     find_drift,
@@ -177,6 +179,8 @@ class Daemon:
         self._structure_changed = False  # template or settings changed: the next apply reloads
         self._retry_at: float | None = None  # after a failed apply
         self._drain_at: float | None = None  # when the earliest drain ends
+        self._hold_at: float | None = None  # when the earliest held (damped) status change matures
+        self._seen: dict[tuple[str, str], Seen] = {}
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
@@ -229,7 +233,7 @@ class Daemon:
         return 0
 
     def _timers(self) -> list[float]:
-        return [t for t in (self._retry_at, self._drain_at, self._reconcile_at) if t is not None]
+        return [t for t in (self._retry_at, self._drain_at, self._hold_at, self._reconcile_at) if t is not None]
 
     async def _loop(self, client: object) -> None:
         waiting_logged = False
@@ -250,7 +254,7 @@ class Daemon:
             if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                 await self._reconcile()
                 continue
-            timer_due = any(t <= now for t in (self._retry_at, self._drain_at) if t is not None)
+            timer_due = any(t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
             if not (self._changed or timer_due):
                 continue
             if self._changed:
@@ -285,8 +289,13 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        snapshot = Snapshot.of(self.latest[s.name] for s in settings.services)
+        observed = Snapshot.of(self.latest[s.name] for s in settings.services)
+        snapshot, self._seen, self._hold_at = damp(
+            self.applied, observed, self._seen, time.monotonic(), settings.sync.hold_down
+        )
         change = describe(diff_snapshots(self.applied, snapshot))
+        if self._hold_at is not None:
+            change += f"; {len(self._seen)} status changes held by hold_down"
         live = haproxy.read_text(settings.haproxy.config_path)
         tables = plan_tables(settings, snapshot, self.tables, live)
         self._drain_at = next_deadline(tables, settings.sync.drain_timeout)

@@ -175,3 +175,20 @@ def test_restart_drains_a_slot_whose_instance_left_meanwhile() -> None:
     tables = slots_from_config(config, Snapshot.of([svc()]), [("web", "web")])
     after = step(tables["web"], svc(), now=50, base=1)
     assert (after.slots[0].weight, after.slots[0].maint, after.slots[0].draining_since) == (0, False, 50)
+
+
+def test_hold_down_damps_flapping_health() -> None:
+    from haproxy_sync.plan import damp
+
+    applied = Snapshot.of([svc(inst(1), inst(2))])
+    flapped = Snapshot.of([svc(inst(1), inst(2, Status.CRITICAL))])
+    held, history, deadline = damp(applied, flapped, {}, now=100, hold_down=5)
+    assert held.get("web").instances[1].status is Status.PASSING and deadline == 105
+    back, history2, deadline2 = damp(applied, applied, history, now=102, hold_down=5)
+    assert back == applied and history2 == {} and deadline2 is None, "a flap shorter than hold_down never applies"
+    _, history, _ = damp(applied, flapped, {}, now=200, hold_down=5)
+    matured, _, _ = damp(applied, flapped, history, now=205, hold_down=5)
+    assert matured.get("web").instances[1].status is Status.CRITICAL
+    new_member = Snapshot.of([svc(inst(1), inst(2), inst(3, Status.CRITICAL))])
+    assert damp(applied, new_member, {}, now=1, hold_down=5)[0] == new_member, "membership is never held"
+    assert damp(applied, flapped, {}, now=1, hold_down=0)[0] == flapped, "off by default"
