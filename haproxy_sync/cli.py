@@ -22,6 +22,7 @@ import click
 from haproxy_sync import __version__, haproxy, logs
 from haproxy_sync.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, load_settings
 from haproxy_sync.consul import ConsulError
+from haproxy_sync.daemon import DaemonError
 from haproxy_sync.render import TemplateError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
@@ -84,7 +85,7 @@ def _command(func: Callable[..., int]) -> Callable[..., None]:
             for problem in exc.problems:
                 click.echo(f"haproxy-sync: config: {problem}", err=True)
             code = EXIT_ERROR
-        except (Failure, TemplateError, ConsulError, haproxy.HAProxyError) as exc:
+        except (Failure, TemplateError, ConsulError, DaemonError, haproxy.HAProxyError) as exc:
             if debug:
                 log.exception("failed")
             click.echo(f"haproxy-sync: {exc}", err=True)
@@ -232,6 +233,23 @@ def check(**params: Any) -> int:
     return EXIT_OK
 
 
+@main.command(epilog="Exit codes: 0 in step, 1 drift between Consul and HAProxy or HAProxy unreachable.")
+@_settings_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of the table.")
+@_command
+def status(as_json: bool, **params: Any) -> int:
+    """Consul against HAProxy per backend: instances, servers by state, drift, and the daemon's last apply.
+
+    Works as a check command: exit 1 when there is drift or HAProxy cannot be reached.
+    """
+    from haproxy_sync.status import gather, to_json, to_table
+
+    settings = _load(params)
+    report = gather(settings)
+    click.echo(to_json(report) if as_json else to_table(report))
+    return EXIT_OK if report.healthy else EXIT_ERROR
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:8500", show_default=True, metavar="HOST:PORT",
               help="Where the Consul HTTP API listens.")
@@ -257,13 +275,15 @@ def devconsul(listen: str, token: str | None) -> None:
               help="Where the embedded Consul API listens (0: any free port).")
 @click.option("--stats-port", default=8404, show_default=True, type=click.IntRange(1, 65535),
               help="HAProxy stats page and Prometheus exporter.")
+@click.option("--metrics-port", default=9725, show_default=True, type=click.IntRange(0, 65535),
+              help="haproxy-sync's own /metrics, /health, /ready and /status (0: off).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Runtime directory for configs and sockets [default: a new temp dir, removed at exit].")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
               help="Least severe level logged by the daemon and devconsul.")
 @_command
-def dev(instances: int, http_port: int, consul_port: int, stats_port: int, workdir: Path | None,
-        log_level: str) -> int:
+def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metrics_port: int,
+        workdir: Path | None, log_level: str) -> int:
     """Run a local sandbox: Consul API, app instances, HAProxy and the daemon, until Ctrl-C.
 
     Everything listens on 127.0.0.1. Requests to the HAProxy URL spread over the instances; stop an
@@ -277,7 +297,7 @@ def dev(instances: int, http_port: int, consul_port: int, stats_port: int, workd
         raise Failure("HAProxy is not installed; run 'sudo apt-get install -y haproxy' (or scripts/sandbox)")
     sandbox = Sandbox(
         instances=instances, http_port=http_port, consul_port=consul_port, stats_port=stats_port,
-        workdir=workdir, haproxy_binary=binary, log_level=log_level,
+        metrics_port=metrics_port, workdir=workdir, haproxy_binary=binary, log_level=log_level,
     )
     return sandbox.run()
 

@@ -126,6 +126,11 @@ def _bind(value: Any) -> str:
     return text
 
 
+def _listen(value: Any) -> str:
+    text = _string(value)
+    return _bind(text) if text else ""
+
+
 def parse_consul_address(value: Any) -> str:
     """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
     text = _string(value).strip()
@@ -241,6 +246,14 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
         ),
     },
+    "metrics": {
+        "listen": Setting(
+            _listen, "127.0.0.1:9725", "Prometheus /metrics, /health, /ready and /status; empty turns it off.",
+        ),
+        "stale_after": Setting(
+            parse_duration, "3m", "/ready fails when Consul data is older than this (reads answer every `wait`).",
+        ),
+    },
 }
 
 SERVICE_SCHEMA: dict[str, Setting] = {
@@ -316,6 +329,12 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str
+    stale_after: float
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str
     format: str
@@ -327,6 +346,7 @@ class Settings:
     consul: ConsulSettings
     haproxy: HAProxySettings
     sync: SyncSettings
+    metrics: MetricsSettings
     services: tuple[ServiceSettings, ...]
     source: Path | None = None
 
@@ -451,6 +471,7 @@ def load_settings(
         consul=ConsulSettings(**consul_values),
         haproxy=HAProxySettings(**parsed["haproxy"]),
         sync=SyncSettings(**parsed["sync"]),
+        metrics=MetricsSettings(**parsed["metrics"]),
         services=service_settings,
         source=source,
     )

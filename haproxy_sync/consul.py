@@ -182,8 +182,10 @@ class ServiceWatch:
         *,
         wait: float,
         backoff_max: float,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_error = on_error
         self.service = service
         self.on_update = on_update
         self.wait = wait
@@ -255,6 +257,8 @@ class ServiceWatch:
     def _record_failure(self, error: ConsulError) -> float:
         status = self.status
         status.failures += 1
+        if self.on_error is not None:
+            self.on_error(self.service, error.kind)
         delay = backoff_delay(status.failures, self.backoff_max)
         if status.healthy or status.fault != error.kind:
             if status.healthy:

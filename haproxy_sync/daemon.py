@@ -24,11 +24,13 @@ from pathlib import Path
 
 import jinja2
 import sdnotify
+from aiohttp import web
 
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import ServiceWatch, WatchUpdate, backoff_delay, make_client, read_once
+from haproxy_sync.metrics import SKIP_KINDS, Metrics, StateView, WatchView, skip_reason_kind, start_server
 from haproxy_sync.plan import (
     BackendSlots,
     Drift,
@@ -56,6 +58,11 @@ class Outcome:
     ok: bool
     sentence: str
     deferred: bool = False  # nothing failed: the reload budget moved it to a later cycle
+    path: str = "none"  # runtime, reload or none
+    reason: str = ""  # why a reload, as a short label
+    stage: str = ""  # where it failed: template, validation, reload, runtime
+    commands: int = 0
+    reload: ReloadReport | None = None
 
 
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
@@ -73,7 +80,23 @@ def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
         return False
 
 
-def apply_config(settings: Settings, text: str) -> str:
+@dataclass(frozen=True)
+class ReloadReport:
+    """What the reload path did, for the log sentence and the metrics."""
+
+    action: str
+    reloaded: bool = False
+    seconds: float = 0.0
+    old_workers: int = 0
+
+    def sentence(self) -> str:
+        if not self.reloaded:
+            return self.action
+        piling = f"; {self.old_workers} old workers still serving long-lived connections" if self.old_workers else ""
+        return f"{self.action}; reloaded in {self.seconds * 1000:.0f} ms{piling}"
+
+
+def apply_config(settings: Settings, text: str) -> ReloadReport:
     """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
     Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`haproxy.ReloadError` after
@@ -84,7 +107,7 @@ def apply_config(settings: Settings, text: str) -> str:
     if haproxy.read_text(path) == text:
         if running_config_is_current(hap.master_socket, path):
             haproxy.remember_last_good(path)
-            return "unchanged; HAProxy already runs it"
+            return ReloadReport("unchanged; HAProxy already runs it")
         action = "unchanged on disk"
     else:
         haproxy.atomic_write(path, text, binary=hap.binary)
@@ -99,9 +122,7 @@ def apply_config(settings: Settings, text: str) -> str:
         raise
     haproxy.remember_last_good(path)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
-    old = len(info.workers) - 1
-    piling = f"; {old} old workers still serving long-lived connections" if old > 0 else ""
-    return f"{action}; reloaded in {(time.monotonic() - started) * 1000:.0f} ms{worker}{piling}"
+    return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
 
 
 def read_running(stats_socket: Path) -> dict[tuple[str, str], Running]:
@@ -160,6 +181,30 @@ def plan_tables(
     )
 
 
+class DaemonError(Exception):
+    """The daemon cannot start (e.g. its metrics address is taken); the message says what to do."""
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label for a reload reason (the full reason goes to the log line)."""
+    for needle, label in (("slots", "slots"), ("backends changed", "backends"), ("structure", "structure"),
+                          ("template or settings", "settings"), ("runtime API off", "runtime_off"),
+                          ("runtime API path failed", "runtime_failed"), ("not yet confirmed", "unconfirmed"),
+                          ("host name", "hostname"), ("no live config", "first")):
+        if needle in reason:
+            return label
+    return "other"
+
+
+def _data_age(watch: ServiceWatch, now: float) -> float | None:
+    """How old the data may be: 0 while a blocking query is healthy (a change would have answered it),
+    else the time since the last good answer; None before the first."""
+    status = watch.status
+    if status.last_success is None:
+        return None
+    return 0.0 if status.healthy else now - status.last_success
+
+
 class Daemon:
     """Keeps HAProxy in step with Consul until stopped."""
 
@@ -184,6 +229,9 @@ class Daemon:
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
+        self._first_unapplied: float | None = None  # when the oldest change not yet applied was seen
+        self._last_apply: tuple[str, str, float | None] = ("", "", None)
+        self.metrics = Metrics(self.state_view)
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
 
@@ -191,6 +239,11 @@ class Daemon:
 
     def _on_update(self, update: WatchUpdate) -> None:
         self.latest[update.service.name] = update.service
+        if self._first_unapplied is None:
+            self._first_unapplied = update.seen_at
+        kinds = [skip_reason_kind(item.reason) for item in update.skipped]
+        for kind in SKIP_KINDS:
+            self.metrics.skipped.labels(update.service.name, kind).set(kinds.count(kind))
         self._changed = True
         self._wake.set()
 
@@ -210,6 +263,7 @@ class Daemon:
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.template = load_template(self.settings.template_path())
+        server = await self._start_metrics()
         client = make_client(self.settings.consul)
         watchdog = asyncio.create_task(self._watchdog())
         try:
@@ -227,10 +281,25 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(watchdog, *(task for _, task in self.watches.values()), return_exceptions=True)
             await client.close()
+            if server is not None:
+                await server.cleanup()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("stopped")
         return 0
+
+    async def _start_metrics(self) -> web.AppRunner | None:
+        listen = self.settings.metrics.listen
+        if not listen:
+            return None
+        host, _, port = listen.rpartition(":")
+        try:
+            return await start_server(self.metrics, host.strip("[]"), int(port))
+        except OSError as exc:
+            raise DaemonError(
+                f"cannot serve metrics on {listen}: {exc.strerror or exc}; set metrics.listen to a free "
+                "address, or to \"\" to turn metrics off"
+            ) from None
 
     def _timers(self) -> list[float]:
         return [t for t in (self._retry_at, self._drain_at, self._hold_at, self._reconcile_at) if t is not None]
@@ -303,7 +372,8 @@ class Daemon:
         try:
             text = render(tables, settings, self.template)
         except TemplateError as exc:
-            return Outcome(False, f"{change}; template error {exc}; kept last good config")
+            return Outcome(False, f"{change}; template error {exc}; kept last good config", stage="template")
+        self.metrics.renders.inc()
         if self._confirmed and text == live:
             self._commit(snapshot, tables)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
@@ -312,10 +382,11 @@ class Daemon:
             try:
                 action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, text)
             except haproxy.HAProxyError as exc:
+                self.metrics.apply_failures.labels("runtime").inc()
                 plan = Plan(reload_reason=f"runtime API path failed ({exc})")
             else:
                 self._commit(snapshot, tables)
-                return Outcome(True, f"{change}; {action}")
+                return Outcome(True, f"{change}; {action}", path="runtime", commands=len(plan.commands))
         wait = self._reload_not_before - time.monotonic()
         if wait > 0:
             self._retry_at = self._reload_not_before
@@ -337,15 +408,16 @@ class Daemon:
     ) -> Outcome:
         settings = self.settings
         try:
-            action = await asyncio.to_thread(apply_config, settings, text)
+            report = await asyncio.to_thread(apply_config, settings, text)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
-            return Outcome(False, f"{change}; {exc}; kept last good config")
+            return Outcome(False, f"{change}; {exc}; kept last good config", stage="validation")
         except haproxy.HAProxyError as exc:
             self._confirmed = False
-            return Outcome(False, f"{change}; {exc}")
-        if "reloaded" in action:
+            return Outcome(False, f"{change}; {exc}", stage="reload")
+        action = report.sentence()
+        if report.reloaded:
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
         self._structure_changed = False
@@ -356,9 +428,12 @@ class Daemon:
             log.warning("could not read back servers after the reload: %s", exc)
         else:
             if not drift.empty:
+                self.metrics.drift_found.inc(len(drift.found))
+                self.metrics.drift_repaired.inc(len(drift.commands))
                 log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
                             len(drift.found), "; ".join(drift.found[:5]))
-        return Outcome(True, f"{change}; {action}")
+        path = "reload" if report.reloaded else "none"
+        return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
 
     def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots]) -> None:
         self.applied = snapshot
@@ -382,6 +457,8 @@ class Daemon:
                         exc, self.settings.sync.reconcile_interval)
             return
         if drift.found:
+            self.metrics.drift_found.inc(len(drift.found))
+            self.metrics.drift_repaired.inc(len(drift.commands))
             log.warning("reconcile: drift found on %d servers, repaired with %d runtime commands: %s",
                         len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
         if drift.missing:
@@ -393,6 +470,7 @@ class Daemon:
         if outcome.deferred:
             log.debug("%s", outcome.sentence)
             return
+        self._record(outcome)
         if outcome.ok:
             self._failures = 0
             log.info("applied %s", outcome.sentence)
@@ -405,6 +483,45 @@ class Daemon:
         delay = backoff_delay(self._failures, self.settings.consul.backoff_max)
         self._retry_at = time.monotonic() + delay
         log.error("apply failed: %s; retrying in %.1fs", outcome.sentence, delay)
+
+    def _record(self, outcome: Outcome) -> None:
+        """Metrics and the state /status shows, for one finished apply cycle."""
+        metrics = self.metrics
+        if not outcome.ok:
+            metrics.apply_failures.labels(outcome.stage or "other").inc()
+            if outcome.stage == "validation":
+                metrics.validation_failures.inc()
+            elif outcome.stage == "template":
+                metrics.template_errors.inc()
+            return
+        metrics.applies.labels(outcome.path, outcome.reason or outcome.path).inc()
+        metrics.runtime_commands.inc(outcome.commands)
+        if outcome.reload is not None and outcome.reload.reloaded:
+            metrics.reload_duration.observe(outcome.reload.seconds)
+            metrics.old_workers.set(outcome.reload.old_workers)
+        if self._first_unapplied is not None and outcome.path != "none":
+            metrics.convergence.labels(outcome.path).observe(time.monotonic() - self._first_unapplied)
+        self._first_unapplied = None
+        self._last_apply = (outcome.sentence, outcome.path, time.monotonic())
+
+    def state_view(self) -> StateView:
+        """What /metrics, /ready and /status show; called on the loop at request time."""
+        now = time.monotonic()
+        watches = [
+            WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
+            for name, (w, _) in sorted(self.watches.items())
+        ]
+        servers: dict[tuple[str, str], int] = {}
+        for backend, table in (self.tables or {}).items():
+            for slot in table.slots:
+                state = "free" if slot.owner is None else {"enabled": "up", "drain": "drain"}.get(slot.state, "maint")
+                servers[(backend, state)] = servers.get((backend, state), 0) + 1
+        sentence, path, at = self._last_apply
+        return StateView(
+            watches=watches, servers=servers, applied_once=self.applied is not None, confirmed=self._confirmed,
+            last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
+            stale_after=self.settings.metrics.stale_after,
+        )
 
     # --- configuration changes ---
 
@@ -440,6 +557,7 @@ class Daemon:
             watch = ServiceWatch(
                 client, name, self._on_update,  # type: ignore[arg-type]
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
+                on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
             )
             self.watches[name] = (watch, asyncio.create_task(watch.run(), name=f"watch:{name}"))
 

@@ -86,6 +86,7 @@ class Sandbox:
     http_port: int = 8080
     consul_port: int = 8500
     stats_port: int = 8404
+    metrics_port: int = 9725
     workdir: Path | None = None
     haproxy_binary: str = "haproxy"
     log_level: str = "info"
@@ -103,6 +104,7 @@ class Sandbox:
             f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
             'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
             f'[log]\nlevel = "{self.log_level}"\n'
+            f'[metrics]\nlisten = "{f"127.0.0.1:{self.metrics_port}" if self.metrics_port else ""}"\n'
             f'[[services]]\nname = "{SERVICE}"\n'
         )
         return load_settings(config, env={})
@@ -111,7 +113,7 @@ class Sandbox:
         # HAProxy binds with SO_REUSEPORT: a second one on a busy port starts fine and silently shares
         # it with whatever is there. Check first, with a plain bind that fails on a busy port.
         for flag, port in (("--http-port", self.http_port), ("--stats-port", self.stats_port),
-                           ("--consul-port", self.consul_port)):
+                           ("--consul-port", self.consul_port), ("--metrics-port", self.metrics_port)):
             if port and not _port_free(port):
                 raise haproxy.HAProxyError(f"port {port} on 127.0.0.1 is in use; choose another with {flag}")
         with self._workdir() as workdir, _terminate_as_interrupt():
@@ -176,6 +178,8 @@ class Sandbox:
             f"  HAProxy        http://127.0.0.1:{self.http_port}/",
             f"  stats          http://{hap.stats_bind}/stats   (Prometheus: http://{hap.stats_bind}/metrics)",
             f"  Consul API     {consul_url}   (CONSUL_HTTP_ADDR={consul_url})",
+            f"  haproxy-sync   http://{settings.metrics.listen}/metrics   (/health, /ready, /status)"
+            if settings.metrics.listen else "  haproxy-sync   metrics off",
             f"  runtime API    {hap.stats_socket}",
             f"  master socket  {hap.master_socket}",
             f"  haproxy.cfg    {hap.config_path}",

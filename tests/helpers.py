@@ -130,6 +130,7 @@ class Layout:
     consul_url: str
     http_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     services: tuple[str, ...] = ("cabify",)
     template: Path | None = None
     extra: str = ""
@@ -160,6 +161,7 @@ class Layout:
             f'stats_socket = "{self.stats_socket}"\nserver_state_file = "{self.root / "server-state"}"\n'
             f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
             f'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n{template}'
+            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\nstale_after = "2s"\n'
             f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\n'
             f"{self.extra}{services}"
         )

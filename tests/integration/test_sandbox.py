@@ -18,11 +18,11 @@ pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="
 
 
 def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_path: Path) -> None:
-    http_port, consul_port, stats_port = free_port(), free_port(), free_port()
+    http_port, consul_port, stats_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     out = (tmp_path / "out").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "haproxy_sync.cli", "dev", "--instances", "3", "--http-port", str(http_port),
-         "--consul-port", str(consul_port), "--stats-port", str(stats_port)],
+         "--consul-port", str(consul_port), "--stats-port", str(stats_port), "--metrics-port", str(metrics_port)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -40,6 +40,8 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
 
         assert answers() == {"cabify-1", "cabify-2", "cabify-3"}
         assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
+        assert f"http://127.0.0.1:{metrics_port}/metrics" in text
+        assert http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200
 
         os.kill(int(pids["cabify-1"]), signal.SIGKILL)
         wait_until(lambda: answers() == {"cabify-2", "cabify-3"}, 15, what="killed instance out of rotation")
@@ -70,7 +72,8 @@ def test_sandbox_refuses_a_busy_port() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "haproxy_sync.cli", "dev", "--http-port", str(port), "--consul-port", "0"],
+            [sys.executable, "-m", "haproxy_sync.cli", "dev", "--http-port", str(port), "--consul-port", "0",
+             "--metrics-port", "0"],
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 1

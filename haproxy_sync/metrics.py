@@ -1,0 +1,190 @@
+"""Prometheus metrics, ``/health``, ``/ready`` and ``/status`` on one small HTTP server in the daemon's loop.
+
+Counters and histograms are updated where things happen (the daemon calls :class:`Metrics` methods);
+values that are a view of current state (watch health, data age, servers by state) are read at scrape
+time from the daemon through :class:`StateView`, so they can never go stale between events.
+
+``/health`` answers 200 while the event loop runs. ``/ready`` answers 200 only when the first apply is
+done, HAProxy is confirmed running the current config, and every watch's Consul data is fresher than
+``stale_after``; otherwise 503 with the reasons. ``/status`` is the JSON ``haproxy-sync status`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from haproxy_sync import __version__
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class WatchView:
+    service: str
+    healthy: bool
+    fault: str
+    last_index: int
+    age: float | None  # seconds since the last good answer; None before the first
+
+
+@dataclass
+class StateView:
+    """What the daemon knows right now, for scrapes, /ready and /status."""
+
+    watches: list[WatchView] = field(default_factory=list)
+    servers: dict[tuple[str, str], int] = field(default_factory=dict)  # (backend, state) -> count
+    applied_once: bool = False
+    confirmed: bool = False
+    last_apply: str = ""
+    last_apply_path: str = ""
+    last_apply_age: float | None = None
+    stale_after: float = 180.0
+
+    def not_ready(self) -> list[str]:
+        reasons = []
+        if not self.applied_once:
+            reasons.append("no config applied yet")
+        elif not self.confirmed:
+            reasons.append("HAProxy not confirmed running the current config")
+        for watch in self.watches:
+            if watch.age is None:
+                reasons.append(f"no good read of {watch.service} from Consul yet")
+            elif watch.age > self.stale_after:
+                reasons.append(f"Consul data for {watch.service} is {watch.age:.0f}s old (stale_after "
+                               f"{self.stale_after:g}s, fault={watch.fault or 'none'})")
+        return reasons
+
+
+class Metrics:
+    """Every haproxy-sync series, in a registry of its own (no global state)."""
+
+    def __init__(self, view: Callable[[], StateView]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.view = view
+        reg = self.registry
+        Gauge("haproxy_sync_build_info", "haproxy-sync version.", ["version"], registry=reg).labels(__version__).set(1)
+        self.consul_errors = Counter(
+            "haproxy_sync_consul_errors_total", "Failed Consul reads by fault kind.", ["service", "kind"], registry=reg)
+        self.renders = Counter("haproxy_sync_renders_total", "Templates rendered.", registry=reg)
+        self.template_errors = Counter(
+            "haproxy_sync_template_errors_total", "Renders that failed in the template.", registry=reg)
+        self.validation_failures = Counter(
+            "haproxy_sync_validation_failures_total", "Rendered configs rejected by haproxy -c.", registry=reg)
+        self.applies = Counter(
+            "haproxy_sync_applies_total", "Applies by path (runtime, reload, none) and reason.", ["path", "reason"],
+            registry=reg)
+        self.apply_failures = Counter(
+            "haproxy_sync_apply_failures_total", "Applies that failed, by stage.", ["stage"], registry=reg)
+        self.runtime_commands = Counter(
+            "haproxy_sync_runtime_commands_total", "Runtime API commands sent.", registry=reg)
+        self.reload_duration = Histogram(
+            "haproxy_sync_reload_duration_seconds", "Reload until HAProxy confirmed a new worker.",
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.convergence = Histogram(
+            "haproxy_sync_convergence_seconds", "Consul change seen until HAProxy confirmed running it.",
+            ["path"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.drift_found = Counter(
+            "haproxy_sync_drift_found_total", "Servers found running other than planned.", registry=reg)
+        self.drift_repaired = Counter(
+            "haproxy_sync_drift_repaired_total", "Runtime commands sent to repair drift.", registry=reg)
+        self.skipped = Gauge(
+            "haproxy_sync_instances_skipped", "Consul instances left out of the config now, by reason.",
+            ["service", "reason"], registry=reg)
+        self.old_workers = Gauge(
+            "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
+        reg.register(_StateCollector(view))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Series computed from the daemon's state at scrape time."""
+
+    def __init__(self, view: Callable[[], StateView]) -> None:
+        self.view = view
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        state = self.view()
+        up = GaugeMetricFamily("haproxy_sync_consul_watch_up", "1 while the watch's reads succeed.",
+                               labels=["service"])
+        index = GaugeMetricFamily("haproxy_sync_consul_last_index", "Last X-Consul-Index seen.", labels=["service"])
+        age = GaugeMetricFamily("haproxy_sync_consul_data_age_seconds",
+                                "Seconds since the last good answer from Consul.", labels=["service"])
+        for watch in state.watches:
+            up.add_metric([watch.service], 1.0 if watch.healthy else 0.0)
+            index.add_metric([watch.service], float(watch.last_index))
+            if watch.age is not None:
+                age.add_metric([watch.service], watch.age)
+        servers = GaugeMetricFamily("haproxy_sync_servers", "Server slots by backend and planned state.",
+                                    labels=["backend", "state"])
+        for (backend, slot_state), count in sorted(state.servers.items()):
+            servers.add_metric([backend, slot_state], float(count))
+        ready = GaugeMetricFamily("haproxy_sync_ready", "1 when /ready answers 200.")
+        ready.add_metric([], 0.0 if state.not_ready() else 1.0)
+        yield from (up, index, age, servers, ready)
+
+
+SKIP_KINDS = ("address", "port", "weight", "id", "node", "entry")
+
+
+def skip_reason_kind(reason: str) -> str:
+    """A short, bounded label for a skip reason (the full text goes to the log)."""
+    for needle, kind in (("address", "address"), ("port", "port"), ("Weights", "weight"), ("ID", "id"),
+                         ("Node", "node")):
+        if needle in reason:
+            return kind
+    return "entry"
+
+
+async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
+    """Serve /metrics, /health, /ready and /status; returns the runner to clean up at stop."""
+    started = time.monotonic()
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_seconds": round(time.monotonic() - started, 1)})
+
+    async def ready(_: web.Request) -> web.Response:
+        reasons = metrics.view().not_ready()
+        return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
+    async def status(_: web.Request) -> web.Response:
+        state = metrics.view()
+        body = {
+            "version": __version__,
+            "ready": not state.not_ready(),
+            "reasons": state.not_ready(),
+            "last_apply": state.last_apply,
+            "last_apply_path": state.last_apply_path,
+            "last_apply_age_seconds": state.last_apply_age,
+            "watches": [w.__dict__ for w in state.watches],
+        }
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/status", status)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("metrics listening on http://%s:%d/metrics (also /health, /ready, /status)", host, port)
+    return runner

@@ -1,0 +1,147 @@
+"""``haproxy-sync status``: Consul against HAProxy, per backend, and what the daemon last did.
+
+Gathering (Consul, the runtime socket, the daemon's /status) is kept apart from the pure formatting
+so that the table and the JSON are tested without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from haproxy_sync import haproxy
+from haproxy_sync.catalog import Snapshot, Status
+from haproxy_sync.config import Settings
+from haproxy_sync.consul import ConsulError, read_once
+from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
+
+
+@dataclass
+class BackendStatus:
+    backend: str
+    service: str
+    consul: dict[str, int]  # passing / warning / critical
+    haproxy: dict[str, int]  # UP / DOWN / DRAIN / MAINT, over slots holding an instance
+    drift: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    backends: list[BackendStatus]
+    consul_error: str = ""
+    haproxy_error: str = ""
+    daemon: dict[str, Any] | None = None
+    daemon_error: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return not self.haproxy_error and not any(b.drift for b in self.backends)
+
+
+def _haproxy_counts(states: list[haproxy.ServerState]) -> dict[str, int]:
+    counts = {"UP": 0, "DOWN": 0, "DRAIN": 0, "MAINT": 0}
+    for state in states:
+        if state.in_maintenance:
+            counts["MAINT"] += 1
+        elif state.weight == 0 or state.draining:
+            counts["DRAIN"] += 1
+        elif state.up:
+            counts["UP"] += 1
+        else:
+            counts["DOWN"] += 1
+    return counts
+
+
+def build_report(
+    settings: Settings,
+    snapshot: Snapshot | None,
+    live: str | None,
+    states: tuple[haproxy.ServerState, ...] | None,
+) -> list[BackendStatus]:
+    """Pure: per backend, Consul's counts, HAProxy's counts over held slots, and the drift between."""
+    pairs = [(s.backend, s.name) for s in settings.services]
+    desired: dict[str, BackendSlots] = slots_from_config(live or "", snapshot or Snapshot(), pairs)
+    running = {(s.backend, s.name): (s.address, s.port, s.weight, s.in_maintenance) for s in states or ()}
+    result = []
+    for backend, service in pairs:
+        consul_counts = {"passing": 0, "warning": 0, "critical": 0}
+        if snapshot is not None:
+            for inst in snapshot.get(service).instances:
+                consul_counts[inst.status.name.lower()] += 1
+        table = desired.get(backend)
+        held = {slot.name for slot in table.slots if slot.owner} if table else set()
+        mine = [s for s in states or () if s.backend == backend and s.name in held]
+        status = BackendStatus(backend, service, consul_counts, _haproxy_counts(mine))
+        if states is not None and table is not None:
+            drift = find_drift({backend: table}, running)
+            status.drift = [*drift.found, *(f"{name} missing in HAProxy" for name in drift.missing)]
+        if snapshot is not None and table is not None:
+            placed = {slot.owner for slot in table.slots if slot.owner}
+            routable = [i for i in snapshot.get(service).instances if i.status is not Status.CRITICAL]
+            status.drift += [f"{i.id} is in Consul but not in haproxy.cfg" for i in routable if i.key not in placed]
+        result.append(status)
+    return result
+
+
+def gather(settings: Settings) -> Report:
+    """Read Consul once, HAProxy's servers, the live config and the daemon's /status; never raises."""
+    report = Report([])
+    snapshot = None
+    try:
+        services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services], deadline=5))
+        snapshot = Snapshot.of(svc for svc, _ in services.values())
+    except ConsulError as exc:
+        report.consul_error = str(exc)
+    states = None
+    try:
+        states = haproxy.servers_state(settings.haproxy.stats_socket)
+    except haproxy.HAProxyError as exc:
+        report.haproxy_error = str(exc)
+    report.backends = build_report(settings, snapshot, haproxy.read_text(settings.haproxy.config_path), states)
+    if settings.metrics.listen:
+        try:
+            with urllib.request.urlopen(f"http://{settings.metrics.listen}/status", timeout=2) as response:
+                report.daemon = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            report.daemon_error = f"daemon not reachable at http://{settings.metrics.listen}/status: {exc}"
+    return report
+
+
+def to_json(report: Report) -> str:
+    return json.dumps({**asdict(report), "healthy": report.healthy}, indent=2, sort_keys=True)
+
+
+def to_table(report: Report) -> str:
+    rows = [("BACKEND", "CONSUL pass/warn/crit", "HAPROXY up/down/drain/maint", "DRIFT")]
+    for b in report.backends:
+        c, h = b.consul, b.haproxy
+        rows.append((
+            b.backend,
+            f"{c['passing']}/{c['warning']}/{c['critical']}",
+            f"{h['UP']}/{h['DOWN']}/{h['DRAIN']}/{h['MAINT']}",
+            f"{len(b.drift)}" if b.drift else "none",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    for b in report.backends:
+        lines += [f"  drift {b.backend}: {item}" for item in b.drift]
+    if report.consul_error:
+        lines.append(f"consul: {report.consul_error}")
+    if report.haproxy_error:
+        lines.append(f"haproxy: {report.haproxy_error}")
+    if report.daemon is not None:
+        d = report.daemon
+        age = d.get("last_apply_age_seconds")
+        lines.append(f"daemon: {'ready' if d.get('ready') else 'NOT READY: ' + '; '.join(d.get('reasons', []))}")
+        if d.get("last_apply"):
+            lines.append(f"last apply: {d['last_apply']} (path {d.get('last_apply_path')}, {age:.0f}s ago)")
+        for w in d.get("watches", []):
+            fresh = "fresh" if w.get("age") == 0 else f"{w.get('age') or 0:.0f}s old"
+            lines.append(f"consul watch {w['service']}: {'ok' if w['healthy'] else 'failing ' + w['fault']}, "
+                         f"index {w['last_index']}, data {fresh}")
+    elif report.daemon_error:
+        lines.append(report.daemon_error)
+    return "\n".join(lines)

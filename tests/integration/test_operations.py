@@ -1,0 +1,115 @@
+"""Operations: metrics from a real run, /health and /ready, `status`, the systemd unit."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.devconsul import DevConsulThread
+from tests.helpers import Stack, cli, consul_put, http_get, register, wait_until
+
+pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]:
+    with ExitStack() as exits:
+        yield Stack(tmp_path, consul, make_apps(3), exits)
+
+
+def scrape(stack: Stack) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_what_the_run_did(stack: Stack) -> None:
+    before = scrape(stack)
+    assert before['haproxy_sync_build_info{version="0.1.0"}'] == 1
+    assert before['haproxy_sync_servers{backend="cabify",state="up"}'] == 3
+    assert before['haproxy_sync_servers{backend="cabify",state="free"}'] == 5
+    assert before['haproxy_sync_consul_watch_up{service="cabify"}'] == 1
+    runtime_key = 'haproxy_sync_applies_total{path="runtime",reason="runtime"}'
+    assert before.get(runtime_key, 0) == 0
+    for app in stack.apps:  # three changes, each applied on its own through the Runtime API
+        consul_put(stack.consul.url, f"/v1/agent/service/deregister/{app.instance_id}")
+        stack.daemon.wait_for_log("runtime API:", count=stack.apps.index(app) + 1)
+    after = scrape(stack)
+    assert after[runtime_key] == 3
+    assert after["haproxy_sync_runtime_commands_total"] >= 3
+    assert after['haproxy_sync_convergence_seconds_count{path="runtime"}'] == 3
+    assert after['haproxy_sync_servers{backend="cabify",state="drain"}'] == 3
+    assert after["haproxy_sync_renders_total"] >= 3
+
+
+def test_health_and_ready_follow_consul(stack: Stack) -> None:
+    base = f"http://127.0.0.1:{stack.layout.metrics_port}"
+    assert http_get(f"{base}/health")[0] == 200
+    status, body = http_get(f"{base}/ready")
+    assert status == 200 and json.loads(body) == {"ready": True, "reasons": []}
+    port = stack.consul.port
+    stack.consul.stop()
+    status, body = wait_until(lambda: (r := http_get(f"{base}/ready"))[0] == 503 and r, 10, what="/ready 503")
+    assert "Consul data for cabify is" in body and "stale_after 2s" in body
+    assert scrape(stack)['haproxy_sync_consul_errors_total{kind="unreachable",service="cabify"}'] >= 1
+    assert http_get(f"{base}/health")[0] == 200, "health is the process, not Consul"
+    revived = DevConsulThread(port=port).start()
+    try:
+        for app in stack.apps:
+            register(revived.url, app)
+        wait_until(lambda: http_get(f"{base}/ready")[0] == 200, 15, what="/ready back to 200")
+    finally:
+        revived.stop()
+
+
+def test_status_shows_drift_made_by_hand_and_exits_1(stack: Stack) -> None:
+    config = str(stack.layout.config_toml)
+    ok = cli("status", "--config", config)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert re.search(r"^cabify\s+3/0/0\s+3/0/0/0\s+none$", ok.stdout, re.M), ok.stdout
+    assert "last apply: cabify: 3 servers" in ok.stdout and "daemon: ready" in ok.stdout
+    haproxy.socket_command(stack.layout.stats_socket, "disable server cabify/slot2")
+    drift = cli("status", "--config", config)
+    assert drift.returncode == 1
+    assert "drift cabify: cabify/slot2 runs 127.0.0.1:" in drift.stdout and "maint, planned" in drift.stdout
+    as_json = json.loads(cli("status", "--json", "--config", config).stdout)
+    assert as_json["healthy"] is False and as_json["backends"][0]["haproxy"]["MAINT"] == 1
+
+
+def test_status_exits_1_when_haproxy_is_unreachable(stack: Stack) -> None:
+    stack.haproxy.stop()
+    result = cli("status", "--config", str(stack.layout.config_toml))
+    assert result.returncode == 1 and "haproxy: HAProxy socket" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies_and_is_rated_ok(tmp_path: Path) -> None:
+    unit = tmp_path / "haproxy-sync.service"
+    unit.write_text(cli("systemd-unit", "--exec-path", "/bin/true", "--user", "root", "--group", "root").stdout)
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for haproxy-sync.service: ([\d.]+) (\w+)", security.stdout)
+    assert match, security.stdout[-500:] + security.stderr
+    assert float(match.group(1)) <= 3.0 and match.group(2) == "OK"
+    text = unit.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                 "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                 "SystemCallFilter=@system-service"):
+        assert line in text, line
