@@ -41,7 +41,7 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
         assert answers() == {"cabify-1", "cabify-2", "cabify-3"}
         assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
         assert f"http://127.0.0.1:{metrics_port}/metrics" in text
-        assert http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200
+        wait_until(lambda: http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200, 10, what="ready")
 
         os.kill(int(pids["cabify-1"]), signal.SIGKILL)
         wait_until(lambda: answers() == {"cabify-2", "cabify-3"}, 15, what="killed instance out of rotation")
