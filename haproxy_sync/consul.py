@@ -14,6 +14,7 @@ kind changes) and once when it clears, not once per retry.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import time
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Shortest time between two requests of one watch: a moving index cannot make it spin.
 MIN_REQUEST_INTERVAL = 0.02
+#: Shortest time between two requests while the server answers without blocking.
+STALLED_INTERVAL = 1.0
 #: First retry delay after an error; doubles up to ``backoff_max``.
 BACKOFF_BASE = 0.25
 
@@ -60,7 +63,8 @@ def classify(exc: BaseException, service: str) -> ConsulError:
         return ConsulError("tls", f"TLS handshake failed: {_short(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConsulError("unreachable", f"cannot connect: {_short(exc.os_error or exc)}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | ConnectionResetError):
+    resets = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)
+    if isinstance(exc, resets) or (isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)):
         return ConsulError("connection_reset", "connection closed before the answer was complete")
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ConsulError("connection", _short(exc))
@@ -194,18 +198,21 @@ class ServiceWatch:
         self._last_value: Service | None = None
         self._last_skipped: tuple[Skipped, ...] = ()
         self._fault_since = 0.0
+        self._stalled = False
 
     async def run(self) -> None:
         """Watch until cancelled; never raises for a Consul fault."""
         index = 0
+        interval = MIN_REQUEST_INTERVAL
         last_start = 0.0
         while True:
-            pause = MIN_REQUEST_INTERVAL - (time.monotonic() - last_start)
+            pause = interval - (time.monotonic() - last_start)
             if pause > 0:
                 await asyncio.sleep(pause)
             last_start = time.monotonic()
+            sent = index
             try:
-                returned, entries = await self._read(index)
+                returned, entries = await self._read(sent)
                 value, skipped = parse_health_entries(self.service, entries if entries is not None else [])
             except asyncio.CancelledError:
                 raise
@@ -215,12 +222,34 @@ class ServiceWatch:
                 await asyncio.sleep(self._record_failure(error))
                 continue
             self._record_success(returned)
-            index = next_index(index, returned)
+            index = next_index(sent, returned)
+            if 0 < returned < sent:
+                log.info("consul watch service=%s index went backwards (%d -> %d): fresh read", self.service,
+                         sent, returned)
+            interval = self._pace(sent, returned, time.monotonic() - last_start)
             self._offer(value, skipped, returned)
+
+    def _pace(self, sent: int, returned: int, took: float) -> float:
+        """Consul's rule: rate-limit the loop, so an index that does not advance cannot spin the CPU.
+
+        An answer to a blocking read that does not move the index past the one sent, and comes back
+        long before ``wait`` ran out, means the server is not blocking (an index of 0, a proxy, a bug).
+        """
+        stalled = sent > 0 and returned <= sent and took < self.wait / 2
+        if stalled and not self._stalled:
+            log.warning("consul watch service=%s is not blocking (X-Consul-Index %d for index %d); "
+                        "reading at most once every %gs until it does", self.service, returned, sent,
+                        STALLED_INTERVAL)
+        elif self._stalled and not stalled and sent > 0:
+            log.info("consul watch service=%s blocking again (X-Consul-Index %d)", self.service, returned)
+        if sent > 0:
+            self._stalled = stalled
+        return STALLED_INTERVAL if self._stalled else MIN_REQUEST_INTERVAL
 
     async def _read(self, index: int) -> tuple[int, object]:
         # Consul adds up to wait/16 of jitter; beyond that plus a margin, the answer is hung.
-        deadline = self.wait + self.wait / 16 + 5.0 if index else 15.0
+        margin = min(5.0, max(1.0, self.wait / 4))
+        deadline = self.wait + self.wait / 16 + margin if index else 15.0
         raw_index, entries = await asyncio.wait_for(
             self.client.health.service(self.service, index=str(index) if index else None, wait=f"{self.wait:g}s"),
             timeout=deadline,

@@ -2409,6 +2409,11 @@ class DevConsulThread:
     def index(self) -> int:
         return int(self._call(lambda: self.server.index))
 
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a DevConsul method (``deregister_service``, ...) on its loop, from any thread: catalog
+        writes that work even while a fault such as ``refuse`` blocks the HTTP API."""
+        return self._call(getattr(self.server, method), *args, **kwargs)
+
     def set_fault(self, name: str, **params: Any) -> None:
         self._call(self.server.set_fault, name, **params)
 

@@ -133,7 +133,8 @@ class Layout:
     metrics_port: int = field(default_factory=free_port)
     services: tuple[str, ...] = ("cabify",)
     template: Path | None = None
-    extra: str = ""
+    extra: str = ""  # lines added to the [sync] section
+    consul_wait: str = "5s"
 
     @property
     def config_toml(self) -> Path:
@@ -155,7 +156,7 @@ class Layout:
         services = "".join(f'[[services]]\nname = "{name}"\n' for name in self.services)
         template = f'template = "{self.template}"\n' if self.template else ""
         self.config_toml.write_text(
-            f'[consul]\naddress = "{self.consul_url}"\nbackoff_max = "2s"\nwait = "5s"\n'
+            f'[consul]\naddress = "{self.consul_url}"\nbackoff_max = "2s"\nwait = "{self.consul_wait}"\n'
             f'[haproxy]\nbinary = "{haproxy.find_binary("haproxy")}"\n'
             f'config_path = "{self.haproxy_cfg}"\nmaster_socket = "{self.master_socket}"\n'
             f'stats_socket = "{self.stats_socket}"\nserver_state_file = "{self.root / "server-state"}"\n'

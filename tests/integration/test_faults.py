@@ -1,0 +1,121 @@
+"""Every Consul fault devconsul can play: the daemon keeps serving the last good config, says so once,
+counts it, and converges within the backoff cap when the fault clears."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.devconsul import DevConsulThread
+from tests.helpers import DaemonProcess, Layout, Stack, cli, http_get, register, wait_until
+
+pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]:
+    with ExitStack() as exits:
+        yield Stack(tmp_path, consul, make_apps(3), exits, consul_wait="2s")
+
+
+def metric(stack: Stack, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+ERROR_FAULTS = [
+    ("refuse", {}, "unreachable"),
+    ("reset", {}, "connection_reset"),
+    ("no_leader", {}, "no_leader"),
+    ("forbidden", {}, "acl"),
+    ("rate_limited", {}, "rate_limited"),
+    ("slow", {"delay": 6}, "timeout"),
+    ("malformed_json", {}, "bad_answer"),
+]
+
+
+@pytest.mark.parametrize(("fault", "params", "kind"), ERROR_FAULTS, ids=[f[0] for f in ERROR_FAULTS])
+def test_error_fault_keeps_last_good_and_converges_after(stack: Stack, fault: str, params: dict, kind: str) -> None:
+    live = stack.layout.haproxy_cfg.read_text()
+    stack.consul.set_fault(fault, **params)
+    stack.daemon.wait_for_log(f"failing fault={kind}", timeout=12)
+    stack.consul.call("deregister_service", "cabify-1")  # a change Consul cannot tell us about yet
+    time.sleep(1.5)
+    assert stack.daemon.alive()
+    assert stack.layout.haproxy_cfg.read_text() == live, "the live config stays the last good one"
+    assert len(stack.serving()) == 3, "HAProxy keeps serving every instance it had"
+    assert metric(stack, f'haproxy_sync_consul_errors_total{{kind="{kind}",service="cabify"}}') >= 1
+    stack.consul.clear_fault()
+    # Bounded by the backoff cap (2s) plus a hung read's deadline (3.1s) plus slack; the time it takes
+    # is measured in bench/, not asserted here.
+    wait_until(lambda: stack.serving() == {"cabify-2", "cabify-3"}, 10, what="the change applied after the fault")
+    log = stack.daemon.log()
+    assert log.count("failing fault=") == 1, "one line when the fault starts, not one per retry"
+    assert log.count("recovered after") == 1
+    assert "Traceback" not in log
+    if kind == "acl":
+        assert "service:read and node:read" in log
+
+
+@pytest.mark.parametrize(("fault", "params", "says"), [
+    ("index_backwards", {}, "index went backwards"),
+    ("index_zero", {}, "is not blocking"),
+    ("huge", {"size_mb": 4}, ""),
+], ids=["index_backwards", "index_zero", "huge"])
+def test_odd_answers_still_deliver_changes(stack: Stack, fault: str, params: dict, says: str) -> None:
+    stack.consul.set_fault(fault, **params)
+    stack.consul.call("deregister_service", "cabify-1")
+    wait_until(lambda: stack.serving() == {"cabify-2", "cabify-3"}, 10, what="the change applied under the fault")
+    if says:
+        stack.daemon.wait_for_log(says, timeout=5)
+    stack.consul.clear_fault()
+    log = stack.daemon.log()
+    assert "failing fault=" not in log and "Traceback" not in log
+    time.sleep(1.5)
+    assert stack.daemon.alive()
+    if fault == "index_zero":
+        assert log.count("is not blocking") == 1, "said once, not once per read"
+
+
+def test_unreachable_at_start_renders_nothing_and_is_not_ready(tmp_path: Path, make_apps) -> None:
+    consul = DevConsulThread(port=0).start()
+    port = consul.port
+    consul.stop()
+    layout = Layout(tmp_path, f"http://127.0.0.1:{port}")
+    layout.write()
+    daemon = DaemonProcess(layout.config_toml, tmp_path / "daemon.log")
+    try:
+        daemon.wait_for_log("failing fault=unreachable", timeout=10)
+        ready = f"http://127.0.0.1:{layout.metrics_port}/ready"
+        status, body = wait_until(lambda: http_get(ready), 5, what="/ready answering")
+        assert status == 503 and "no config applied yet" in body
+        time.sleep(1)
+        assert not layout.haproxy_cfg.exists(), "nothing is rendered before the first good read"
+        consul = DevConsulThread(port=port).start()
+        try:
+            for app in make_apps(2):
+                register(consul.url, app)
+            wait_until(layout.haproxy_cfg.exists, 10, what="the first config after Consul came up")
+            assert layout.haproxy_cfg.read_text().count("  # cabify-") == 2
+        finally:
+            consul.stop()
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
+
+
+def test_acl_token_problem_is_one_clear_line_for_commands(tmp_path: Path) -> None:
+    with DevConsulThread(port=0, token="the-right-token") as consul:
+        result = cli("render", "--dry-run", "--consul", consul.url, env={"CONSUL_HTTP_TOKEN": "a-wrong-token"})
+    assert result.returncode == 1
+    assert "403 permission denied" in result.stderr and "service:read and node:read" in result.stderr
+    assert "a-wrong-token" not in result.stderr and "Traceback" not in result.stderr
