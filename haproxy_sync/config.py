@@ -118,6 +118,18 @@ def _argv(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _percent(value: Any) -> float:
+    text = str(value).strip()
+    number = text[:-1] if text.endswith("%") else text
+    try:
+        share = float(number)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a percentage such as \"50%\"") from None
+    if isinstance(value, bool) or not 0 <= share <= 100:
+        raise ValueError(f"{value!r} is not a percentage between 0% and 100%")
+    return share / 100
+
+
 def _bind(value: Any) -> str:
     text = _string(value)
     match = _BIND.match(text)
@@ -239,6 +251,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "hold_down": Setting(
             parse_duration, "0s", "Flap damping: a new health status must last this long before it applies; 0 is off.",
         ),
+        "guard_delay": Setting(
+            parse_duration, "2s", "Guard: how long a big drop is held before Consul is read again to confirm it.",
+        ),
         "reconcile_interval": Setting(
             parse_duration, "30s", "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
         ),
@@ -262,6 +277,11 @@ SERVICE_SCHEMA: dict[str, Setting] = {
     "balance": Setting(_one_of(BALANCE_ALGORITHMS), "roundrobin", "Load-balancing algorithm."),
     "health_path": Setting(_health_path, "/health", "Path of HAProxy's own HTTP check."),
     "host": Setting(_host, "", "Route requests with this Host header here; the first service is the default."),
+    "guard": Setting(_bool, True, "Empty-backend guard: hold a big drop of healthy servers and re-read first."),
+    "min_servers": Setting(_int_range(0, 100_000), 1, "Guard: fewer healthy servers than this is a big drop."),
+    "max_drop": Setting(
+        _percent, "50%", "Guard: losing more than this share of healthy servers at once is a big drop.",
+    ),
 }
 
 DEFAULT_SERVICES = ({"name": "cabify"},)
@@ -277,6 +297,9 @@ class ServiceSettings:
     balance: str = "roundrobin"
     health_path: str = "/health"
     host: str = ""
+    guard: bool = True
+    min_servers: int = 1
+    max_drop: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -324,6 +347,7 @@ class SyncSettings:
     drain_timeout: float
     reload_min_interval: float
     reconcile_interval: float
+    guard_delay: float
     hold_down: float
     runtime_api: bool
 

@@ -27,9 +27,9 @@ import sdnotify
 from aiohttp import web
 
 from haproxy_sync import haproxy
-from haproxy_sync.catalog import Service, Snapshot
+from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
 from haproxy_sync.config import ConfigError, Settings
-from haproxy_sync.consul import ServiceWatch, WatchUpdate, backoff_delay, make_client, read_once
+from haproxy_sync.consul import ServiceWatch, WatchUpdate, backoff_delay, classify, make_client, read_once
 from haproxy_sync.metrics import SKIP_KINDS, Metrics, StateView, WatchView, skip_reason_kind, start_server
 from haproxy_sync.plan import (
     BackendSlots,
@@ -38,6 +38,7 @@ from haproxy_sync.plan import (
     Running,
     Seen,
     assign_all,
+    big_drop,
     damp,
     describe,
     diff_snapshots,
@@ -226,6 +227,9 @@ class Daemon:
         self._drain_at: float | None = None  # when the earliest drain ends
         self._hold_at: float | None = None  # when the earliest held (damped) status change matures
         self._seen: dict[tuple[str, str], Seen] = {}
+        self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
+        self._guard_reread: set[str] = set()  # re-read done: the next apply takes what Consul says
+        self._client: object | None = None
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
@@ -302,7 +306,8 @@ class Daemon:
             ) from None
 
     def _timers(self) -> list[float]:
-        return [t for t in (self._retry_at, self._drain_at, self._hold_at, self._reconcile_at) if t is not None]
+        timers = [self._retry_at, self._drain_at, self._hold_at, self._reconcile_at, *self._guard_due.values()]
+        return [t for t in timers if t is not None]
 
     async def _loop(self, client: object) -> None:
         waiting_logged = False
@@ -320,6 +325,9 @@ class Daemon:
                     waiting_logged = True
                 continue
             now = time.monotonic()
+            due = [name for name, at in self._guard_due.items() if at <= now]
+            if due:
+                await self._reread_guarded(client, due)
             if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                 await self._reconcile()
                 continue
@@ -362,7 +370,10 @@ class Daemon:
         snapshot, self._seen, self._hold_at = damp(
             self.applied, observed, self._seen, time.monotonic(), settings.sync.hold_down
         )
+        snapshot = self._guard(snapshot)
         change = describe(diff_snapshots(self.applied, snapshot))
+        if self._guard_due:
+            change += f"; {','.join(sorted(self._guard_due))} held by the guard"
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
         live = haproxy.read_text(settings.haproxy.config_path)
@@ -393,6 +404,52 @@ class Daemon:
             return Outcome(True, f"{change}; reload ({plan.reload_reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
         return await self._reload(snapshot, tables, text, change, plan.reload_reason or "")
+
+    def _guard(self, snapshot: Snapshot) -> Snapshot:
+        """Hold a service whose healthy servers would drop too far at once, until a re-read confirms it."""
+        if self.applied is None:
+            return snapshot
+        services = []
+        for cfg in self.settings.services:
+            old, new = self.applied.get(cfg.name), snapshot.get(cfg.name)
+            reason = big_drop(old, new, cfg.min_servers, cfg.max_drop) if cfg.guard else None
+            reread = cfg.name in self._guard_reread
+            self._guard_reread.discard(cfg.name)
+            if reason is None:
+                if reread or self._guard_due.pop(cfg.name, None) is not None:
+                    self.metrics.guard.labels(cfg.name, "recovered").inc()
+                    log.info("guard: %s is back to %d healthy servers; the drop was transient", cfg.name,
+                             sum(1 for i in new.instances if i.routable))
+                services.append(new)
+            elif reread:
+                self.metrics.guard.labels(cfg.name, "applied").inc()
+                log.warning("guard: a second read confirms %s %s; applying it", cfg.name, reason)
+                services.append(new)
+            else:
+                if cfg.name not in self._guard_due:
+                    self._guard_due[cfg.name] = time.monotonic() + self.settings.sync.guard_delay
+                    self.metrics.guard.labels(cfg.name, "held").inc()
+                    log.warning("guard: %s %s; holding its last applied servers and reading Consul again in %gs",
+                                cfg.name, reason, self.settings.sync.guard_delay)
+                services.append(old)
+        return Snapshot.of(services)
+
+    async def _reread_guarded(self, client: object, names: list[str]) -> None:
+        """The guard's second look: one fresh, non-blocking read of each held service."""
+        for name in names:
+            try:
+                _, entries = await asyncio.wait_for(client.health.service(name), 15)  # type: ignore[attr-defined]
+                service, _ = parse_health_entries(name, entries if entries is not None else [])
+            except Exception as exc:  # a failed re-read keeps the hold and tries again
+                error = classify(exc, name)
+                log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
+                            self.settings.sync.guard_delay)
+                self._guard_due[name] = time.monotonic() + self.settings.sync.guard_delay
+                continue
+            self._guard_due.pop(name, None)
+            self._guard_reread.add(name)
+            self.latest[name] = service
+            self._changed = True
 
     def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str) -> Plan:
         if not self.settings.sync.runtime_api:

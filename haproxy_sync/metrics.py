@@ -101,6 +101,9 @@ class Metrics:
         self.skipped = Gauge(
             "haproxy_sync_instances_skipped", "Consul instances left out of the config now, by reason.",
             ["service", "reason"], registry=reg)
+        self.guard = Counter(
+            "haproxy_sync_guard_total", "Empty-backend guard: big drops held, then applied or recovered.",
+            ["service", "outcome"], registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
         reg.register(_StateCollector(view))

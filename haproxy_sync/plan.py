@@ -438,3 +438,23 @@ def damp(
                 deadline = min(deadline or since + hold_down, since + hold_down)
         services.append(Service(service.name, tuple(instances)))
     return Snapshot.of(services), new_history, deadline
+
+
+# --- the empty-backend guard ---
+
+
+def big_drop(old: Service, new: Service, min_servers: int, max_drop: float) -> str | None:
+    """Why taking ``old`` to ``new`` at once looks like a Consul blip rather than a real change, or None.
+
+    An agent restart or a partition can make Consul briefly report most instances gone or critical;
+    applying that would empty the backend. The daemon holds such a change and reads Consul again first.
+    """
+    before = sum(1 for inst in old.instances if inst.routable)
+    after = sum(1 for inst in new.instances if inst.routable)
+    if before == 0 or after >= before:
+        return None
+    if after < min_servers:
+        return f"{before} -> {after} healthy servers, under min_servers {min_servers}"
+    if (before - after) / before > max_drop:
+        return f"{before} -> {after} healthy servers, a drop of more than max_drop {max_drop:.0%}"
+    return None

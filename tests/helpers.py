@@ -135,6 +135,7 @@ class Layout:
     template: Path | None = None
     extra: str = ""  # lines added to the [sync] section
     consul_wait: str = "5s"
+    service_options: str = ""  # lines added to every [[services]] table
 
     @property
     def config_toml(self) -> Path:
@@ -153,7 +154,7 @@ class Layout:
         return self.root / "admin.sock"
 
     def write(self) -> Path:
-        services = "".join(f'[[services]]\nname = "{name}"\n' for name in self.services)
+        services = "".join(f'[[services]]\nname = "{name}"\n{self.service_options}' for name in self.services)
         template = f'template = "{self.template}"\n' if self.template else ""
         self.config_toml.write_text(
             f'[consul]\naddress = "{self.consul_url}"\nbackoff_max = "2s"\nwait = "{self.consul_wait}"\n'

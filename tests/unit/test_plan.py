@@ -192,3 +192,15 @@ def test_hold_down_damps_flapping_health() -> None:
     new_member = Snapshot.of([svc(inst(1), inst(2), inst(3, Status.CRITICAL))])
     assert damp(applied, new_member, {}, now=1, hold_down=5)[0] == new_member, "membership is never held"
     assert damp(applied, flapped, {}, now=1, hold_down=0)[0] == flapped, "off by default"
+
+
+def test_big_drop_rules() -> None:
+    from haproxy_sync.plan import big_drop
+
+    four = svc(inst(1), inst(2), inst(3), inst(4))
+    assert big_drop(four, svc(inst(1), inst(2)), 1, 0.5) is None, "exactly half is allowed"
+    assert "more than max_drop 50%" in big_drop(four, svc(inst(1)), 1, 0.5)
+    assert "under min_servers 1" in big_drop(four, svc(), 1, 1.0)
+    critical = svc(*(inst(i, Status.CRITICAL) for i in range(1, 5)))
+    assert "4 -> 0 healthy servers" in big_drop(four, critical, 1, 0.5), "critical counts as gone"
+    assert big_drop(svc(), svc(), 1, 0.5) is None and big_drop(svc(inst(1)), four, 1, 0.5) is None
