@@ -118,7 +118,8 @@ def apply_config(settings: Settings, text: str) -> ReloadReport:
     try:
         info = haproxy.reload(hap.master_socket, hap.reload_command, hap.reload_timeout)
     except haproxy.ReloadError as exc:
-        if "rejected" in str(exc) and haproxy.restore_last_good(path):
+        # Disk must keep saying what runs: put back the config HAProxy last confirmed, if there is one.
+        if haproxy.read_text(haproxy.last_good_path(path)) not in (None, text) and haproxy.restore_last_good(path):
             raise haproxy.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}") from None
         raise
     haproxy.remember_last_good(path)
