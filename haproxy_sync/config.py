@@ -257,6 +257,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "reconcile_interval": Setting(
             parse_duration, "30s", "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
         ),
+        "watch_files": Setting(
+            _bool, True, "Re-read config and template when their files change, as SIGHUP does.",
+        ),
         "runtime_api": Setting(
             _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
         ),
@@ -349,6 +352,7 @@ class SyncSettings:
     reconcile_interval: float
     guard_delay: float
     hold_down: float
+    watch_files: bool
     runtime_api: bool
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 import jinja2
 import sdnotify
 from aiohttp import web
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
@@ -223,6 +226,7 @@ class Daemon:
         self._changed = False
         self._stop = False
         self._hup = False
+        self._reread_reason = "SIGHUP"
         self._structure_changed = False  # template or settings changed: the next apply reloads
         self._retry_at: float | None = None  # after a failed apply
         self._drain_at: float | None = None  # when the earliest drain ends
@@ -256,8 +260,9 @@ class Daemon:
         self._stop = True
         self._wake.set()
 
-    def request_reload(self) -> None:
+    def request_reload(self, reason: str = "SIGHUP") -> None:
         self._hup = True
+        self._reread_reason = reason
         self._wake.set()
 
     # --- the loop ---
@@ -271,6 +276,7 @@ class Daemon:
         server = await self._start_metrics()
         client = make_client(self.settings.consul)
         watchdog = asyncio.create_task(self._watchdog())
+        files = self._watch_files(loop)
         try:
             self._sync_watches(client)
             log.info(
@@ -288,10 +294,39 @@ class Daemon:
             await client.close()
             if server is not None:
                 await server.cleanup()
+            if files is not None:
+                files.stop()
+                await asyncio.to_thread(files.join, 2)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("stopped")
         return 0
+
+    def _watch_files(self, loop: asyncio.AbstractEventLoop) -> BaseObserver | None:
+        """Treat an edit of the config file or the template like SIGHUP (``sync.watch_files``)."""
+        paths = {p.resolve() for p in (self.settings.source, self.settings.template_path()) if p is not None}
+        if not self.settings.sync.watch_files or not paths:
+            return None
+        pending: list[asyncio.TimerHandle] = []
+
+        def later() -> None:
+            # Editors write in several steps (truncate, write, rename): act once the burst is over.
+            for handle in pending:
+                handle.cancel()
+            pending[:] = [loop.call_later(0.3, self.request_reload, "file changed")]
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                touched = {Path(str(p)).resolve() for p in (event.src_path, getattr(event, "dest_path", "")) if p}
+                if touched & paths:
+                    loop.call_soon_threadsafe(later)
+
+        observer = Observer()
+        for directory in {p.parent for p in paths}:
+            observer.schedule(Handler(), str(directory), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
 
     async def _start_metrics(self) -> web.AppRunner | None:
         listen = self.settings.metrics.listen
@@ -584,26 +619,27 @@ class Daemon:
     # --- configuration changes ---
 
     def _reread(self, client: object) -> None:
-        """SIGHUP: new settings and template, or a clear error and the old ones kept."""
+        """SIGHUP or an edited file: new settings and template, or a clear error and the old ones kept."""
         if self.reload_settings is None:
             return
+        why, self._reread_reason = self._reread_reason, "SIGHUP"
         try:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
             render(plan_tables(settings, Snapshot.of(self.latest.values()), self.tables, None), settings, template)
         except (ConfigError, TemplateError) as exc:
-            log.error("SIGHUP: new configuration rejected, keeping the running one: %s",
+            log.error("%s: new configuration rejected, keeping the running one: %s", why,
                       str(exc).replace("\n", "; "))
             return
         if settings.consul != self.settings.consul:
-            log.warning("SIGHUP: [consul] changes take effect on restart; other changes applied now")
+            log.warning("%s: [consul] changes take effect on restart; other changes applied now", why)
             settings = dataclasses.replace(settings, consul=self.settings.consul)
         self.settings, self.template = settings, template
         self._sync_watches(client)
         self._structure_changed = True
         self._changed = True
-        log.info("SIGHUP: configuration and template re-read")
+        log.info("%s: configuration and template re-read", why)
 
     def _sync_watches(self, client: object) -> None:
         wanted = {s.name for s in self.settings.services}

@@ -174,3 +174,16 @@ def test_json_logs_parse_line_by_line(tmp_path: Path, consul: DevConsulThread, m
         records = [json.loads(line) for line in daemon.log().splitlines()]
         assert {"ts", "level", "logger", "msg"} <= records[0].keys()
         assert any(r["msg"].startswith("applied cabify: 2 servers") for r in records)
+
+
+def test_editing_the_config_file_applies_like_sighup(stack: Stack, make_apps) -> None:
+    (api,) = make_apps(1, prefix="api")
+    register(stack.consul.url, api, service="api")
+    stack.layout.services = ("cabify", "api")
+    stack.layout.write()  # no signal: the file watch notices
+    stack.daemon.wait_for_log("configuration and template re-read", timeout=10)
+    wait_until(lambda: stack.serving("api", [api]) == {api.instance_id}, 10, what="the new backend api served")
+    stack.layout.config_toml.write_text(stack.layout.config_toml.read_text() + "\n[bogus]\n")
+    stack.daemon.wait_for_log("new configuration rejected, keeping the running one", timeout=10)
+    assert "[bogus]: unknown section" in stack.daemon.log()
+    assert len(stack.serving()) == 7
