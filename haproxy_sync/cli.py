@@ -73,6 +73,13 @@ def _load(params: dict[str, Any]) -> Settings:
     return load_settings(params.get("config_path"), overrides=overrides, services=params.get("services") or ())
 
 
+def _configure_logs(settings: Settings) -> None:
+    """Logging as the settings ask, then the settings' own warnings as log lines."""
+    logs.configure(settings.log.level, settings.log.format)
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
+
+
 def _command(func: Callable[..., int]) -> Callable[..., None]:
     """Run a command body, turning known errors into one line on stderr and an exit code."""
 
@@ -119,7 +126,7 @@ def run(once: bool, **params: Any) -> int:
     from haproxy_sync.daemon import Daemon, run_once
 
     settings = _load(params)
-    logs.configure(settings.log.level, settings.log.format)
+    _configure_logs(settings)
     if once:
         outcome = asyncio.run(run_once(settings))
         log.log(logging.INFO if outcome.ok else logging.ERROR, "once: %s", outcome.sentence)
@@ -145,13 +152,13 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     """
     from haproxy_sync.catalog import Snapshot
     from haproxy_sync.consul import read_once
-    from haproxy_sync.daemon import plan_tables
+    from haproxy_sync.daemon import plan_tables, write_live
     from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
 
     settings = _load(params)
-    logs.configure(settings.log.level, settings.log.format)
+    _configure_logs(settings)
     template = load_template(settings.template_path())
     services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services]))
     snapshot = Snapshot.of(svc for svc, _ in services.values())
@@ -187,7 +194,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     if dry_run:
         click.echo(text, nl=False)
         return EXIT_OK
-    haproxy.atomic_write(settings.haproxy.config_path, text, binary=settings.haproxy.binary)
+    write_live(settings, text)
     click.echo(f"wrote {settings.haproxy.config_path}", err=True)
     return EXIT_OK
 
@@ -217,6 +224,7 @@ def check(**params: Any) -> int:
     from haproxy_sync.render import render as render_text
 
     settings = _load(params)
+    _configure_logs(settings)
     template = load_template(settings.template_path())
     sample = [
         {"Node": {"Node": "node-1", "Address": "127.0.0.1"},
@@ -245,6 +253,7 @@ def status(as_json: bool, **params: Any) -> int:
     from haproxy_sync.status import gather, to_json, to_table
 
     settings = _load(params)
+    _configure_logs(settings)
     report = gather(settings)
     click.echo(to_json(report) if as_json else to_table(report))
     return EXIT_OK if report.healthy else EXIT_ERROR

@@ -8,7 +8,9 @@ value came from (file and key, environment variable, or flag) and what is allowe
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import tomllib
 import urllib.parse
@@ -116,6 +118,16 @@ def _argv(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("expected a list of non-empty strings")
     return tuple(value)
+
+
+def _octal_mode(value: Any) -> int:
+    text = str(value).strip()
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"{value!r} is not an octal file mode such as \"0640\"")
+    mode = int(text, 8)
+    if mode & 0o002:
+        raise ValueError(f"{value!r} makes haproxy.cfg writable by everyone; use e.g. \"0640\"")
+    return mode
 
 
 def _percent(value: Any) -> float:
@@ -232,6 +244,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "http_bind": Setting(_bind, "*:80", "Where the HTTP frontend listens."),
         "stats_bind": Setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter."),
         "maxconn": Setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit."),
+        "config_mode": Setting(_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal)."),
+        "config_group": Setting(_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's."),
         "user": Setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user."),
         "group": Setting(_string, "haproxy", "Group of the workers and of the runtime socket; empty: none."),
         "log_target": Setting(
@@ -239,7 +253,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         ),
     },
     "sync": {
-        "wait_min": Setting(parse_duration, "25ms", "Quiet time after a change before applying (resets per change)."),
+        "wait_min": Setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change)."),
         "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
         "slots": Setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (one reload) when full."),
         "drain_timeout": Setting(
@@ -337,6 +351,8 @@ class HAProxySettings:
     http_bind: str
     stats_bind: str
     maxconn: int
+    config_mode: int
+    config_group: str
     user: str
     group: str
     log_target: str
@@ -377,6 +393,7 @@ class Settings:
     metrics: MetricsSettings
     services: tuple[ServiceSettings, ...]
     source: Path | None = None
+    warnings: tuple[str, ...] = ()  # usable, but worth an operator's attention (logged at start)
 
     def template_path(self) -> Path:
         return self.haproxy.template or default_template_path()
@@ -453,6 +470,7 @@ def load_settings(
     """
     env = os.environ if env is None else env
     problems: list[str] = []
+    warnings: list[str] = []
     values: dict[str, dict[str, _Value]] = {
         section: {key: _Value(s.default, f"default {section}.{key}") for key, s in keys.items()}
         for section, keys in SCHEMA.items()
@@ -489,7 +507,7 @@ def load_settings(
     service_settings = _parse_services(service_tables, problems)
     consul_values = parsed["consul"]
     if not problems:
-        _apply_consul_rules(consul_values, values["consul"], problems)
+        _apply_consul_rules(consul_values, values["consul"], problems, warnings)
         if parsed["sync"]["wait_max"] < parsed["sync"]["wait_min"]:
             problems.append(f"{values['sync']['wait_max'].origin}: must not be shorter than sync.wait_min")
     if problems:
@@ -502,6 +520,7 @@ def load_settings(
         metrics=MetricsSettings(**parsed["metrics"]),
         services=service_settings,
         source=source,
+        warnings=tuple(warnings),
     )
 
 
@@ -533,8 +552,29 @@ def _parse_services(tables: list[tuple[dict[str, Any], str]], problems: list[str
     return tuple(result)
 
 
+def token_file_exposure(path: Path) -> str:
+    """Who besides the daemon can read the token file: "" when nobody, else a short description.
+
+    Group-readable is fine for a group of the daemon's own (the role's ``root:haproxy-sync 0640``);
+    a shared group or others reading the token is not.
+    """
+    st = path.stat()
+    if st.st_mode & 0o004:
+        return f"readable by others (mode {st.st_mode & 0o777:04o})"
+    if st.st_mode & 0o040:
+        try:
+            group = grp.getgrgid(st.st_gid)
+        except KeyError:
+            return f"readable by group {st.st_gid} (mode {st.st_mode & 0o777:04o})"
+        me = pwd.getpwuid(os.geteuid())
+        mine = group.gr_gid == me.pw_gid or me.pw_name in group.gr_mem
+        if set(group.gr_mem) - {me.pw_name} or not mine:
+            return f"readable by group {group.gr_name} (mode {st.st_mode & 0o777:04o})"
+    return ""
+
+
 def _apply_consul_rules(
-    consul: dict[str, Any], origins: Mapping[str, _Value], problems: list[str]
+    consul: dict[str, Any], origins: Mapping[str, _Value], problems: list[str], warnings: list[str]
 ) -> None:
     """Consul's own conventions: CONSUL_HTTP_SSL picks https, a token file supplies the token."""
     raw_address = str(origins["address"].raw)
@@ -545,6 +585,11 @@ def _apply_consul_rules(
             consul["token"] = Path(consul["token_file"]).read_text().strip()
         except OSError as exc:
             problems.append(f"{origins['token_file'].origin}: cannot read token file: {exc.strerror}")
+        else:
+            exposed = token_file_exposure(Path(consul["token_file"]))
+            if exposed:
+                warnings.append(f"{origins['token_file'].origin}: {consul['token_file']} is {exposed}; "
+                                "chmod 0600 it (or 0640 with a group of its own)")
     for key in ("ca_file", "cert_file", "key_file"):
         if consul[key] and not Path(consul[key]).is_file():
             problems.append(f"{origins[key].origin}: {consul[key]}: no such file")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import jinja2
 import sdnotify
+import watchdog.events
 from aiohttp import web
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -69,6 +71,12 @@ class Outcome:
     reload: ReloadReport | None = None
 
 
+def write_live(settings: Settings, text: str) -> None:
+    """Validate and swap in the live config with the mode and group the settings ask for."""
+    hap = settings.haproxy
+    haproxy.atomic_write(hap.config_path, text, binary=hap.binary, mode=hap.config_mode, group=hap.config_group)
+
+
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
     """True when HAProxy's newest worker started after the live config was written.
 
@@ -100,7 +108,9 @@ class ReloadReport:
         return f"{self.action}; reloaded in {self.seconds * 1000:.0f} ms{piling}"
 
 
-def apply_config(settings: Settings, text: str) -> ReloadReport:
+def apply_config(
+    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None
+) -> ReloadReport:
     """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
     Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`haproxy.ReloadError` after
@@ -114,9 +124,10 @@ def apply_config(settings: Settings, text: str) -> ReloadReport:
             return ReloadReport("unchanged; HAProxy already runs it")
         action = "unchanged on disk"
     else:
-        haproxy.atomic_write(path, text, binary=hap.binary)
+        write_live(settings, text)
         action = "written"
-    haproxy.save_server_state(hap.stats_socket, hap.server_state_file)
+    keep = None if tables is None else functools.partial(_state_fits, tables)
+    haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
     started = time.monotonic()
     try:
         info = haproxy.reload(hap.master_socket, hap.reload_command, hap.reload_timeout)
@@ -128,6 +139,16 @@ def apply_config(settings: Settings, text: str) -> ReloadReport:
     haproxy.remember_last_good(path)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
     return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
+
+
+def _state_fits(tables: Mapping[str, BackendSlots], state: haproxy.ServerState) -> bool:
+    """Whether a saved server state may carry over a reload: only when the slot stays what it ran."""
+    table = tables.get(state.backend)
+    slot = next((s for s in table.slots if s.name == state.name), None) if table else None
+    if slot is None:
+        return False
+    running = {(state.backend, slot.name): (state.address, state.port, state.weight, state.in_maintenance)}
+    return find_drift({state.backend: BackendSlots(state.backend, (slot,))}, running).empty
 
 
 def read_running(stats_socket: Path) -> dict[tuple[str, str], Running]:
@@ -159,7 +180,7 @@ def apply_runtime(
         raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: {detail}"
                                 + (f" (HAProxy said: {answers[:200]})" if answers else ""))
     applied_ms = (time.monotonic() - started) * 1000
-    haproxy.atomic_write(hap.config_path, text, binary=hap.binary)
+    write_live(settings, text)
     haproxy.remember_last_good(hap.config_path)
     return f"runtime API: {len(commands)} commands in {applied_ms:.0f} ms, no reload"
 
@@ -184,6 +205,12 @@ def plan_tables(
     return assign_all(
         previous, snapshot, pairs, base=sync.slots, now=time.monotonic(), drain_timeout=sync.drain_timeout
     )
+
+
+EDIT_EVENTS = frozenset({
+    watchdog.events.EVENT_TYPE_CREATED, watchdog.events.EVENT_TYPE_MODIFIED, watchdog.events.EVENT_TYPE_MOVED,
+    watchdog.events.EVENT_TYPE_DELETED, watchdog.events.EVENT_TYPE_CLOSED,
+})
 
 
 class DaemonError(Exception):
@@ -317,6 +344,10 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                # Reads raise events too (opened, closed without writing): only a write is an edit,
+                # or the daemon's own re-read of the template would trigger the next one, forever.
+                if event.event_type not in EDIT_EVENTS:
+                    return
                 touched = {Path(str(p)).resolve() for p in (event.src_path, getattr(event, "dest_path", "")) if p}
                 if touched & paths:
                     loop.call_soon_threadsafe(later)
@@ -501,7 +532,7 @@ class Daemon:
     ) -> Outcome:
         settings = self.settings
         try:
-            report = await asyncio.to_thread(apply_config, settings, text)
+            report = await asyncio.to_thread(apply_config, settings, text, tables)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -682,7 +713,7 @@ async def run_once(settings: Settings) -> Outcome:
     try:
         haproxy.show_proc(hap.master_socket)
     except haproxy.SocketError:
-        await asyncio.to_thread(haproxy.atomic_write, hap.config_path, text, binary=hap.binary)
+        await asyncio.to_thread(write_live, settings, text)
         return Outcome(True, f"{change}; written; HAProxy not running, it will load this file when it starts")
     try:
         action = await asyncio.to_thread(apply_config, settings, text)

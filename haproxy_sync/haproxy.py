@@ -15,6 +15,7 @@ The file rules, which keep the live ``haproxy.cfg`` always the last good one:
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,22 +93,24 @@ def last_good_path(path: Path) -> Path:
     return path.with_name(path.name + ".last-good")
 
 
-def atomic_write(path: Path, text: str, *, binary: str | None = None, mode: int = 0o640) -> None:
+def atomic_write(
+    path: Path, text: str, *, binary: str | None = None, mode: int | None = None, group: str = ""
+) -> None:
     """Replace ``path`` with ``text`` so that readers only ever see a whole old or whole new file.
 
-    When ``binary`` is given the candidate must pass ``haproxy -c`` before it replaces anything. The
-    new file takes the mode and owner of the file it replaces (an operator's ``root:haproxy 0640``
-    survives), or ``mode`` when there is none.
+    When ``binary`` is given the candidate must pass ``haproxy -c`` before it replaces anything.
+    ``mode`` and ``group`` set the new file's permissions; without them it keeps those of the file it
+    replaces (an operator's ``root:haproxy 0640`` survives), or 0640 when there is none.
     """
     directory = path.parent
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        _copy_ownership(path, tmp, mode)
+        _set_ownership(path, tmp, mode, group)
         if binary is not None:
             validate(binary, tmp)
         os.replace(tmp, path)
@@ -118,14 +122,19 @@ def atomic_write(path: Path, text: str, *, binary: str | None = None, mode: int 
             tmp.unlink()
 
 
-def _copy_ownership(source: Path, target: Path, default_mode: int) -> None:
+def _set_ownership(source: Path, target: Path, mode: int | None, group: str) -> None:
     try:
         st = source.stat()
     except FileNotFoundError:
-        os.chmod(target, default_mode)
-        return
-    os.chmod(target, st.st_mode & 0o7777)
-    if os.geteuid() == 0:
+        st = None
+    os.chmod(target, mode if mode is not None else (st.st_mode & 0o7777 if st else 0o640))
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise HAProxyError(f"group {group!r} does not exist; set haproxy.config_group to one that does") from None
+        os.chown(target, -1, gid)
+    elif st is not None and os.geteuid() == 0:
         os.chown(target, st.st_uid, st.st_gid)
 
 
@@ -291,24 +300,36 @@ class ServerState:
         return self.operational == 2 and not self.in_maintenance
 
 
+def _state_line(cols: list[str]) -> ServerState | None:
+    if len(cols) < 19:
+        return None
+    return ServerState(
+        backend=cols[1], name=cols[3], address=cols[4], port=int(cols[18]) if cols[18].isdigit() else 0,
+        operational=int(cols[5]), admin=int(cols[6]), weight=int(cols[7]),
+    )
+
+
 def parse_servers_state(text: str) -> tuple[ServerState, ...]:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or not lines[0].strip().isdigit():
         raise SocketError(f"unexpected `show servers state` answer: {text.strip()[:200]!r}")
-    states = []
-    for line in lines[1:]:
-        if line.startswith("#"):
-            continue
-        cols = line.split()
-        if len(cols) < 19:
-            continue
-        states.append(
-            ServerState(
-                backend=cols[1], name=cols[3], address=cols[4], port=int(cols[18]) if cols[18].isdigit() else 0,
-                operational=int(cols[5]), admin=int(cols[6]), weight=int(cols[7]),
-            )
-        )
-    return tuple(states)
+    states = (_state_line(line.split()) for line in lines[1:] if not line.startswith("#"))
+    return tuple(state for state in states if state is not None)
+
+
+def filter_server_state(text: str, keep: Callable[[ServerState], bool]) -> str:
+    """The saved state without the servers it must not speak for.
+
+    A new worker applies a server's saved state over what the config says. For a slot the reload
+    gives to another instance (or puts in maintenance), the old worker's state is wrong: without its
+    line, the new worker takes the server as the config describes it.
+    """
+    kept = []
+    for line in text.splitlines(keepends=True):
+        state = None if line.startswith("#") or line.strip().isdigit() else _state_line(line.split())
+        if state is None or keep(state):
+            kept.append(line)
+    return "".join(kept)
 
 
 def runtime_commands(stats_socket: Path, commands: list[str] | tuple[str, ...], batch: int = 50) -> str:
@@ -328,7 +349,9 @@ def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[Serve
     return parse_servers_state(socket_command(stats_socket, command))
 
 
-def save_server_state(stats_socket: Path, state_file: Path) -> bool:
+def save_server_state(
+    stats_socket: Path, state_file: Path, keep: Callable[[ServerState], bool] | None = None
+) -> bool:
     """Write ``show servers state`` where ``load-server-state-from-file`` reads it after a reload.
 
     Returns False (and changes nothing) when the runtime socket cannot be read: a reload must not
@@ -339,6 +362,8 @@ def save_server_state(stats_socket: Path, state_file: Path) -> bool:
         parse_servers_state(text)
     except SocketError:
         return False
+    if keep is not None:
+        text = filter_server_state(text, keep)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(state_file, text, mode=0o644)
     return True

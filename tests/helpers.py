@@ -102,11 +102,14 @@ class App:
         self.server.server_close()
 
 
-def register(consul_url: str, app: App, service: str = "cabify", interval: str = "200ms", **extra: Any) -> None:
+def register(consul_url: str, app: App, service: str = "cabify", interval: str = "200ms",
+             status: str = "", **extra: Any) -> None:
+    """Register ``app`` with an HTTP check; ``status`` sets the check's first status (Consul: critical)."""
+    check = {"HTTP": f"http://127.0.0.1:{app.port}/health", "Interval": interval, "Timeout": "1s"}
+    if status:
+        check["Status"] = status
     consul_put(consul_url, "/v1/agent/service/register", {
-        "ID": app.instance_id, "Name": service, "Address": "127.0.0.1", "Port": app.port,
-        "Check": {"HTTP": f"http://127.0.0.1:{app.port}/health", "Interval": interval, "Timeout": "1s"},
-        **extra,
+        "ID": app.instance_id, "Name": service, "Address": "127.0.0.1", "Port": app.port, "Check": check, **extra,
     })
 
 

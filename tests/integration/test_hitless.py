@@ -127,7 +127,7 @@ def test_weight_change_shows_without_reload(stack: Stack) -> None:
     wait_until(lambda: any(s.port == app.port and s.weight == 7 for s in stack.layout.servers()), 5,
                what="weight 7 in show servers state")
     assert stack.layout.reloads() == reloads
-    assert "weight 7" in stack.layout.haproxy_cfg.read_text()
+    wait_until(lambda: "weight 7" in stack.layout.haproxy_cfg.read_text(), 5, what="weight 7 on disk too")
 
 
 def test_drift_made_by_hand_is_repaired(stack: Stack) -> None:
@@ -163,3 +163,19 @@ def test_disk_equals_runtime_after_runtime_changes(stack: Stack) -> None:
         assert shape() == runtime
     finally:
         fresh.stop()
+
+
+def test_reload_gives_a_new_instance_its_slot_not_the_saved_state_of_the_old(
+    tmp_path: Path, consul: DevConsulThread, make_apps
+) -> None:
+    """The state saved before a reload must not put a slot's new instance in its old maintenance."""
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(3), exits, extra='runtime_api = false\nreload_min_interval = "0s"\n')
+        (newcomer,) = make_apps(1)
+        stack.apps.append(newcomer)
+        register(consul.url, newcomer, status="passing")
+        stack.daemon.wait_for_log("cabify: 4 servers (+1 -0 ~0); written")
+        # Right after the reload, not after HAProxy's own checks (rise 2 x inter 2s) had time to fix it.
+        (server,) = [s for s in stack.layout.servers() if s.port == newcomer.port]
+        assert server.up, f"{server.name} came back DOWN from the saved state of its free slot"
+        assert "runtime API:" not in stack.daemon.log()

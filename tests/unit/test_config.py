@@ -23,7 +23,7 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [s.name for s in settings.services] == ["cabify"]
     assert settings.services[0].backend == "cabify"
     assert settings.haproxy.config_path == Path("/etc/haproxy/haproxy.cfg")
-    assert settings.sync.wait_min == pytest.approx(0.025)
+    assert settings.sync.wait_min == pytest.approx(0.010)
 
 
 def test_named_file_must_exist(tmp_path: Path) -> None:

@@ -204,3 +204,20 @@ def test_big_drop_rules() -> None:
     critical = svc(*(inst(i, Status.CRITICAL) for i in range(1, 5)))
     assert "4 -> 0 healthy servers" in big_drop(four, critical, 1, 0.5), "critical counts as gone"
     assert big_drop(svc(), svc(), 1, 0.5) is None and big_drop(svc(inst(1)), four, 1, 0.5) is None
+
+
+def test_saved_state_is_kept_only_for_slots_that_stay_what_they_ran() -> None:
+    from haproxy_sync.daemon import _state_fits
+    from haproxy_sync.haproxy import filter_server_state
+
+    table = step(None, svc(inst(1)))  # slot1 holds web-1; slot2..4 free
+    saved = (
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight ...\n"
+        "3 web 1 slot1 10.0.0.1 2 0 1 1 5 6 3 4 6 0 0 0 - 9001 - 0 0 - - 0\n"  # what it runs: keep
+        "3 web 2 slot2 127.0.0.1 0 5 0 0 5 1 0 0 14 0 0 0 - 1 - 0 0 - - 0\n"  # free and stays free: keep
+        "3 web 3 slot3 10.0.0.9 2 0 1 1 5 6 3 4 6 0 0 0 - 9009 - 0 0 - - 0\n"  # planned free now: drop
+        "3 web 9 slot9 127.0.0.1 0 5 0 0 5 1 0 0 14 0 0 0 - 1 - 0 0 - - 0\n"  # no such slot: drop
+    )
+    kept = filter_server_state(saved, lambda state: _state_fits({"web": table}, state))
+    assert [line.split()[3] for line in kept.splitlines()[2:]] == ["slot1", "slot2"]
+    assert kept.startswith("1\n# be_id")
