@@ -163,13 +163,11 @@ class RuntimeApplyError(haproxy.HAProxyError):
     """The Runtime API did not leave HAProxy running what was planned; a reload will."""
 
 
-def apply_runtime(
-    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...], text: str
-) -> str:
-    """The fast path: runtime commands, read back, then the same state written to disk.
+def apply_runtime(settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...]) -> str:
+    """The fast path: runtime commands, then read back what HAProxy runs; raises if it is off plan.
 
-    The commands go first, so convergence does not wait for ``haproxy -c``; the file follows so that
-    a restart or a later reload gives the same state.
+    Writing the same state to disk is the caller's next step (:func:`persist`), kept off this path
+    so that convergence never waits for ``haproxy -c``.
     """
     hap = settings.haproxy
     started = time.monotonic()
@@ -179,10 +177,13 @@ def apply_runtime(
         detail = "; ".join([*drift.missing, *drift.found][:3])
         raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: {detail}"
                                 + (f" (HAProxy said: {answers[:200]})" if answers else ""))
-    applied_ms = (time.monotonic() - started) * 1000
+    return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
+
+
+def persist(settings: Settings, text: str) -> None:
+    """Write what HAProxy now runs to disk (validated), so a restart or a reload gives the same state."""
     write_live(settings, text)
-    haproxy.remember_last_good(hap.config_path)
-    return f"runtime API: {len(commands)} commands in {applied_ms:.0f} ms, no reload"
+    haproxy.remember_last_good(settings.haproxy.config_path)
 
 
 def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots]) -> Drift:
@@ -270,6 +271,9 @@ class Daemon:
         self.metrics = Metrics(self.state_view)
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
+        self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
+        self._unwritten: str | None = None
+        self._persist_task: asyncio.Task[None] | None = None
 
     # --- signals and updates: set flags, wake the loop ---
 
@@ -300,6 +304,8 @@ class Daemon:
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.template = load_template(self.settings.template_path())
+        for stale in haproxy.remove_stale_temp_files(self.settings.haproxy.config_path):
+            log.info("removed %s, left by a writer that was killed mid-write", stale)
         server = await self._start_metrics()
         client = make_client(self.settings.consul)
         watchdog = asyncio.create_task(self._watchdog())
@@ -314,6 +320,7 @@ class Daemon:
             await self._loop(client)
         finally:
             self.notifier.notify("STOPPING=1")
+            await self._flush_persist()
             watchdog.cancel()
             for _, task in self.watches.values():
                 task.cancel()
@@ -443,7 +450,7 @@ class Daemon:
             change += f"; {','.join(sorted(self._guard_due))} held by the guard"
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
-        live = haproxy.read_text(settings.haproxy.config_path)
+        live = self._running_text if self._confirmed else haproxy.read_text(settings.haproxy.config_path)
         tables = plan_tables(settings, snapshot, self.tables, live)
         self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
         assert self.template is not None
@@ -452,19 +459,21 @@ class Daemon:
         except TemplateError as exc:
             return Outcome(False, f"{change}; template error {exc}; kept last good config", stage="template")
         self.metrics.renders.inc()
-        if self._confirmed and text == live:
-            self._commit(snapshot, tables)
+        if self._confirmed and text == self._running_text:
+            self._commit(snapshot, tables, text)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
         plan = self._plan(tables, live, text)
         if not plan.needs_reload:
             try:
-                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, text)
+                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands)
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels("runtime").inc()
                 plan = Plan(reload_reason=f"runtime API path failed ({exc})")
             else:
-                self._commit(snapshot, tables)
+                self._commit(snapshot, tables, text)
+                self._persist(text)
                 return Outcome(True, f"{change}; {action}", path="runtime", commands=len(plan.commands))
+        await self._flush_persist()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
         if wait > 0:
             self._retry_at = self._reload_not_before
@@ -545,7 +554,7 @@ class Daemon:
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
         self._structure_changed = False
-        self._commit(snapshot, tables)
+        self._commit(snapshot, tables, text)
         try:
             drift = await asyncio.to_thread(repair_drift, settings, tables)
         except haproxy.HAProxyError as exc:
@@ -559,11 +568,33 @@ class Daemon:
         path = "reload" if report.reloaded else "none"
         return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
 
-    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots]) -> None:
+    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str) -> None:
         self.applied = snapshot
         self.tables = tables
+        self._running_text = text
         self._confirmed = True
         self._schedule_reconcile()
+
+    def _persist(self, text: str) -> None:
+        """Write ``text`` to disk in the background; a newer text replaces one not yet written."""
+        self._unwritten = text
+        if self._persist_task is None or self._persist_task.done():
+            self._persist_task = asyncio.create_task(self._persist_pending(), name="persist")
+
+    async def _persist_pending(self) -> None:
+        while self._unwritten is not None:
+            text, self._unwritten = self._unwritten, None
+            try:
+                await asyncio.to_thread(persist, self.settings, text)
+            except haproxy.HAProxyError as exc:
+                self.metrics.apply_failures.labels("persist").inc()
+                log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
+                          "goes through a reload to bring disk and HAProxy together again", exc)
+                self._confirmed = False
+
+    async def _flush_persist(self) -> None:
+        if self._persist_task is not None:
+            await self._persist_task
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval

@@ -138,6 +138,18 @@ def _set_ownership(source: Path, target: Path, mode: int | None, group: str) -> 
         os.chown(target, st.st_uid, st.st_gid)
 
 
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Temp files a killed writer left beside ``path`` (``.name.tmp-PID`` of a PID that is gone)."""
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = candidate.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 def remember_last_good(path: Path) -> None:
     """Copy the live config aside as the one HAProxy is confirmed to run."""
     text = read_text(path)

@@ -107,7 +107,8 @@ def assign(
             slots.append(_free(slot.index) if gone.maint else gone)
     held = {slot.owner for slot in slots if slot.owner is not None}
     newcomers = [inst for inst in service.instances if inst.key not in held]
-    size = max(len(slots), base)
+    # A first plan leaves room for the backend to double before a reload is needed to add slots.
+    size = max(len(slots), base) if previous else max(base, 2 * len(newcomers))
     free = sum(1 for slot in slots if slot.owner is None) + size - len(slots)
     while free < len(newcomers):
         free += size

@@ -117,6 +117,7 @@ def test_cluster_edge_haproxy_and_haproxy_sync(cluster: Path) -> None:
         config = tomllib.loads((cluster / host / "config.toml").read_text())
         assert config["consul"]["token_file"] == "/etc/haproxy-sync/consul.token"
         assert config["haproxy"]["stats_bind"] == f"{ip}:8404"
+        assert config["metrics"]["listen"] == f"{ip}:9725", "Prometheus scrapes haproxy-sync on the private net"
         assert config["services"][0]["name"] == "cabify"
 
 

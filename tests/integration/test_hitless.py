@@ -109,15 +109,15 @@ def test_slot_growth_is_exactly_one_reload(tmp_path: Path, consul: DevConsulThre
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(7), exits, extra=FAST)
         reloads = stack.layout.reloads()
-        assert len(stack.layout.servers()) == 8
-        for app in make_apps(3):  # 10 instances do not fit in 8 slots
+        assert len(stack.layout.servers()) == 14, "7 instances at start, room for twice as many"
+        for app in make_apps(8):  # 15 instances do not fit in 14 slots
             register(consul.url, app)
             stack.apps.append(app)
-        wait_until(lambda: len(stack.serving()) == 10, 10, what="10 servers serving")
-        assert len(stack.layout.servers()) == 16
+        wait_until(lambda: len(stack.serving()) == 15, 10, what="15 servers serving")
+        assert len(stack.layout.servers()) == 28
         time.sleep(1.5)  # past the reload budget: a second reload would have shown by now
         assert stack.layout.reloads() == reloads + 1
-        assert "slots 8 -> 16" in stack.daemon.log()
+        assert "slots 14 -> 28" in stack.daemon.log()
 
 
 def test_weight_change_shows_without_reload(stack: Stack) -> None:

@@ -114,3 +114,13 @@ def test_systemd_unit_verifies_and_is_rated_ok(tmp_path: Path) -> None:
                  "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
                  "SystemCallFilter=@system-service"):
         assert line in text, line
+
+
+def test_every_series_the_dashboard_queries_exists(stack: Stack) -> None:
+    dashboard = Path(__file__).parents[2] / "ansible/roles/monitoring/files/dashboards/haproxy-sync.json"
+    exprs = [t["expr"] for panel in json.loads(dashboard.read_text())["panels"] for t in panel.get("targets", [])]
+    wanted = {re.sub(r"_(bucket|count|sum)$", "", name) for e in exprs for name in re.findall(r"haproxy_sync_\w+", e)}
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics", timeout=5) as response:
+        exported = set(re.findall(r"^# HELP (haproxy_sync_\w+)", response.read().decode(), re.M))
+    assert wanted, "the dashboard queries haproxy-sync's series"
+    assert {w.removesuffix("_total") for w in wanted} <= {e.removesuffix("_total") for e in exported}, wanted - exported

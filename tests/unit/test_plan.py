@@ -82,14 +82,17 @@ def test_new_critical_instance_goes_straight_to_maintenance() -> None:
     assert by_owner(table)["web-1"] == ("slot1", 0, True)
 
 
-def test_slots_double_when_full_and_never_shrink() -> None:
-    table = step(None, svc(*[inst(i) for i in range(4)]))
-    assert len(table.slots) == 4
-    grown = step(table, svc(*[inst(i) for i in range(5)]))
-    assert len(grown.slots) == 8
+def test_first_plan_leaves_room_to_double_then_slots_double_when_full_and_never_shrink() -> None:
+    table = step(None, svc(*[inst(i) for i in range(3)]))
+    assert len(table.slots) == 6, "twice the instances seen first, when that beats the base count"
+    assert len(step(None, svc(inst(1))).slots) == 4, "never fewer than the base count"
+    same = step(table, svc(*[inst(i) for i in range(6)]))
+    assert len(same.slots) == 6
+    grown = step(same, svc(*[inst(i) for i in range(7)]))
+    assert len(grown.slots) == 12
     huge = step(grown, svc(*[inst(i) for i in range(40)]))
-    assert len(huge.slots) == 64
-    assert len(step(huge, svc(), now=1000).slots) == 64
+    assert len(huge.slots) == 48
+    assert len(step(huge, svc(), now=1000).slots) == 48
 
 
 def test_slot_commands_order_maint_first_ready_last() -> None:
