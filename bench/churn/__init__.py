@@ -1,0 +1,13 @@
+"""The churn benchmark: what a stream of Consul changes costs HAProxy's clients, per way of syncing.
+
+Not a test (pytest never collects ``bench/``): a measurement, run by hand with
+``.venv/bin/python -m bench.churn`` from the repository root (``--help`` for the flags). It puts the
+real consul-template, haproxy-sync with reloads only, and haproxy-sync with the Runtime API side by
+side against the same seeded sequence of changes under the same keep-alive load, and writes
+``bench/results/churn.{json,md,png}``. See docs/bench-churn.md for what it measures and why.
+
+Modules: :mod:`changes` (the seeded sequence, pure), :mod:`stack` (the processes),
+:mod:`observe` (convergence, workers, RSS, read from HAProxy itself), :mod:`runner` (one run),
+:mod:`report` (numbers, table, JSON, PNG); ``loadgen.py`` and ``streamer.py`` are standalone scripts
+run as their own processes.
+"""

@@ -1,0 +1,171 @@
+"""``python -m bench.churn``: the command line of the churn benchmark (run from the repository root).
+
+Why argparse and not the project's click CLI: the benchmark is not part of the installed package
+and must not add a command to it; argparse keeps it dependency-free beyond the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from haproxy_sync import haproxy
+
+from .changes import make_plan
+from .report import summarize, table, write_outputs
+from .runner import MODES, SCENARIOS, ModeRun, Params, run_mode, shared_stack
+from .stack import REPO, StackError, find_consul_template, version_of
+
+FULL = {"duration": 60.0, "changes": 200, "baseline": 20.0, "warmup": 5.0, "settle": 5.0}
+QUICK = {"duration": 8.0, "changes": 30, "baseline": 4.0, "warmup": 2.0, "settle": 2.0}
+STARTUP_SECONDS = 6.0  # rough cost of bringing one mode's stack up and down, for the time estimate
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.churn",
+        description=(
+            "Churn benchmark: HAProxy + devconsul + never-bottleneck backends under a keep-alive load; the same "
+            "seeded Consul changes (add, remove, flap health, weight) for each mode; reports failed requests, "
+            "non-2xx, latency, throughput vs a no-churn baseline, convergence latency, HAProxy workers and RSS. "
+            "Writes bench/results/churn.{json,md,png}. Everything runs on 127.0.0.1 and is stopped at the end "
+            "(also on Ctrl-C)."
+        ),
+        epilog=(
+            f"Full run defaults: --duration {FULL['duration']:g} --changes {FULL['changes']} "
+            f"--baseline {FULL['baseline']:g}, both scenarios, all modes: about 10 minutes. "
+            f"--quick: --duration {QUICK['duration']:g} --changes {QUICK['changes']} --baseline "
+            f"{QUICK['baseline']:g}, scenario short: about 1 minute. Explicit flags override both."
+        ),
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run of all modes in about a minute: short windows, few changes, scenario short")
+    parser.add_argument("--duration", type=float, help="seconds of churn per mode [60; quick 8]")
+    parser.add_argument("--changes", type=int, help="Consul changes spread over --duration [200; quick 30]")
+    parser.add_argument("--baseline", type=float,
+                        help="seconds of no-churn baseline per mode, half before, half after the churn [20; quick 4]")
+    parser.add_argument("--settle", type=float, help="seconds after the churn still counted [5; quick 2]")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, in this order in the table: {', '.join(MODES)} [all]")
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "both"],
+                        help="short: keep-alive load only; streaming: plus long streams; both [both; quick short]")
+    parser.add_argument("--connections", type=int, default=50, help="keep-alive connections [50]")
+    parser.add_argument("--streams", type=int, default=20,
+                        help="concurrent 10-30 s streams in the streaming scenario [20]")
+    parser.add_argument("--pool", type=int, default=24, help="backend instances available to the churn [24]")
+    parser.add_argument("--initial", type=int, default=10, help="instances registered before the churn [10]")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the change sequence and streams [42]")
+    parser.add_argument("--poll-ms", type=float, default=5.0,
+                        help="how often `show servers state` is read to time convergence [5]")
+    parser.add_argument("--haproxy-sync-set", action="append", default=[], metavar="SECTION.KEY=TOML",
+                        help="add a setting to haproxy-sync's config.toml in both of its modes, for experiments, "
+                             "e.g. --haproxy-sync-set sync.watch_files=false (repeatable; recorded in the JSON)")
+    parser.add_argument("--consul-template", type=Path, metavar="PATH",
+                        help="a consul-template binary to use instead of the pinned one built with go install")
+    parser.add_argument("--no-install", action="store_true", help="never run go install; skip the mode instead")
+    parser.add_argument("--keep", action="store_true", help="keep the work directories (logs, configs) for a look")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
+                        help="where churn.json, churn.md and churn.png go [bench/results]")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.scenario = args.scenario or ("short" if args.quick else "both")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        parser.error(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+    args.modes = [m for m in MODES if m in modes]
+    settings = []
+    for item in args.haproxy_sync_set:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not section or not key or not value.strip():
+            parser.error(f"--haproxy-sync-set {item!r}: expected SECTION.KEY=VALUE, e.g. sync.watch_files=false")
+        settings.append((section, key, value.strip()))
+    args.haproxy_sync_set = tuple(settings)
+    if args.duration <= 0 or args.changes <= 0 or args.baseline <= 0 or args.settle < 0:
+        parser.error("--duration, --changes and --baseline must be positive, --settle not negative")
+    if args.changes > 2000 or args.duration > 3600 or args.connections > 1000 or args.streams > 500:
+        parser.error("keep it bounded: at most 2000 changes, 3600 s, 1000 connections, 500 streams")
+    return args
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    if haproxy.find_binary("haproxy") is None:
+        print("HAProxy is not installed (apt-get install haproxy); nothing to measure", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _interrupt)
+    params = Params(
+        duration=args.duration, changes=args.changes, baseline=args.baseline, warmup=args.warmup,
+        settle=args.settle, connections=args.connections, streams=args.streams, pool=args.pool,
+        initial=args.initial, seed=args.seed, poll_ms=args.poll_ms, quick=args.quick,
+        haproxy_sync_set=args.haproxy_sync_set,
+    )
+    scenarios = list(SCENARIOS) if args.scenario == "both" else [args.scenario]
+    consul_template, ct_reason = (None, "")
+    if "consul-template" in args.modes:
+        consul_template, ct_reason = find_consul_template(args.consul_template, install=not args.no_install)
+        if consul_template is None:
+            print(f"skipping mode consul-template: {ct_reason}")
+    per_mode = STARTUP_SECONDS + params.warmup + params.baseline + params.duration + params.settle
+    print(f"churn benchmark: {len(scenarios)} scenario(s) x {len(args.modes)} mode(s), "
+          f"about {per_mode * len(scenarios) * len(args.modes) / 60:.1f} min", flush=True)
+    results = []
+    try:
+        with shared_stack(params, args.keep) as shared:
+            plan = make_plan(shared.pool_ports, count=args.changes, duration=args.duration, seed=args.seed,
+                             initial=args.initial)
+            for scenario in scenarios:
+                for key in args.modes:
+                    mode = MODES[key]
+                    if key == "consul-template" and consul_template is None:
+                        results.append(summarize(ModeRun(scenario, mode, skipped=ct_reason)))
+                        continue
+                    print(f"[{time.monotonic() - started:5.0f}s] {scenario} / {mode.label} ...", flush=True)
+                    run = run_mode(shared, scenario, mode, plan, params, consul_template)
+                    result = summarize(run)
+                    results.append(result)
+                    print(_one_line(result), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped; no results written", file=sys.stderr)
+        return 130
+    except (StackError, ValueError) as exc:
+        print(f"churn benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    command = "python -m bench.churn " + shlex.join(argv if argv is not None else sys.argv[1:])
+    ct_label = f"{version_of(consul_template)} ({consul_template})" if consul_template else f"skipped: {ct_reason}"
+    paths = write_outputs(args.out_dir, results, params, plan, command.strip(), str(ct_label), started)
+    print()
+    print(table(results))
+    print()
+    print("wrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths.values())
+          + f" in {time.monotonic() - started:.0f} s")
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def _one_line(result: dict[str, object]) -> str:
+    if "load" not in result:
+        return f"    {result.get('skipped') or result.get('error')}"
+    load, conv = result["load"], result["convergence"]
+    assert isinstance(load, dict) and isinstance(conv, dict)
+    error = f"; ERROR {result['error']}" if result.get("error") else ""
+    return (f"    failed {load['churn']['failed']}, non-2xx {load['churn']['non2xx']}, throughput "
+            f"{load['throughput_ratio']}, reloads {result['reloads']}, convergence p99 {conv['p99_ms']} ms, "
+            f"not converged {conv['unconverged'] + conv['superseded']}{error}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Where memory goes: tracemalloc snapshots and object counts of a traced run, compared.
+
+Why three snapshots (end of warm-up, middle, end) and not two: memory that grows once (a cache
+filling, a pool reaching its size) grows in the first half only; a leak grows in both halves by
+about the same amount. Lines and types that grew in *both* halves are listed first.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+_IGNORE = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
+           "<unknown>", "*/linecache.py", "*/bench/soak/traced.py")
+
+
+def _load(base: Path) -> tracemalloc.Snapshot:
+    snapshot = tracemalloc.Snapshot.load(f"{base}.tracemalloc")
+    return snapshot.filter_traces([tracemalloc.Filter(False, pattern) for pattern in _IGNORE])
+
+
+def _where(stat: tracemalloc.StatisticDiff) -> str:
+    frame = stat.traceback[0]
+    return f"{frame.filename.split('site-packages/')[-1].replace(str(Path.cwd()) + '/', '')}:{frame.lineno}"
+
+
+def _line_growth(old: tracemalloc.Snapshot, new: tracemalloc.Snapshot) -> dict[str, tuple[int, int]]:
+    """Allocation site -> (bytes grown, blocks grown), grouped by the allocating line."""
+    return {_where(stat): (stat.size_diff, stat.count_diff) for stat in new.compare_to(old, "lineno")}
+
+
+def _types(base: Path) -> dict[str, int]:
+    data: dict[str, Any] = json.loads(base.with_suffix(".json").read_text())
+    return {str(k): int(v) for k, v in data["types"].items()}
+
+
+def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
+    """Growth between the first and last dump, split at the middle one; a summary for the table."""
+    if len(dumps) < 2:
+        return {"summary": ["fewer than two tracemalloc dumps; nothing to compare"]}
+    first, middle, last = dumps[0], dumps[len(dumps) // 2], dumps[-1]
+    snaps = {path: _load(path) for path in {first, middle, last}}
+    overall = _line_growth(snaps[first], snaps[last])
+    early = _line_growth(snaps[first], snaps[middle]) if middle not in (first, last) else overall
+    late = _line_growth(snaps[middle], snaps[last]) if middle not in (first, last) else overall
+    both = sorted((site for site, (size, _) in overall.items()
+                   if size > 0 and early.get(site, (0, 0))[0] > 0 and late.get(site, (0, 0))[0] > 0),
+                  key=lambda site: -overall[site][0])
+    growing = sorted(((site, size, count) for site, (size, count) in overall.items() if size > 0),
+                     key=lambda item: -item[1])[:top]
+    total = sum(size for size, _ in overall.values())
+    types_first, types_mid, types_last = _types(first), _types(middle), _types(last)
+    type_growth = sorted(((name, types_last.get(name, 0) - types_first.get(name, 0),
+                           types_mid.get(name, 0) - types_first.get(name, 0))
+                          for name in set(types_first) | set(types_last)), key=lambda item: -item[1])
+    type_growth = [item for item in type_growth if item[1] > 0][:top]
+    summary = [f"traced memory net change first -> last dump: {total / 1024:+.1f} KiB"]
+    summary += [f"  grew in both halves: {site} {overall[site][0] / 1024:+.1f} KiB ({overall[site][1]:+d} blocks)"
+                for site in both[:top]] or ["  no allocation site grew in both halves"]
+    summary += [f"  objects: {name} {grown:+d} (first half {half:+d})" for name, grown, half in type_growth[:6]]
+    return {
+        "dumps": [str(path) for path in dumps],
+        "net_bytes": total,
+        "grew_in_both_halves": [{"site": site, "bytes": overall[site][0], "blocks": overall[site][1],
+                                 "bytes_first_half": early.get(site, (0, 0))[0],
+                                 "bytes_second_half": late.get(site, (0, 0))[0]} for site in both[:top * 2]],
+        "top_growth": [{"site": site, "bytes": size, "blocks": count} for site, size, count in growing],
+        "object_growth": [{"type": name, "count": grown, "first_half": half} for name, grown, half in type_growth],
+        "summary": summary,
+    }

@@ -1,0 +1,69 @@
+"""``haproxy-sync`` under tracemalloc, for a diagnostic soak run (``python -m bench.soak --tracemalloc``).
+
+Why a wrapper and not a flag of the daemon: leak hunting is not a production feature, and the
+daemon's code must stay untouched by the benchmark. This module starts tracemalloc before
+``haproxy_sync`` is imported, installs a SIGUSR1 handler, then runs the ordinary console entry
+point with the remaining arguments, so the process is the real daemon plus tracing.
+
+On each SIGUSR1 it collects garbage, then writes into ``--dump-dir``:
+
+* ``dump-<n>.tracemalloc``: a tracemalloc snapshot (``tracemalloc.Snapshot.load`` reads it);
+* ``dump-<n>.json``: live objects counted by type (gc-tracked objects only) and traced memory;
+* ``dump-<n>.done``: written last, so the benchmark knows both files are complete.
+
+The handler runs on the main thread between bytecodes (asyncio's wakeup fd wakes the loop), so the
+event loop stops for the second or two a snapshot takes; acceptable for a diagnostic run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import signal
+import sys
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+
+def _dump(directory: Path, number: int) -> None:
+    gc.collect()
+    base = directory / f"dump-{number}"
+    tracemalloc.take_snapshot().dump(f"{base}.tracemalloc")
+    types = Counter(f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in gc.get_objects())
+    current, peak = tracemalloc.get_traced_memory()
+    base.with_suffix(".json").write_text(json.dumps({
+        "traced_current_bytes": current, "traced_peak_bytes": peak, "gc_objects": sum(types.values()),
+        "types": dict(types.most_common(400)),
+    }))
+    (directory / f"dump-{number}.done").write_text("ok\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak.traced",
+                                     description="Run haproxy-sync with tracemalloc; SIGUSR1 writes a snapshot.")
+    parser.add_argument("--dump-dir", type=Path, required=True, help="where snapshots are written")
+    parser.add_argument("--frames", type=int, default=10, help="frames kept per allocation [10]")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then haproxy-sync's own arguments")
+    ns = parser.parse_args(argv)
+    tracemalloc.start(ns.frames)
+    ns.dump_dir.mkdir(parents=True, exist_ok=True)
+    dumps = 0
+
+    def on_usr1(signum: int, frame: FrameType | None) -> None:
+        nonlocal dumps
+        dumps += 1
+        _dump(ns.dump_dir, dumps)
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    sys.argv = ["haproxy-sync", *args]
+    from haproxy_sync.cli import entrypoint  # imported after tracemalloc.start(), so imports are traced too
+
+    entrypoint()
+
+
+if __name__ == "__main__":
+    main()
