@@ -656,7 +656,8 @@ class Daemon:
             metrics.old_workers.set(outcome.reload.old_workers)
         if self._first_unapplied is not None and outcome.path != "none":
             metrics.convergence.labels(outcome.path).observe(time.monotonic() - self._first_unapplied)
-        self._first_unapplied = None
+        if not self._guard_due:  # a change the guard holds is still waiting: keep its start time
+            self._first_unapplied = None
         self._last_apply = (outcome.sentence, outcome.path, time.monotonic())
 
     def state_view(self) -> StateView:

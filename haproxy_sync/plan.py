@@ -323,11 +323,15 @@ def describe(diffs: tuple[ServiceDiff, ...]) -> str:
 Running = tuple[str, int, int, bool]  # address, port, weight, in maintenance
 
 
-def _same_endpoint(a: str, b: str) -> bool:
+def _same_endpoint(running: str, planned: str) -> bool:
+    """HAProxy shows the address it runs; a planned host name shows as whatever it resolved to, so
+    only a planned IP address can be compared."""
+    if not _is_ip(planned):
+        return True
     try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+        return ipaddress.ip_address(running) == ipaddress.ip_address(planned)
     except ValueError:
-        return a == b
+        return False
 
 
 def _fmt(run: Running) -> str:

@@ -132,7 +132,10 @@ class Sandbox:
                 )
                 hap.start()
                 self._print_summary(settings, consul.url, workdir)
-                return asyncio.run(Daemon(settings, reload_settings=lambda: self.settings(workdir, consul.url)).run())
+                # SIGHUP and edits re-read the file as it is now; writing it again would undo an edit
+                # and, with the file watched, trigger the next re-read.
+                source = settings.source
+                return asyncio.run(Daemon(settings, reload_settings=lambda: load_settings(source, env={})).run())
             except KeyboardInterrupt:
                 return 0
             finally:

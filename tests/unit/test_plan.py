@@ -224,3 +224,12 @@ def test_saved_state_is_kept_only_for_slots_that_stay_what_they_ran() -> None:
     kept = filter_server_state(saved, lambda state: _state_fits({"web": table}, state))
     assert [line.split()[3] for line in kept.splitlines()[2:]] == ["slot1", "slot2"]
     assert kept.startswith("1\n# be_id")
+
+
+def test_a_host_name_slot_is_not_drift_once_haproxy_resolved_it() -> None:
+    table = step(None, svc(Instance("n1", "web-h", "app.internal", 80, Status.PASSING)))
+    running = {("web", s.name): s.runtime for s in table.slots}
+    running[("web", "slot1")] = ("10.1.2.3", 80, 1, False)  # HAProxy shows what the name resolved to
+    assert find_drift({"web": table}, running).empty
+    running[("web", "slot1")] = ("10.1.2.3", 81, 1, False)
+    assert not find_drift({"web": table}, running).empty, "the port still counts"
