@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,13 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
         assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
         assert f"http://127.0.0.1:{metrics_port}/metrics" in text
         wait_until(lambda: http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200, 10, what="ready")
+
+        config = workdir / "config.toml"
+        config.write_text(config.read_text() + "# an operator's edit\n")
+        wait_until(lambda: "file changed: configuration and template re-read" in (tmp_path / "out").read_text(), 10)
+        time.sleep(1.5)
+        assert (tmp_path / "out").read_text().count("file changed:") == 1, "an edit is read once, not in a loop"
+        assert config.read_text().endswith("# an operator's edit\n"), "the sandbox keeps the operator's edit"
 
         os.kill(int(pids["cabify-1"]), signal.SIGKILL)
         wait_until(lambda: answers() == {"cabify-2", "cabify-3"}, 15, what="killed instance out of rotation")
