@@ -176,7 +176,7 @@ def test_second_converge_changes_nothing(converge: Converge) -> None:
 def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     path = converge.path("haproxy_sync_config_dir") / "config.toml"
     config = tomllib.loads(path.read_text())
-    assert set(config) == {"log", "consul", "haproxy", "sync", "services"}
+    assert set(config) == {"log", "consul", "haproxy", "sync", "metrics", "services"}
     assert config["log"] == {"level": "info", "format": "text"}
     consul = config["consul"]
     assert consul["address"] == "http://127.0.0.1:8500"
