@@ -244,6 +244,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "http_bind": Setting(_bind, "*:80", "Where the HTTP frontend listens."),
         "stats_bind": Setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter."),
         "maxconn": Setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit."),
+        "hard_stop_after": Setting(
+            parse_duration, "30s", "Old workers are stopped this long after a reload (cuts long streams); 0 is off.",
+        ),
         "config_mode": Setting(_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal)."),
         "config_group": Setting(_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's."),
         "user": Setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user."),
@@ -351,6 +354,7 @@ class HAProxySettings:
     http_bind: str
     stats_bind: str
     maxconn: int
+    hard_stop_after: float
     config_mode: int
     config_group: str
     user: str

@@ -55,7 +55,7 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
     text = render(tables(settings, raw), settings, load_template(settings.template_path()))
     for directive in ("master-worker", f"stats socket {tmp_path}/admin.sock mode 660 level admin",
                       f"server-state-file {tmp_path}/state", "option httplog", "option redispatch",
-                      "option idle-close-on-response", "load-server-state-from-file global",
+                      "option idle-close-on-response", "load-server-state-from-file global", "hard-stop-after 30000ms",
                       "option httpchk GET /health", "prometheus-exporter", "bind 127.0.0.1:8404",
                       "default_backend cabify"):
         assert directive in text, directive
