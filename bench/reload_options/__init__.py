@@ -13,5 +13,5 @@ Run it from the repository root: ``.venv/bin/python -m bench.reload_options --he
 Layout: :mod:`.config` (the variants and the HAProxy configs), :mod:`.stack` (processes and ports),
 :mod:`.load` (wrk and the long-lived stream clients), :mod:`.observe` (the reload schedule and the
 ``show proc`` sampler), :mod:`.runner` (one measured run), :mod:`.report` (numbers, table, files),
-:mod:`.streamer` (the aiohttp streaming backend).
+``bench/churn/streamer.py`` (the aiohttp streaming backend, shared with the churn benchmark).
 """

@@ -28,6 +28,9 @@ from .config import Ports, Variant, backends_config, under_test_config
 REPO = Path(__file__).resolve().parents[2]
 
 
+CHURN_STREAMER = Path(__file__).resolve().parent.parent / "churn" / "streamer.py"
+
+
 class StackError(Exception):
     """A process of the benchmark could not be started; the message says which and where its log is."""
 
@@ -91,7 +94,8 @@ class Stack:
         log = open(self.workdir / "streamer.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.streamer = subprocess.Popen(
-                [sys.executable, "-m", "bench.reload_options.streamer", "--port", str(self.ports.streamer)],
+                # The same streaming backend as bench/churn's: one server, one protocol.
+                [sys.executable, str(CHURN_STREAMER), "--port", str(self.ports.streamer)],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
         finally:
