@@ -117,6 +117,13 @@ def analyse(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, Any
     fits = {key: fit(times, [float(s.get(key, 0.0)) for s in kept]) for key in keys}
     half = kept[len(kept) // 2:]
     late = fit([s["t"] for s in half], [float(s["rss_mb"]) for s in half]) if len(half) >= 3 else None
+    slowing = bool(late and fits["rss_mb"].slope_per_hour > 0
+                   and late.slope_per_hour < 0.5 * fits["rss_mb"].slope_per_hour)
+    rss = rss_verdict(fits["rss_mb"])
+    if rss == "fail" and slowing:
+        # Growth that halves within the window is the tail of the warm-up (or hides a smaller steady
+        # leak): either way this run cannot tell, and a longer one can.
+        rss = "inconclusive: still settling"
     return {
         "warmup_seconds": warmup_s,
         "samples_fitted": len(kept),
@@ -124,10 +131,9 @@ def analyse(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, Any
         # The same fit over the second half of the window only: much less than the whole window's
         # slope means growth is slowing down (the tail of the warm-up), not a steady leak.
         "rss_second_half": late.as_dict() if late else None,
-        "rss_slowing": bool(late and fits["rss_mb"].slope_per_hour > 0
-                            and late.slope_per_hour < 0.5 * fits["rss_mb"].slope_per_hour),
+        "rss_slowing": slowing,
         "verdicts": {
-            "rss": rss_verdict(fits["rss_mb"]),
+            "rss": rss,
             "uss": rss_verdict(fits["uss_mb"]),
             "fds": fd_verdict(fits["fds"]),
             "threads": fd_verdict(fits["threads"]),

@@ -2,7 +2,8 @@
 
 Why three snapshots (end of warm-up, middle, end) and not two: memory that grows once (a cache
 filling, a pool reaching its size) grows in the first half only; a leak grows in both halves by
-about the same amount. Lines and types that grew in *both* halves are listed first.
+about the same amount. Lines that grew steadily (in both halves, by comparable amounts) are listed
+first; a leak of any size shows up there, while the net change says how big it is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _types(base: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in data["types"].items()}
 
 
+def _gc(base: Path) -> list[dict[str, int]]:
+    data: dict[str, Any] = json.loads(base.with_suffix(".json").read_text())
+    return list(data.get("gc_stats") or [])
+
+
 def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
     """Growth between the first and last dump, split at the middle one; a summary for the table."""
     if len(dumps) < 2:
@@ -45,8 +51,13 @@ def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
     overall = _line_growth(snaps[first], snaps[last])
     early = _line_growth(snaps[first], snaps[middle]) if middle not in (first, last) else overall
     late = _line_growth(snaps[middle], snaps[last]) if middle not in (first, last) else overall
-    both = sorted((site for site, (size, _) in overall.items()
-                   if size > 0 and early.get(site, (0, 0))[0] > 0 and late.get(site, (0, 0))[0] > 0),
+    def steady(site: str) -> bool:
+        """Grew in each half, and by comparable amounts (the smaller at least a third of the larger):
+        a one-off allocation in one half plus a few bytes of noise in the other is not a leak."""
+        first_half, second_half = early.get(site, (0, 0))[0], late.get(site, (0, 0))[0]
+        return first_half > 0 and second_half > 0 and 3 * min(first_half, second_half) >= max(first_half, second_half)
+
+    both = sorted((site for site, (size, _) in overall.items() if size > 0 and steady(site)),
                   key=lambda site: -overall[site][0])
     growing = sorted(((site, size, count) for site, (size, count) in overall.items() if size > 0),
                      key=lambda item: -item[1])[:top]
@@ -57,9 +68,16 @@ def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
                           for name in set(types_first) | set(types_last)), key=lambda item: -item[1])
     type_growth = [item for item in type_growth if item[1] > 0][:top]
     summary = [f"traced memory net change first -> last dump: {total / 1024:+.1f} KiB"]
-    summary += [f"  grew in both halves: {site} {overall[site][0] / 1024:+.1f} KiB ({overall[site][1]:+d} blocks)"
-                for site in both[:top]] or ["  no allocation site grew in both halves"]
+    steady_lines = [f"  grew steadily (both halves): {site} {overall[site][0] / 1024:+.1f} KiB "
+                    f"({overall[site][1]:+d} blocks)" for site in both[:top]]
+    summary += steady_lines or ["  no allocation site grew steadily in both halves"]
     summary += [f"  objects: {name} {grown:+d} (first half {half:+d})" for name, grown, half in type_growth[:6]]
+    gc_first, gc_last = _gc(first), _gc(last)
+    if gc_first and gc_last:
+        cyclic = [b["collected"] - a["collected"] for a, b in zip(gc_first, gc_last, strict=True)]
+        runs = [b["collections"] - a["collections"] for a, b in zip(gc_first, gc_last, strict=True)]
+        summary.append(f"  cyclic garbage collected between the dumps, generations 0/1/2: "
+                       f"{'/'.join(map(str, cyclic))} objects in {'/'.join(map(str, runs))} collections")
     return {
         "dumps": [str(path) for path in dumps],
         "net_bytes": total,
@@ -67,6 +85,7 @@ def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
                                  "bytes_first_half": early.get(site, (0, 0))[0],
                                  "bytes_second_half": late.get(site, (0, 0))[0]} for site in both[:top * 2]],
         "top_growth": [{"site": site, "bytes": size, "blocks": count} for site, size, count in growing],
+        "gc_stats": {"first": _gc(first), "last": _gc(last)},
         "object_growth": [{"type": name, "count": grown, "first_half": half} for name, grown, half in type_growth],
         "summary": summary,
     }

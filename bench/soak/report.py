@@ -190,8 +190,10 @@ def write_png(result: dict[str, Any], path: Path) -> str | None:
     ax_fd.set_xlabel("minutes since the daemon was ready")
     params = result["params"]
     verdicts = analysis["verdicts"]
+    rss = analysis["fits"]["rss_mb"]
     fig.suptitle(f"haproxy-sync soak: {result['run']['churn_seconds'] / 60:.0f} min at {params['rate']:g} changes/s "
-                 f"(seed {params['seed']}): RSS {verdicts['rss']}, FDs {verdicts['fds']}", fontsize=11)
+                 f"(seed {params['seed']}): RSS {rss['slope_per_hour']:+.2f} MB/h, {verdicts['rss']}; "
+                 f"FDs {verdicts['fds']}", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
