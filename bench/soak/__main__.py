@@ -37,7 +37,7 @@ import haproxy_sync
 from haproxy_sync.devconsul import DevConsulThread
 
 from . import leaks
-from .analysis import analyse
+from .analysis import analyse, steps
 from .driver import Churn
 from .report import suspicions, table, write_json, write_png
 from .sampler import Sampler, counter_delta, haproxy_state, scrape
@@ -77,6 +77,7 @@ def parse_warmup(text: str, duration: float) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags, checked up front so that a bad combination fails before any process starts."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
         description=(
@@ -243,6 +244,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     measured = args.duration - args.warmup_seconds
     dump_at = [args.warmup_seconds, args.warmup_seconds + measured / 2] if args.tracemalloc else []
     dumps: list[Path] = []
+    dump_t: list[float] = []  # when each snapshot was asked for, seconds since the daemon was ready
     next_report = 60.0
     for k in range(1, int(args.duration / args.interval) + 2):  # bounded: one sample per interval
         due = min(sampler.started + k * args.interval, deadline)
@@ -254,6 +256,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         elapsed = samples[-1].t
         while dump_at and elapsed >= dump_at[0]:
             dump_at.pop(0)
+            dump_t.append(round(time.monotonic() - sampler.started, 1))
             dumps.append(daemon.dump_trace())
         if elapsed >= next_report:
             next_report += 60.0
@@ -264,13 +267,17 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     stop_churn()
     cpu_mean = sampler.mean_cpu_percent()  # over the churn only, before the settle below
     if args.tracemalloc:
+        dump_t.append(round(time.monotonic() - sampler.started, 1))
         dumps.append(daemon.dump_trace())
 
+    sample_dicts = [sample.as_dict() for sample in samples]
+    if args.tracemalloc:
+        leaks.attach_traced(sample_dicts, daemon.memory_log, sampler.started)
     end_state = _settle(layout)
     metrics_end = scrape(layout.metrics_url)
     haproxy_end = haproxy_state(layout.master_socket, hap.process.pid)
     return {
-        "samples": [sample.as_dict() for sample in samples],
+        "samples": sample_dicts,
         "churn": churn.stats.as_dict() | {"instances_at_end": churn.instance_counts(),
                                            "instances_ever": churn.sequence},
         "haproxy": {"start": haproxy_start, "end": haproxy_end},
@@ -291,7 +298,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         "end_state": end_state,
         "run": {"churn_seconds": round(churn.stats.finished - churn.stats.started, 1),
                 "daemon_cpu_percent_mean": round(cpu_mean, 2), "daemon_pid": daemon.pid},
-        "tracemalloc": leaks.compare(dumps) if args.tracemalloc else None,
+        "tracemalloc": leaks.compare(dumps) | {"dump_t": dump_t} if args.tracemalloc else None,
         "daemon_log": log_summary(daemon.log_path),
     }
 
@@ -310,6 +317,8 @@ def _settle(layout: Layout, timeout: float = 30.0) -> dict[str, Any]:
 def finish(result: dict[str, Any], warmup_seconds: float, out: Path) -> None:
     """Fits, verdicts and suspicions for ``result``; writes ``<out>.json`` and ``<out>.png``; prints the table."""
     result["analysis"] = analyse(result["samples"], warmup_seconds)
+    if traced := result.get("tracemalloc"):
+        traced["steps"] = leaks.explain_steps(result["samples"], steps(result["samples"]), traced.get("dump_t", []))
     result["suspicious"] = suspicions(result)
     json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
     write_json(result, json_path)
@@ -320,6 +329,7 @@ def finish(result: dict[str, Any], warmup_seconds: float, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run (or re-analyse), write the outputs, print the table; 0 ok, 1 failed, 130 interrupted."""
     args = parse_args(argv)
     if args.from_json is not None:
         result = args.previous

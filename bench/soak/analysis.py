@@ -16,6 +16,7 @@ Pure Python (no numpy), so the numbers do not depend on the plotting extra being
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -102,6 +103,20 @@ def fd_verdict(fds: Fit) -> str:
     return "flat"
 
 
+STEP_MB = 0.25  # a rise of RSS between two samples this large is a step, not creep
+
+
+def steps(samples: Sequence[dict[str, Any]], key: str = "rss_mb") -> list[dict[str, float]]:
+    """Rises of at least :data:`STEP_MB` between two consecutive samples.
+
+    Why: allocator arenas are grabbed whole, so RSS often rises in steps (a new arena kept by one
+    long-lived object) rather than in a slope. A line through a step reports a rate the process does
+    not have between steps; listing the steps separately lets a reader tell one event from creep.
+    """
+    return [{"t": round(b["t"], 1), "mb": round(float(b[key]) - float(a[key]), 3)}
+            for a, b in itertools.pairwise(samples) if float(b[key]) - float(a[key]) >= STEP_MB]
+
+
 def window(samples: Sequence[dict[str, Any]], warmup_s: float) -> list[dict[str, Any]]:
     """The samples after the warm-up, which the fits use."""
     return [s for s in samples if s["t"] >= warmup_s]
@@ -119,7 +134,10 @@ def analyse(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, Any
     late = fit([s["t"] for s in half], [float(s["rss_mb"]) for s in half]) if len(half) >= 3 else None
     slowing = bool(late and fits["rss_mb"].slope_per_hour > 0
                    and late.slope_per_hour < 0.5 * fits["rss_mb"].slope_per_hour)
-    rss = rss_verdict(fits["rss_mb"])
+    jumps = steps(kept)
+    rss_fit = fits["rss_mb"]
+    creep = (rss_fit.last - rss_fit.first - sum(j["mb"] for j in jumps)) / rss_fit.hours if rss_fit.hours else 0.0
+    rss = rss_verdict(rss_fit)
     if rss == "fail" and slowing:
         # Growth that halves within the window is the tail of the warm-up (or hides a smaller steady
         # leak): either way this run cannot tell, and a longer one can.
@@ -132,6 +150,8 @@ def analyse(samples: Sequence[dict[str, Any]], warmup_s: float) -> dict[str, Any
         # slope means growth is slowing down (the tail of the warm-up), not a steady leak.
         "rss_second_half": late.as_dict() if late else None,
         "rss_slowing": slowing,
+        "rss_steps": jumps,
+        "rss_creep_per_hour": round(creep, 4),  # last - first - steps, per hour: growth between the steps
         "verdicts": {
             "rss": rss,
             "uss": rss_verdict(fits["uss_mb"]),

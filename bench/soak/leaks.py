@@ -89,3 +89,42 @@ def compare(dumps: list[Path], top: int = 12) -> dict[str, Any]:
         "object_growth": [{"type": name, "count": grown, "first_half": half} for name, grown, half in type_growth],
         "summary": summary,
     }
+
+
+def attach_traced(samples: list[dict[str, Any]], log_path: Path, started: float) -> None:
+    """Add ``traced_mb`` (Python's traced memory at the sample) and ``traced_peak_mb`` (its peak since
+    the previous sample) to each sample, from the traced daemon's ``--memory-log``."""
+    try:
+        rows = [line.split() for line in log_path.read_text().splitlines()]
+    except OSError:
+        return
+    points = [(float(t) - started, int(now), int(peak)) for t, now, peak in (r for r in rows if len(r) == 3)]
+    previous_t = float("-inf")
+    for sample in samples:
+        inside = [p for p in points if previous_t < p[0] <= sample["t"]]
+        before = [p for p in points if p[0] <= sample["t"]]
+        if before:
+            sample["traced_mb"] = round(before[-1][1] / 1024 / 1024, 4)
+        if inside:
+            sample["traced_peak_mb"] = round(max(p[2] for p in inside) / 1024 / 1024, 4)
+        previous_t = sample["t"]
+
+
+def explain_steps(samples: list[dict[str, Any]], jumps: list[dict[str, float]], dump_t: list[float]) -> list[str]:
+    """For each RSS step: was there a peak of Python allocations in the same interval? Steps right
+    after a snapshot (which lifts RSS itself) are named as such."""
+    peaks = sorted(s["traced_peak_mb"] for s in samples if "traced_peak_mb" in s)
+    if not peaks:
+        return []
+    typical = peaks[len(peaks) // 2]
+    by_t = {round(s["t"], 1): s for s in samples}
+    lines = []
+    for jump in jumps:
+        sample = by_t.get(jump["t"], {})
+        if any(0 <= jump["t"] - t <= 30 for t in dump_t):
+            lines.append(f"  RSS step {jump['mb']:+.2f} MB at {jump['t'] / 60:.1f} min: right after a snapshot")
+            continue
+        peak = sample.get("traced_peak_mb")
+        lines.append(f"  RSS step {jump['mb']:+.2f} MB at {jump['t'] / 60:.1f} min: traced peak in that interval "
+                     f"{peak if peak is not None else '?'} MB (median interval {typical:.2f} MB)")
+    return lines

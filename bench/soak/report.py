@@ -72,6 +72,11 @@ def table(result: dict[str, Any]) -> str:
     rss = analysis["fits"]["rss_mb"]
     lines.append(f"RSS median, first third -> last third of the window: {rss['median_first_third']:.2f} -> "
                  f"{rss['median_last_third']:.2f} MB ({rss['median_change']:+.3f} MB over {rss['hours'] * 60:.1f} min)")
+    if (jumps := analysis.get("rss_steps")) is not None:
+        listed = ", ".join(f"{j['mb']:+.2f} MB at {j['t'] / 60:.1f} min" for j in jumps[:5])
+        lines.append(f"RSS steps (a rise of >= 0.25 MB between two samples): {len(jumps)}"
+                     + (f" ({listed})" if jumps else "")
+                     + f"; growth between steps (last - first - steps): {analysis['rss_creep_per_hour']:+.3f} MB/h")
     if late := analysis.get("rss_second_half"):
         lines.append(f"RSS growth over the second half of the window only: {late['slope_per_hour']:+.3f} MB/h "
                      f"(±{late['slope_ci95']:.3f})" + ("; slowing down: the tail of the warm-up, run longer to see "
@@ -109,7 +114,9 @@ def table(result: dict[str, Any]) -> str:
     if result.get("suspicious"):
         lines += ["", "suspicious:", *(f"  - {item}" for item in result["suspicious"])]
     if result.get("tracemalloc"):
-        lines += ["", "tracemalloc (diagnostic run; numbers inflated by tracing):", *result["tracemalloc"]["summary"]]
+        traced = result["tracemalloc"]
+        lines += ["", "tracemalloc (diagnostic run; numbers inflated by tracing):", *traced["summary"],
+                  *traced.get("steps", [])]
     return "\n".join(lines)
 
 
@@ -150,6 +157,7 @@ def suspicions(result: dict[str, Any]) -> list[str]:
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
+    """Write via a temp file and a rename, so an interrupted write never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")

@@ -151,6 +151,7 @@ class Backends:
                      f"backend port {port} to answer (log: {self.root / 'backends.log'})")
 
     def stop(self) -> None:
+        """Stop the master and its workers (bounded; SIGKILL if they linger)."""
         self.process.stop()
 
 
@@ -260,10 +261,12 @@ class Daemon:
         self._dumps = 0
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the daemon and wait until its /ready answers 200 (first apply done, HAProxy confirmed)."""
         args = ["run", "--config", str(self.layout.config_toml)]
         if self.trace_dir is not None:
             self.trace_dir.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "bench.soak.traced", "--dump-dir", str(self.trace_dir), "--", *args]
+            argv = [sys.executable, "-m", "bench.soak.traced", "--dump-dir", str(self.trace_dir),
+                    "--memory-log", str(self.memory_log), "--", *args]
         else:
             argv = [sys.executable, "-m", "haproxy_sync.cli", *args]
         with self.log_path.open("ab") as log:
@@ -278,6 +281,11 @@ class Daemon:
             return http_get(f"{self.layout.metrics_url}/ready", 1.0)[0] == 200
 
         wait_for(ready, timeout, f"haproxy-sync /ready (log: {self.log_path})", interval=0.2)
+
+    @property
+    def memory_log(self) -> Path:
+        """Where the traced daemon logs its traced memory every second (only with ``trace_dir``)."""
+        return (self.trace_dir or self.layout.root) / "memory.log"
 
     @property
     def pid(self) -> int:

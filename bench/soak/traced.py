@@ -12,6 +12,9 @@ On each SIGUSR1 it collects garbage, then writes into ``--dump-dir``:
   the garbage collector's statistics (cyclic garbage found so far, per generation);
 * ``dump-<n>.done``: written last, so the benchmark knows both files are complete.
 
+With ``--memory-log`` a thread also appends, every second, the traced memory and its peak since the
+previous line (cheap; no snapshot), so that RSS steps can be matched with Python allocation peaks.
+
 The handler runs on the main thread between bytecodes (asyncio's wakeup fd wakes the loop), so the
 event loop stops for the second or two a snapshot takes; acceptable for a diagnostic run only.
 """
@@ -23,6 +26,8 @@ import gc
 import json
 import signal
 import sys
+import threading
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -47,11 +52,30 @@ def _dump(directory: Path, number: int) -> None:
     (directory / f"dump-{number}.done").write_text("ok\n")
 
 
+def _log_traced_memory(path: Path, every: float, limit: int = 1_000_000) -> None:
+    """Every ``every`` seconds: ``<monotonic> <traced now> <traced peak since the last line>``.
+
+    Why: a snapshot is too heavy to take often, and it lifts RSS itself. These two numbers are
+    cheap, and they say whether an RSS step of the untraced process comes with a peak of Python
+    allocations (then the allocator kept the peak's pages) or with none (then it is below Python).
+    CLOCK_MONOTONIC is system-wide, so the benchmark lines these up with its own samples.
+    """
+    with path.open("a", buffering=1) as log:
+        for _ in range(limit):
+            current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            log.write(f"{time.monotonic():.3f} {current} {peak}\n")
+            time.sleep(every)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Start tracemalloc, install the SIGUSR1 dump, then hand over to haproxy-sync's own entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.soak.traced",
                                      description="Run haproxy-sync with tracemalloc; SIGUSR1 writes a snapshot.")
     parser.add_argument("--dump-dir", type=Path, required=True, help="where snapshots are written")
     parser.add_argument("--frames", type=int, default=10, help="frames kept per allocation [10]")
+    parser.add_argument("--memory-log", type=Path, help="append traced memory (now, peak) to this file")
+    parser.add_argument("--memory-every", type=float, default=1.0, help="seconds between --memory-log lines [1]")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then haproxy-sync's own arguments")
     ns = parser.parse_args(argv)
     tracemalloc.start(ns.frames)
@@ -64,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         _dump(ns.dump_dir, dumps)
 
     signal.signal(signal.SIGUSR1, on_usr1)
+    if ns.memory_log is not None:
+        threading.Thread(target=_log_traced_memory, args=(ns.memory_log, ns.memory_every),
+                         name="traced-memory-log", daemon=True).start()
     args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
     sys.argv = ["haproxy-sync", *args]
     from haproxy_sync.cli import entrypoint  # imported after tracemalloc.start(), so imports are traced too
