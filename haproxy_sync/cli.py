@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,29 +150,40 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     atomically, without reloading HAProxy (use `run --once` to reload too).
     """
     from haproxy_sync.catalog import Snapshot
-    from haproxy_sync.consul import read_once
-    from haproxy_sync.daemon import plan_tables, write_live
+    from haproxy_sync.consul import read_routed
+    from haproxy_sync.daemon import check_rendered, plan_tables, write_live
     from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
+    from haproxy_sync.routing import map_commands, map_text, parse_map_file, routing_for
 
     settings = _load(params)
     _configure_logs(settings)
     template = load_template(settings.template_path())
-    services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services]))
-    snapshot = Snapshot.of(svc for svc, _ in services.values())
+    read = asyncio.run(read_routed(settings))
+    latest = {name: svc for name, (svc, _) in read.services.items()}
+    routing = routing_for(settings, latest, read.discovered)
+    for item in routing.unrouted:
+        click.echo(f"not routed: {item.service}: {item.reason}", err=True)
+    snapshot = Snapshot.of(latest[s.name] for s in routing.services)
     live = haproxy.read_text(settings.haproxy.config_path)
-    pairs = [(s.backend, s.name) for s in settings.services]
-    running = slots_from_config(live or "", snapshot, pairs)
-    tables = plan_tables(settings, snapshot, running, live)
-    text = render_text(tables, settings, template)
+    running = slots_from_config(live or "", snapshot, routing.backends)
+    tables = plan_tables(settings, snapshot, running, live, routing.backends)
+    text = render_text(tables, settings, template, routing)
     if run_check:
-        _check_text(settings, text)
+        check_rendered(settings, tables, template, routing)
     if show_plan:
         plan = plan_runtime(running, tables, live, text)
+        live_routes = parse_map_file(haproxy.read_text(settings.haproxy.routes_map_path) or "")
+        route_changes = map_commands(str(settings.haproxy.routes_map_path), live_routes, routing.map_entries)
+        if not plan.needs_reload:
+            plan = Plan(commands=plan.commands + tuple(route_changes))
         if not settings.sync.runtime_api and plan.commands:
             plan = Plan(reload_reason="runtime API off")
         changes = summarize(running, tables, snapshot)
+        if route_changes:
+            verbs = [c.split()[0] for c in route_changes]
+            changes.append(f"routes: +{verbs.count('add')} -{verbs.count('del')} ~{verbs.count('set')}")
         if plan.needs_reload:
             click.echo(f"reload: {plan.reload_reason}")
         elif plan.commands:
@@ -194,19 +204,9 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     if dry_run:
         click.echo(text, nl=False)
         return EXIT_OK
-    write_live(settings, text)
-    click.echo(f"wrote {settings.haproxy.config_path}", err=True)
+    write_live(settings, text, map_text(routing.map_entries))
+    click.echo(f"wrote {settings.haproxy.config_path} and {settings.haproxy.routes_map_path}", err=True)
     return EXIT_OK
-
-
-def _check_text(settings: Settings, text: str) -> None:
-    binary = haproxy.find_binary(settings.haproxy.binary)
-    if binary is None:
-        raise Failure(f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
-    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
-        path = Path(tmp) / "haproxy.cfg"
-        path.write_text(text)
-        haproxy.validate(binary, path)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -219,9 +219,10 @@ def check(**params: Any) -> int:
     catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
     """
     from haproxy_sync.catalog import Snapshot, parse_health_entries
-    from haproxy_sync.daemon import plan_tables
+    from haproxy_sync.daemon import check_rendered, plan_tables
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
+    from haproxy_sync.routing import routing_for
 
     settings = _load(params)
     _configure_logs(settings)
@@ -232,10 +233,12 @@ def check(**params: Any) -> int:
         for i in range(2)
     ]
     snapshot = Snapshot.of(parse_health_entries(s.name, sample)[0] for s in settings.services)
-    text = render_text(plan_tables(settings, snapshot, None, None), settings, template)
+    tables = plan_tables(settings, snapshot, None, None)
+    routing = routing_for(settings, {})
+    render_text(tables, settings, template, routing)
     checked = "rendered with a sample catalog"
     if haproxy.find_binary(settings.haproxy.binary):
-        _check_text(settings, text)
+        check_rendered(settings, tables, template, routing)
         checked += " and passed haproxy -c"
     click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} {checked}")
     return EXIT_OK

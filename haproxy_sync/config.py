@@ -27,8 +27,12 @@ LOG_FORMATS = ("text", "json")
 BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%?-]*$")
+# No quotes, backslashes, '#' or spaces: each would end or change a haproxy.cfg line.
+_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/%?-]*$")
 _BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})$")
+#: A route's path prefix: whole segments, at most :data:`MAX_PATH_SEGMENTS` (the template looks up that many).
+MAX_PATH_SEGMENTS = 3
+_ROUTE_PATH = re.compile(rf"^(/[A-Za-z0-9._~-]{{1,64}}){{1,{MAX_PATH_SEGMENTS}}}/?$")
 
 
 class ConfigError(Exception):
@@ -171,6 +175,13 @@ def parse_consul_address(value: Any) -> str:
     return f"{parsed.scheme}://{host}:{port}"
 
 
+def _tag(value: Any) -> str:
+    text = _string(value)
+    if not text or len(text) > 100 or any(ch.isspace() for ch in text):
+        raise ValueError(f"{text[:80]!r} must be a Consul tag: 1-100 characters, no spaces")
+    return text
+
+
 def _safe_name(value: Any) -> str:
     text = _string(value)
     if not SAFE_NAME.match(text):
@@ -178,18 +189,42 @@ def _safe_name(value: Any) -> str:
     return text
 
 
-def _health_path(value: Any) -> str:
+def parse_health_path(value: Any) -> str:
     text = _string(value)
     if not _HEALTH_PATH.match(text) or len(text) > 200:
         raise ValueError(f"{text!r} must be a URL path starting with / with no spaces or quotes")
     return text
 
 
-def _host(value: Any) -> str:
+def parse_host(value: Any) -> str:
+    """A Host header to route on: a plain host name, lowercased (HAProxy's lookup lowercases too)."""
     text = _string(value)
     if text and not is_valid_hostname(text):
-        raise ValueError(f"{text!r} is not a valid host name")
-    return text.lower()
+        raise ValueError(f"{text[:80]!r} is not a valid host name")
+    return text.lower().rstrip(".")
+
+
+def parse_route_path(value: Any) -> str:
+    """A path prefix of whole segments (``/api`` routes ``/api`` and ``/api/...``, not ``/apix``).
+
+    Returned without a trailing slash; "" and "/" mean "any path". Segments are limited to URL-safe
+    characters so that a prefix can never break the map file or a config line.
+    """
+    text = _string(value)
+    if text in ("", "/"):
+        return ""
+    if len(text) > 200 or not _ROUTE_PATH.match(text):
+        raise ValueError(f"{text[:80]!r} is not a path prefix of 1-{MAX_PATH_SEGMENTS} segments of "
+                         "A-Z a-z 0-9 . _ ~ - (e.g. \"/api\" or \"/api/v2\")")
+    return text.rstrip("/")
+
+
+def _filter_expression(value: Any) -> str:
+    """A Consul ``filter`` expression; Consul itself checks the grammar (a bad one is a 400 on read)."""
+    text = _string(value)
+    if len(text) > 2000 or any(ch in text for ch in "\n\r\0"):
+        raise ValueError("must be one line of at most 2000 characters")
+    return text
 
 
 # --- the schema ---
@@ -227,11 +262,26 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "datacenter": Setting(_string, "", "Datacenter to query; empty means the agent's own."),
         "wait": Setting(parse_duration, "60s", "Blocking query wait (Consul caps it at 10m)."),
         "backoff_max": Setting(parse_duration, "30s", "Longest pause between retries after Consul errors."),
+        "max_connections": Setting(
+            _int_range(1, 100_000), 4096,
+            "Connections to Consul (one per watched service); keep Consul's `http_max_conns_per_client` above it.",
+        ),
+        "start_spread": Setting(
+            parse_duration, "1s", "Watches started together spread their first reads over up to this long (1 ms each).",
+        ),
+    },
+    "discovery": {
+        "enabled": Setting(_bool, True, "Also route every Consul service whose instances carry `tag`."),
+        "tag": Setting(_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service."),
+        "filter": Setting(_filter_expression, "", "Consul `filter` expression applied to every discovered service."),
     },
     "haproxy": {
         "binary": Setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`."),
         "config_path": Setting(_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written."),
         "template": Setting(_path_or_none, "", "Jinja2 template; empty means the built-in one."),
+        "routes_map": Setting(
+            _path_or_none, "", "HAProxy map file of host and path routes; empty: routes.map beside config_path.",
+        ),
         "master_socket": Setting(_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads)."),
         "stats_socket": Setting(_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket."),
         "server_state_file": Setting(
@@ -295,8 +345,12 @@ SERVICE_SCHEMA: dict[str, Setting] = {
     "name": Setting(_safe_name, None, "Consul service name (required)."),
     "backend": Setting(_safe_name, None, "HAProxy backend name; default: the service name."),
     "balance": Setting(_one_of(BALANCE_ALGORITHMS), "roundrobin", "Load-balancing algorithm."),
-    "health_path": Setting(_health_path, "/health", "Path of HAProxy's own HTTP check."),
-    "host": Setting(_host, "", "Route requests with this Host header here; the first service is the default."),
+    "health_path": Setting(parse_health_path, "/health", "Path of HAProxy's own HTTP check."),
+    "host": Setting(parse_host, "", "Route requests with this Host header here; the first service is the default."),
+    "path": Setting(
+        parse_route_path, "", "Route this path prefix here (whole segments, up to 3); with `host`, on that host only.",
+    ),
+    "filter": Setting(_filter_expression, "", "Consul `filter` expression applied to this service's instances."),
     "guard": Setting(_bool, True, "Empty-backend guard: hold a big drop of healthy servers and re-read first."),
     "min_servers": Setting(_int_range(0, 100_000), 1, "Guard: fewer healthy servers than this is a big drop."),
     "max_drop": Setting(
@@ -317,9 +371,12 @@ class ServiceSettings:
     balance: str = "roundrobin"
     health_path: str = "/health"
     host: str = ""
+    path: str = ""
+    filter: str = ""
     guard: bool = True
     min_servers: int = 1
     max_drop: float = 0.5
+    discovered: bool = False  # learned from Consul by tag, not named in the config
 
 
 @dataclass(frozen=True)
@@ -335,6 +392,8 @@ class ConsulSettings:
     datacenter: str
     wait: float
     backoff_max: float
+    max_connections: int
+    start_spread: float
 
     @property
     def url(self) -> urllib.parse.SplitResult:
@@ -346,6 +405,7 @@ class HAProxySettings:
     binary: str
     config_path: Path
     template: Path | None
+    routes_map: Path | None
     master_socket: Path
     stats_socket: Path
     server_state_file: Path
@@ -361,6 +421,11 @@ class HAProxySettings:
     group: str
     log_target: str
 
+    @property
+    def routes_map_path(self) -> Path:
+        """Routes live in a map file so that HAProxy can change them at runtime (``add/set/del map``)."""
+        return self.routes_map or self.config_path.parent / "routes.map"
+
 
 @dataclass(frozen=True)
 class SyncSettings:
@@ -374,6 +439,13 @@ class SyncSettings:
     hold_down: float
     watch_files: bool
     runtime_api: bool
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    enabled: bool
+    tag: str
+    filter: str
 
 
 @dataclass(frozen=True)
@@ -396,6 +468,7 @@ class Settings:
     sync: SyncSettings
     metrics: MetricsSettings
     services: tuple[ServiceSettings, ...]
+    discovery: DiscoverySettings = DiscoverySettings(enabled=False, tag="haproxy-sync", filter="")
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # usable, but worth an operator's attention (logged at start)
 
@@ -523,6 +596,7 @@ def load_settings(
         sync=SyncSettings(**parsed["sync"]),
         metrics=MetricsSettings(**parsed["metrics"]),
         services=service_settings,
+        discovery=DiscoverySettings(**parsed["discovery"]),
         source=source,
         warnings=tuple(warnings),
     )

@@ -19,17 +19,19 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import consul
 import consul.aio
 
-from haproxy_sync.catalog import Service, Skipped, parse_health_entries
-from haproxy_sync.config import ConsulSettings
+from haproxy_sync.catalog import SAFE_NAME, Service, Skipped, parse_health_entries
+from haproxy_sync.config import ConsulSettings, Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Shortest time between two requests of one watch: a moving index cannot make it spin.
 MIN_REQUEST_INTERVAL = 0.02
@@ -133,9 +135,13 @@ def make_client(settings: ConsulSettings) -> consul.aio.Consul:
     cert = (settings.cert_file, settings.key_file) if settings.cert_file else None
     server_name = settings.tls_server_name or None
 
+    limit = settings.max_connections
+
     class _Client(consul.aio.Consul):
         def http_connect(self, host, port, scheme, verify=True, cert=None):  # type: ignore[no-untyped-def]
-            client = _TLSHTTPClient(host, port, scheme, verify=verify, cert=cert)
+            # One blocking query holds one connection: aiohttp's default pool of 100 would queue the
+            # 101st watch behind a query that may block for `wait`.
+            client = _TLSHTTPClient(host, port, scheme, verify=verify, cert=cert, connections_limit=limit)
             client.server_hostname = server_name
             return client
 
@@ -175,33 +181,48 @@ class WatchStatus:
     first_read: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class ServiceWatch:
-    """One blocking-query loop for one Consul service."""
+class BlockingWatch(Generic[T]):
+    """One blocking-query loop on one Consul endpoint: index rules, pacing, backoff, fault logging.
+
+    Subclasses say what to read (:meth:`_fetch`) and how to turn the answer into a value
+    (:meth:`_parse`); the loop hands each *changed* value to :meth:`_emit`.
+    """
 
     def __init__(
         self,
         client: consul.aio.Consul,
         service: str,
-        on_update: Callable[[WatchUpdate], None],
         *,
         wait: float,
         backoff_max: float,
         on_error: Callable[[str, str], None] | None = None,
+        start_delay: float = 0.0,
     ) -> None:
         self.client = client
         self.on_error = on_error
-        self.service = service
-        self.on_update = on_update
+        self.service = service  # what the logs and metrics call this watch
         self.wait = wait
         self.backoff_max = backoff_max
+        self.start_delay = start_delay
         self.status = WatchStatus()
-        self._last_value: Service | None = None
+        self._last_value: T | None = None
         self._last_skipped: tuple[Skipped, ...] = ()
         self._fault_since = 0.0
         self._stalled = False
 
+    async def _fetch(self, index: int | None, wait: str) -> tuple[object, object]:
+        raise NotImplementedError
+
+    def _parse(self, raw: object) -> tuple[T, tuple[Skipped, ...]]:
+        raise NotImplementedError
+
+    def _emit(self, value: T, skipped: tuple[Skipped, ...], index: int) -> None:
+        raise NotImplementedError
+
     async def run(self) -> None:
         """Watch until cancelled; never raises for a Consul fault."""
+        if self.start_delay > 0:
+            await asyncio.sleep(self.start_delay)  # spreads the first reads of watches started together
         index = 0
         interval = MIN_REQUEST_INTERVAL
         last_start = 0.0
@@ -212,8 +233,8 @@ class ServiceWatch:
             last_start = time.monotonic()
             sent = index
             try:
-                returned, entries = await self._read(sent)
-                value, skipped = parse_health_entries(self.service, entries if entries is not None else [])
+                returned, raw = await self._read(sent)
+                value, skipped = self._parse(raw)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every fault becomes a classified, logged retry
@@ -250,13 +271,10 @@ class ServiceWatch:
         # Consul adds up to wait/16 of jitter; beyond that plus a margin, the answer is hung.
         margin = min(5.0, max(1.0, self.wait / 4))
         deadline = self.wait + self.wait / 16 + margin if index else 15.0
-        raw_index, entries = await asyncio.wait_for(
-            self.client.health.service(self.service, index=str(index) if index else None, wait=f"{self.wait:g}s"),
-            timeout=deadline,
-        )
-        return parse_index(raw_index), entries
+        raw_index, raw = await asyncio.wait_for(self._fetch(index or None, f"{self.wait:g}s"), timeout=deadline)
+        return parse_index(raw_index), raw
 
-    def _offer(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
+    def _offer(self, value: T, skipped: tuple[Skipped, ...], index: int) -> None:
         if skipped != self._last_skipped:
             for item in skipped:
                 log.warning(
@@ -270,7 +288,7 @@ class ServiceWatch:
             log.debug("consul watch service=%s index=%d: no change that reaches the config", self.service, index)
             return
         self._last_value = value
-        self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
+        self._emit(value, skipped, index)
 
     def _record_success(self, index: int) -> None:
         status = self.status
@@ -304,19 +322,141 @@ class ServiceWatch:
         return delay
 
 
+class ServiceWatch(BlockingWatch[Service]):
+    """The instances of one Consul service (``/v1/health/service/<name>``), optionally by tag and filter."""
+
+    def __init__(
+        self,
+        client: consul.aio.Consul,
+        service: str,
+        on_update: Callable[[WatchUpdate], None],
+        *,
+        tag: str = "",
+        filter_expression: str = "",
+        **options: Any,
+    ) -> None:
+        super().__init__(client, service, **options)
+        self.on_update = on_update
+        self.query = health_query(tag, filter_expression)
+
+    async def _fetch(self, index: int | None, wait: str) -> tuple[object, object]:
+        return await self.client.health.service(
+            self.service, index=str(index) if index else None, wait=wait, **self.query
+        )
+
+    def _parse(self, raw: object) -> tuple[Service, tuple[Skipped, ...]]:
+        return parse_health_entries(self.service, raw if raw is not None else [])
+
+    def _emit(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
+        self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
+
+
+def health_query(tag: str, filter_expression: str) -> dict[str, str]:
+    """Extra parameters of a health read: only tagged instances of a discovered service, a filter."""
+    query = {"tag": tag} if tag else {}
+    if filter_expression:
+        query["filter_expr"] = filter_expression
+    return query
+
+
+def parse_catalog_services(raw: object, tag: str) -> tuple[frozenset[str], tuple[Skipped, ...]]:
+    """Names of the services carrying ``tag`` in a ``/v1/catalog/services`` answer ({name: [tags]}).
+
+    A name that cannot be a backend name is skipped with a reason, like any unsafe Consul string.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("catalog/services answer is not a JSON object")
+    names: set[str] = set()
+    skipped: list[Skipped] = []
+    for name, tags in raw.items():
+        if not isinstance(tags, list) or tag not in tags:
+            continue
+        if not isinstance(name, str) or not SAFE_NAME.match(name):
+            skipped.append(Skipped(str(name)[:80], "*", "service name is not a safe backend name"))
+            continue
+        names.add(name)
+    return frozenset(names), tuple(skipped)
+
+
+class CatalogWatch(BlockingWatch[frozenset[str]]):
+    """Which services ask to be routed: ``/v1/catalog/services``, kept to those with the discovery tag."""
+
+    def __init__(
+        self, client: consul.aio.Consul, tag: str, on_update: Callable[[frozenset[str], float], None], **options: Any
+    ) -> None:
+        super().__init__(client, "catalog", **options)
+        self.tag = tag
+        self.on_update = on_update
+
+    async def _fetch(self, index: int | None, wait: str) -> tuple[object, object]:
+        return await self.client.catalog.services(index=str(index) if index else None, wait=wait)
+
+    def _parse(self, raw: object) -> tuple[frozenset[str], tuple[Skipped, ...]]:
+        return parse_catalog_services(raw if raw is not None else {}, self.tag)
+
+    def _emit(self, value: frozenset[str], skipped: tuple[Skipped, ...], index: int) -> None:
+        self.on_update(value, time.monotonic())
+
+
 async def read_once(
-    settings: ConsulSettings, services: list[str], deadline: float = 15.0
+    settings: ConsulSettings, services: list[str], deadline: float = 15.0, *,
+    queries: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:
     """One non-blocking read of each service, for ``render`` and ``run --once``; raises ConsulError."""
     client = make_client(settings)
     try:
-        result = {}
-        for name in services:
-            try:
-                _, entries = await asyncio.wait_for(client.health.service(name), timeout=deadline)
-                result[name] = parse_health_entries(name, entries if entries is not None else [])
-            except Exception as exc:
-                raise classify(exc, name) from None
-        return result
+        return await _read_services(client, services, deadline, queries or {})
     finally:
         await client.close()
+
+
+async def _read_services(
+    client: consul.aio.Consul, services: Iterable[str], deadline: float, queries: Mapping[str, Mapping[str, str]]
+) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:
+    limit = asyncio.Semaphore(32)  # hundreds of services: a bounded number of reads at a time
+
+    async def one(name: str) -> tuple[str, tuple[Service, tuple[Skipped, ...]]]:
+        async with limit:
+            try:
+                _, entries = await asyncio.wait_for(client.health.service(name, **queries.get(name, {})), deadline)
+                return name, parse_health_entries(name, entries if entries is not None else [])
+            except Exception as exc:
+                raise classify(exc, name) from None
+
+    return dict(await asyncio.gather(*(one(name) for name in services)))
+
+
+@dataclass(frozen=True)
+class CatalogRead:
+    """One read of everything routed: configured services, and the discovered ones with their tag."""
+
+    services: dict[str, tuple[Service, tuple[Skipped, ...]]]
+    discovered: frozenset[str]
+
+
+async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead:
+    """What ``render``, ``status`` and ``run --once`` route: one non-blocking read; raises ConsulError."""
+    client = make_client(settings.consul)
+    try:
+        discovered: frozenset[str] = frozenset()
+        if settings.discovery.enabled:
+            try:
+                _, raw = await asyncio.wait_for(client.catalog.services(), deadline)
+                discovered, skipped = parse_catalog_services(raw if raw is not None else {}, settings.discovery.tag)
+            except Exception as exc:
+                raise classify(exc, "catalog") from None
+            for item in skipped:
+                log.warning("skipped service %r: %s", item.service, item.reason)
+        queries = service_queries(settings, discovered)
+        services = await _read_services(client, list(queries), deadline, queries)
+        return CatalogRead(services, discovered)
+    finally:
+        await client.close()
+
+
+def service_queries(settings: Settings, discovered: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Every service to watch and its query: configured ones with their filter, discovered ones by tag."""
+    queries = {s.name: health_query("", s.filter) for s in settings.services}
+    for name in sorted(set(discovered) - queries.keys()):
+        queries[name] = health_query(settings.discovery.tag, settings.discovery.filter)
+    return queries

@@ -17,9 +17,11 @@ import dataclasses
 import functools
 import logging
 import os
+import random
 import signal
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,16 @@ from watchdog.observers.api import BaseObserver
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
 from haproxy_sync.config import ConfigError, Settings
-from haproxy_sync.consul import ServiceWatch, WatchUpdate, backoff_delay, classify, make_client, read_once
+from haproxy_sync.consul import (
+    CatalogWatch,
+    ServiceWatch,
+    WatchUpdate,
+    backoff_delay,
+    classify,
+    make_client,
+    read_routed,
+    service_queries,
+)
 from haproxy_sync.metrics import SKIP_KINDS, Metrics, StateView, WatchView, skip_reason_kind, start_server
 from haproxy_sync.plan import (
     BackendSlots,
@@ -53,6 +64,7 @@ from haproxy_sync.plan import (
     slots_from_config,
 )
 from haproxy_sync.render import TemplateError, load_template, render
+from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +83,48 @@ class Outcome:
     reload: ReloadReport | None = None
 
 
-def write_live(settings: Settings, text: str) -> None:
-    """Validate and swap in the live config with the mode and group the settings ask for."""
+def write_live(settings: Settings, text: str, routes: str | None = None) -> None:
+    """Validate and swap in the live config (and the routes map) with the mode and group asked for.
+
+    The config names the map file, so ``haproxy -c`` needs one: a missing map is written first.
+    Otherwise the map is replaced only after the config passed, so a rejected config leaves both files
+    as they were.
+    """
     hap = settings.haproxy
+    map_path = hap.routes_map_path
+    if routes is not None and not map_path.exists():
+        write_routes(settings, routes)
     haproxy.atomic_write(hap.config_path, text, binary=hap.binary, mode=hap.config_mode, group=hap.config_group)
+    if routes is not None:
+        write_routes(settings, routes)
+
+
+def write_routes(settings: Settings, routes: str) -> None:
+    """Swap in the routes map file (whole old or whole new, like the config; HAProxy reads it at start)."""
+    hap = settings.haproxy
+    if haproxy.read_text(hap.routes_map_path) != routes:
+        haproxy.atomic_write(hap.routes_map_path, routes, mode=hap.config_mode, group=hap.config_group)
+
+
+def check_rendered(
+    settings: Settings, tables: Mapping[str, BackendSlots], template: jinja2.Template, routing: Routing
+) -> str:
+    """``haproxy -c`` on a config as it would be written, with its map, in a temp dir; returns the text.
+
+    Touches nothing live: the map file named in the checked copy is a temporary one.
+    """
+    binary = haproxy.find_binary(settings.haproxy.binary)
+    if binary is None:
+        raise haproxy.HAProxyError(
+            f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
+    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
+        map_path = Path(tmp) / "routes.map"
+        map_path.write_text(map_text(routing.map_entries))
+        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
+        path = Path(tmp) / "haproxy.cfg"
+        path.write_text(render(tables, local, template, routing))
+        haproxy.validate(binary, path)
+    return render(tables, settings, template, routing)
 
 
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
@@ -109,7 +159,7 @@ class ReloadReport:
 
 
 def apply_config(
-    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None
+    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None, routes: str | None = None
 ) -> ReloadReport:
     """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
@@ -119,12 +169,15 @@ def apply_config(
     hap = settings.haproxy
     path = hap.config_path
     if haproxy.read_text(path) == text:
-        if running_config_is_current(hap.master_socket, path):
+        routes_changed = routes is not None and haproxy.read_text(hap.routes_map_path) != routes
+        if routes is not None:
+            write_routes(settings, routes)
+        if not routes_changed and running_config_is_current(hap.master_socket, path):
             haproxy.remember_last_good(path)
             return ReloadReport("unchanged; HAProxy already runs it")
         action = "unchanged on disk"
     else:
-        write_live(settings, text)
+        write_live(settings, text, routes)
         action = "written"
     keep = None if tables is None else functools.partial(_state_fits, tables)
     haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
@@ -151,6 +204,11 @@ def _state_fits(tables: Mapping[str, BackendSlots], state: haproxy.ServerState) 
     return find_drift({state.backend: BackendSlots(state.backend, (slot,))}, running).empty
 
 
+def read_routes(settings: Settings) -> dict[str, str]:
+    """The routes HAProxy runs now (``show map``)."""
+    return haproxy.show_map(settings.haproxy.stats_socket, settings.haproxy.routes_map_path)
+
+
 def read_running(stats_socket: Path) -> dict[tuple[str, str], Running]:
     """What every server runs now, as (address, port, weight, in maintenance)."""
     return {
@@ -163,20 +221,27 @@ class RuntimeApplyError(haproxy.HAProxyError):
     """The Runtime API did not leave HAProxy running what was planned; a reload will."""
 
 
-def apply_runtime(settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...]) -> str:
+def apply_runtime(
+    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...], routing: Routing | None = None
+) -> str:
     """The fast path: runtime commands, then read back what HAProxy runs; raises if it is off plan.
 
-    Writing the same state to disk is the caller's next step (:func:`persist`), kept off this path
-    so that convergence never waits for ``haproxy -c``.
+    Route changes are written to the map file in the same step (it is small and needs no check).
+    Writing the config to disk is the caller's next step (:func:`persist`), kept off this path so
+    that convergence never waits for ``haproxy -c``.
     """
     hap = settings.haproxy
     started = time.monotonic()
     answers = haproxy.runtime_commands(hap.stats_socket, commands) if commands else ""
     drift = find_drift(tables, read_running(hap.stats_socket))
-    if not drift.empty:
-        detail = "; ".join([*drift.missing, *drift.found][:3])
-        raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: {detail}"
-                                + (f" (HAProxy said: {answers[:200]})" if answers else ""))
+    details = [*drift.missing, *drift.found]
+    if routing is not None:
+        details += map_commands(str(hap.routes_map_path), read_routes(settings), routing.map_entries)
+    if details:
+        raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: "
+                                + "; ".join(details[:3]) + (f" (HAProxy said: {answers[:200]})" if answers else ""))
+    if routing is not None:
+        write_routes(settings, map_text(routing.map_entries))
     return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
 
 
@@ -186,20 +251,30 @@ def persist(settings: Settings, text: str) -> None:
     haproxy.remember_last_good(settings.haproxy.config_path)
 
 
-def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots]) -> Drift:
+def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None = None) -> Drift:
     """Read what HAProxy runs, and put right what differs from the plan (someone's `disable server`,
-    state a reload brought back). Returns the drift found; slots HAProxy lacks need a reload."""
+    a `del map`, state a reload brought back). Returns the drift found; slots HAProxy lacks need a reload."""
     drift = find_drift(tables, read_running(settings.haproxy.stats_socket))
+    if routing is not None:
+        running, planned = read_routes(settings), routing.map_entries
+        fixes = map_commands(str(settings.haproxy.routes_map_path), running, planned)
+        found = [f"route {key} runs {running.get(key, 'nothing')}, planned {planned.get(key, 'nothing')}"
+                 for key in sorted(running.keys() | planned.keys()) if running.get(key) != planned.get(key)]
+        drift = Drift(drift.commands + tuple(fixes), drift.found + tuple(found), drift.missing)
     if drift.commands:
         haproxy.runtime_commands(settings.haproxy.stats_socket, drift.commands)
     return drift
 
 
 def plan_tables(
-    settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None
+    settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None,
+    backends: Iterable[tuple[str, str]] | None = None,
 ) -> dict[str, BackendSlots]:
-    """Slot tables for ``snapshot``; without previous tables, the live config says who holds which slot."""
-    pairs = [(s.backend, s.name) for s in settings.services]
+    """Slot tables for ``snapshot``; without previous tables, the live config says who holds which slot.
+
+    ``backends`` are the (backend, service) pairs routed; by default the configured services.
+    """
+    pairs = list(backends) if backends is not None else [(s.backend, s.name) for s in settings.services]
     if previous is None:
         previous = slots_from_config(live_text or "", snapshot, pairs)
     sync = settings.sync
@@ -249,6 +324,9 @@ class Daemon:
         self.applied: Snapshot | None = None
         self.tables: dict[str, BackendSlots] | None = None  # the slot tables HAProxy runs
         self.watches: dict[str, tuple[ServiceWatch, asyncio.Task[None]]] = {}
+        self.catalog: tuple[CatalogWatch, asyncio.Task[None]] | None = None  # discovery by tag
+        self.discovered: frozenset[str] = frozenset()  # services carrying the discovery tag
+        self.routing: Routing | None = None  # the backends and routes HAProxy runs
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
         self._changed = False
@@ -263,6 +341,7 @@ class Daemon:
         self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
         self._guard_reread: set[str] = set()  # re-read done: the next apply takes what Consul says
         self._client: object | None = None
+        self._unrouted: tuple[object, ...] = ()  # last logged, so each change is logged once
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
@@ -273,6 +352,7 @@ class Daemon:
         self._confirmed = False  # HAProxy is known to run the live file
         self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
         self._unwritten: str | None = None
+        self._persisted_text: str | None = None  # the config last written to disk by this daemon
         self._persist_task: asyncio.Task[None] | None = None
 
     # --- signals and updates: set flags, wake the loop ---
@@ -284,6 +364,20 @@ class Daemon:
         kinds = [skip_reason_kind(item.reason) for item in update.skipped]
         for kind in SKIP_KINDS:
             self.metrics.skipped.labels(update.service.name, kind).set(kinds.count(kind))
+        self._changed = True
+        self._wake.set()
+
+    def _on_catalog(self, names: frozenset[str], seen_at: float) -> None:
+        """The set of tagged services changed: start and stop health watches, then re-plan."""
+        added, removed = sorted(names - self.discovered), sorted(self.discovered - names)
+        self.discovered = names
+        if added or removed:
+            log.info("discovery: %d services tagged %r (+%s -%s)", len(names), self.settings.discovery.tag,
+                     ",".join(added[:10]) or "-", ",".join(removed[:10]) or "-")
+        if self._client is not None:
+            self._sync_watches(self._client)
+        if self._first_unapplied is None:
+            self._first_unapplied = seen_at
         self._changed = True
         self._wake.set()
 
@@ -308,9 +402,11 @@ class Daemon:
             log.info("removed %s, left by a writer that was killed mid-write", stale)
         server = await self._start_metrics()
         client = make_client(self.settings.consul)
+        self._client = client
         watchdog = asyncio.create_task(self._watchdog())
         files = self._watch_files(loop)
         try:
+            self._start_catalog(client)
             self._sync_watches(client)
             log.info(
                 "started services=%s consul=%s config=%s runtime_api=%s",
@@ -322,9 +418,10 @@ class Daemon:
             self.notifier.notify("STOPPING=1")
             await self._flush_persist()
             watchdog.cancel()
-            for _, task in self.watches.values():
+            tasks = [task for _, task in self.watches.values()] + ([self.catalog[1]] if self.catalog else [])
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(watchdog, *(task for _, task in self.watches.values()), return_exceptions=True)
+            await asyncio.gather(watchdog, *tasks, return_exceptions=True)
             await client.close()
             if server is not None:
                 await server.cleanup()
@@ -392,10 +489,10 @@ class Daemon:
             if self._hup:
                 self._hup = False
                 self._reread(client)
-            missing = [s.name for s in self.settings.services if s.name not in self.latest]
+            missing = self._waiting_for()
             if missing:
                 if not waiting_logged:
-                    log.info("waiting for a first good read from Consul of services=%s", ",".join(missing))
+                    log.info("waiting for a first good read from Consul of services=%s", ",".join(missing[:20]))
                     waiting_logged = True
                 continue
             now = time.monotonic()
@@ -416,6 +513,20 @@ class Daemon:
             self._retry_at = None
             outcome = await self._apply_once()
             self._after(outcome)
+
+    def _waiting_for(self) -> list[str]:
+        """What the first apply still waits for: every configured service, the catalog, and a first
+        answer (or a first failure: one bad service must not hold up the rest) of each discovered one."""
+        missing = [s.name for s in self.settings.services if s.name not in self.latest]
+        if self.applied is not None:
+            return missing
+        if self.catalog is not None and not self.catalog[0].status.first_read.is_set():
+            missing.append("(catalog of tagged services)")
+        for name in sorted(self.discovered - self.latest.keys()):
+            entry = self.watches.get(name)
+            if entry is not None and entry[0].status.failures == 0:
+                missing.append(name)
+        return missing
 
     async def _sleep_until_woken(self) -> None:
         timers = self._timers()
@@ -440,38 +551,42 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        observed = Snapshot.of(self.latest[s.name] for s in settings.services)
+        routing = routing_for(settings, self.latest, self.discovered)
+        self._note_routing(routing)
+        observed = Snapshot.of(self.latest[s.name] for s in routing.services)
         snapshot, self._seen, self._hold_at = damp(
             self.applied, observed, self._seen, time.monotonic(), settings.sync.hold_down
         )
-        snapshot = self._guard(snapshot)
+        snapshot = self._guard(snapshot, routing)
         change = describe(diff_snapshots(self.applied, snapshot))
         if self._guard_due:
             change += f"; {','.join(sorted(self._guard_due))} held by the guard"
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
         live = self._running_text if self._confirmed else haproxy.read_text(settings.haproxy.config_path)
-        tables = plan_tables(settings, snapshot, self.tables, live)
+        tables = plan_tables(settings, snapshot, self.tables, live, routing.backends)
         self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
         assert self.template is not None
         try:
-            text = render(tables, settings, self.template)
+            text = render(tables, settings, self.template, routing)
         except TemplateError as exc:
             return Outcome(False, f"{change}; template error {exc}; kept last good config", stage="template")
         self.metrics.renders.inc()
-        if self._confirmed and text == self._running_text:
-            self._commit(snapshot, tables, text)
+        same_routes = self.routing is not None and self.routing.map_entries == routing.map_entries
+        if self._confirmed and text == self._running_text and same_routes:
+            self._commit(snapshot, tables, text, routing)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
-        plan = self._plan(tables, live, text)
+        plan = self._plan(tables, live, text, routing)
         if not plan.needs_reload:
             try:
-                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands)
+                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, routing)
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels("runtime").inc()
                 plan = Plan(reload_reason=f"runtime API path failed ({exc})")
             else:
-                self._commit(snapshot, tables, text)
-                self._persist(text)
+                self._commit(snapshot, tables, text, routing)
+                if text != self._persisted_text:
+                    self._persist(text)
                 return Outcome(True, f"{change}; {action}", path="runtime", commands=len(plan.commands))
         await self._flush_persist()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
@@ -479,14 +594,27 @@ class Daemon:
             self._retry_at = self._reload_not_before
             return Outcome(True, f"{change}; reload ({plan.reload_reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
-        return await self._reload(snapshot, tables, text, change, plan.reload_reason or "")
+        return await self._reload(snapshot, tables, text, change, plan.reload_reason or "", routing)
 
-    def _guard(self, snapshot: Snapshot) -> Snapshot:
+    def _note_routing(self, routing: Routing) -> None:
+        """Log each change of the unrouted services once, and keep the routing gauges current."""
+        if routing.unrouted != self._unrouted:
+            before = set(self._unrouted)
+            for item in routing.unrouted:
+                if item not in before:
+                    log.warning("discovery: service %s is not routed: %s", item.service, item.reason)
+            self._unrouted = routing.unrouted
+        discovered = sum(1 for s in routing.services if s.discovered)
+        self.metrics.routed.labels("configured").set(len(routing.services) - discovered)
+        self.metrics.routed.labels("discovered").set(discovered)
+        self.metrics.unrouted.set(len(routing.unrouted))
+
+    def _guard(self, snapshot: Snapshot, routing: Routing) -> Snapshot:
         """Hold a service whose healthy servers would drop too far at once, until a re-read confirms it."""
         if self.applied is None:
             return snapshot
         services = []
-        for cfg in self.settings.services:
+        for cfg in routing.services:
             old, new = self.applied.get(cfg.name), snapshot.get(cfg.name)
             reason = big_drop(old, new, cfg.min_servers, cfg.max_drop) if cfg.guard else None
             reread = cfg.name in self._guard_reread
@@ -513,8 +641,10 @@ class Daemon:
     async def _reread_guarded(self, client: object, names: list[str]) -> None:
         """The guard's second look: one fresh, non-blocking read of each held service."""
         for name in names:
+            watch = self.watches.get(name)
+            query = watch[0].query if watch else {}
             try:
-                _, entries = await asyncio.wait_for(client.health.service(name), 15)  # type: ignore[attr-defined]
+                _, entries = await asyncio.wait_for(client.health.service(name, **query), 15)  # type: ignore[attr-defined]
                 service, _ = parse_health_entries(name, entries if entries is not None else [])
             except Exception as exc:  # a failed re-read keeps the hold and tries again
                 error = classify(exc, name)
@@ -527,21 +657,26 @@ class Daemon:
             self.latest[name] = service
             self._changed = True
 
-    def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str) -> Plan:
+    def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str, routing: Routing) -> Plan:
         if not self.settings.sync.runtime_api:
             return Plan(reload_reason="runtime API off")
         if self._structure_changed:
             return Plan(reload_reason="template or settings changed")
-        if not self._confirmed or self.tables is None:
+        if not self._confirmed or self.tables is None or self.routing is None:
             return Plan(reload_reason="HAProxy not yet confirmed running the live config")
-        return plan_runtime(self.tables, tables, live, text)
+        plan = plan_runtime(self.tables, tables, live, text)
+        if plan.needs_reload:
+            return plan
+        routes = map_commands(str(self.settings.haproxy.routes_map_path), self.routing.map_entries, routing.map_entries)
+        return Plan(commands=plan.commands + tuple(routes))
 
     async def _reload(
-        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: str
+        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: str,
+        routing: Routing,
     ) -> Outcome:
         settings = self.settings
         try:
-            report = await asyncio.to_thread(apply_config, settings, text, tables)
+            report = await asyncio.to_thread(apply_config, settings, text, tables, map_text(routing.map_entries))
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -554,9 +689,10 @@ class Daemon:
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
         self._structure_changed = False
-        self._commit(snapshot, tables, text)
+        self._commit(snapshot, tables, text, routing)
+        self._persisted_text = text
         try:
-            drift = await asyncio.to_thread(repair_drift, settings, tables)
+            drift = await asyncio.to_thread(repair_drift, settings, tables, routing)
         except haproxy.HAProxyError as exc:
             log.warning("could not read back servers after the reload: %s", exc)
         else:
@@ -568,9 +704,10 @@ class Daemon:
         path = "reload" if report.reloaded else "none"
         return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
 
-    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str) -> None:
+    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
         self.applied = snapshot
         self.tables = tables
+        self.routing = routing
         self._running_text = text
         self._confirmed = True
         self._schedule_reconcile()
@@ -586,6 +723,7 @@ class Daemon:
             text, self._unwritten = self._unwritten, None
             try:
                 await asyncio.to_thread(persist, self.settings, text)
+                self._persisted_text = text
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels("persist").inc()
                 log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
@@ -606,7 +744,7 @@ class Daemon:
         if not self._confirmed or self.tables is None:
             return
         try:
-            drift = await asyncio.to_thread(repair_drift, self.settings, self.tables)
+            drift = await asyncio.to_thread(repair_drift, self.settings, self.tables, self.routing)
         except haproxy.HAProxyError as exc:
             log.warning("reconcile: cannot read HAProxy's servers: %s; trying again in %gs",
                         exc, self.settings.sync.reconcile_interval)
@@ -663,9 +801,12 @@ class Daemon:
     def state_view(self) -> StateView:
         """What /metrics, /ready and /status show; called on the loop at request time."""
         now = time.monotonic()
+        every: list[tuple[str, ServiceWatch | CatalogWatch]] = [(n, w) for n, (w, _) in sorted(self.watches.items())]
+        if self.catalog is not None:
+            every.insert(0, ("catalog", self.catalog[0]))
         watches = [
             WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
-            for name, (w, _) in sorted(self.watches.items())
+            for name, w in every
         ]
         servers: dict[tuple[str, str], int] = {}
         for backend, table in (self.tables or {}).items():
@@ -690,7 +831,9 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            render(plan_tables(settings, Snapshot.of(self.latest.values()), self.tables, None), settings, template)
+            routing = routing_for(settings, self.latest, self.discovered)
+            snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
+            render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
         except (ConfigError, TemplateError) as exc:
             log.error("%s: new configuration rejected, keeping the running one: %s", why,
                       str(exc).replace("\n", "; "))
@@ -698,23 +841,56 @@ class Daemon:
         if settings.consul != self.settings.consul:
             log.warning("%s: [consul] changes take effect on restart; other changes applied now", why)
             settings = dataclasses.replace(settings, consul=self.settings.consul)
+        discovery_changed = settings.discovery != self.settings.discovery
         self.settings, self.template = settings, template
+        if discovery_changed:
+            self._start_catalog(client)
         self._sync_watches(client)
         self._structure_changed = True
         self._changed = True
         log.info("%s: configuration and template re-read", why)
 
+    def _start_catalog(self, client: object) -> None:
+        """(Re)start the watch of tagged services, or stop it when discovery is off."""
+        if self.catalog is not None:
+            self.catalog[1].cancel()
+            self.catalog = None
+        discovery = self.settings.discovery
+        if not discovery.enabled:
+            self.discovered = frozenset()
+            return
+        watch = CatalogWatch(
+            client, discovery.tag, self._on_catalog,  # type: ignore[arg-type]
+            wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
+            on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
+        )
+        self.catalog = (watch, asyncio.create_task(watch.run(), name="watch:catalog"))
+
     def _sync_watches(self, client: object) -> None:
-        wanted = {s.name for s in self.settings.services}
+        """One health watch per routed service; a watch whose query changed (tag, filter) restarts.
+
+        Watches started together (a cold start with hundreds of tagged services, a burst of new
+        branches) spread their first reads over up to ``consul.start_spread``, 1 ms each, so Consul
+        does not get them all in the same instant.
+        """
+        wanted = service_queries(self.settings, self.discovered)
         for name in list(self.watches):
-            if name not in wanted:
+            if name not in wanted or self.watches[name][0].query != wanted[name]:
                 self.watches.pop(name)[1].cancel()
                 self.latest.pop(name, None)
-        for name in sorted(wanted - self.watches.keys()):
+        new = sorted(wanted.keys() - self.watches.keys())
+        spread = min(self.settings.consul.start_spread, 0.001 * len(new)) if len(new) > 1 else 0.0
+        if len(wanted) > self.settings.consul.max_connections:
+            log.warning("watching %d services over at most %d connections (consul.max_connections): the "
+                        "rest queue, and their changes can wait up to consul.wait", len(wanted),
+                        self.settings.consul.max_connections)
+        for name in new:
             watch = ServiceWatch(
                 client, name, self._on_update,  # type: ignore[arg-type]
+                tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
                 on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
+                start_delay=random.uniform(0, spread),
             )
             self.watches[name] = (watch, asyncio.create_task(watch.run(), name=f"watch:{name}"))
 
@@ -731,24 +907,29 @@ class Daemon:
 async def run_once(settings: Settings) -> Outcome:
     """``run --once``: one read of every service, one apply; the caller turns ``ok`` into the exit code."""
     template = load_template(settings.template_path())
-    services = await read_once(settings.consul, [s.name for s in settings.services])
-    for name, (_, skipped) in services.items():
+    read = await read_routed(settings)
+    for name, (_, skipped) in read.services.items():
         for item in skipped:
             log.warning("skipped instance service=%s id=%r reason=%r", name, item.instance_id, item.reason)
-    snapshot = Snapshot.of(service for service, _ in services.values())
+    latest = {name: service for name, (service, _) in read.services.items()}
+    routing = routing_for(settings, latest, read.discovered)
+    for item in routing.unrouted:
+        log.warning("discovery: service %s is not routed: %s", item.service, item.reason)
+    snapshot = Snapshot.of(latest[s.name] for s in routing.services)
     change = describe(diff_snapshots(None, snapshot))
     hap = settings.haproxy
     live = haproxy.read_text(hap.config_path)
-    text = render(plan_tables(settings, snapshot, None, live), settings, template)
-    if live == text:
+    text = render(plan_tables(settings, snapshot, None, live, routing.backends), settings, template, routing)
+    routes = map_text(routing.map_entries)
+    if live == text and haproxy.read_text(hap.routes_map_path) == routes:
         return Outcome(True, f"{change}; rendered config identical, no write, no reload")
     try:
         haproxy.show_proc(hap.master_socket)
     except haproxy.SocketError:
-        await asyncio.to_thread(write_live, settings, text)
+        await asyncio.to_thread(write_live, settings, text, routes)
         return Outcome(True, f"{change}; written; HAProxy not running, it will load this file when it starts")
     try:
-        action = await asyncio.to_thread(apply_config, settings, text)
+        action = await asyncio.to_thread(apply_config, settings, text, None, routes)
     except haproxy.HAProxyError as exc:
         return Outcome(False, f"{change}; {exc}")
     return Outcome(True, f"{change}; {action}")

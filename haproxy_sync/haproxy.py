@@ -361,6 +361,19 @@ def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[Serve
     return parse_servers_state(socket_command(stats_socket, command))
 
 
+def show_map(stats_socket: Path, map_path: Path) -> dict[str, str]:
+    """The entries HAProxy runs for the map file ``map_path`` (``show map``)."""
+    text = socket_command(stats_socket, f"show map {map_path}")
+    if text.lstrip().startswith(("Unknown map", "Missing map")):
+        raise SocketError(f"HAProxy has no map {map_path}: {text.strip()[:120]}")
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("0x"):
+            entries[parts[1]] = parts[2]
+    return entries
+
+
 def save_server_state(
     stats_socket: Path, state_file: Path, keep: Callable[[ServerState], bool] | None = None
 ) -> bool:

@@ -104,6 +104,12 @@ class Metrics:
         self.guard = Counter(
             "haproxy_sync_guard_total", "Empty-backend guard: big drops held, then applied or recovered.",
             ["service", "outcome"], registry=reg)
+        self.routed = Gauge(
+            "haproxy_sync_services_routed", "Services with a backend, by origin (configured, discovered).",
+            ["origin"], registry=reg)
+        self.unrouted = Gauge(
+            "haproxy_sync_services_unrouted", "Tagged services left unrouted (bad or missing meta, conflicts).",
+            registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
         reg.register(_StateCollector(view))

@@ -20,6 +20,7 @@ from haproxy_sync import __version__
 from haproxy_sync.catalog import server_name_for
 from haproxy_sync.config import ServiceSettings, Settings
 from haproxy_sync.plan import BackendSlots, Slot
+from haproxy_sync.routing import Routing, routing_for
 
 
 class TemplateError(Exception):
@@ -62,7 +63,16 @@ class BackendView:
     balance: str
     health_path: str
     host: str
+    path: str
+    discovered: bool
     servers: tuple[ServerView, ...]
+
+    @property
+    def route(self) -> str:
+        """Where requests come from, for comments: ``host/path``, ``*/path``, or "" (no route)."""
+        if not (self.host or self.path):
+            return ""
+        return f"{self.host or '*'}{self.path or '/'}"
 
     @property
     def up_count(self) -> int:
@@ -81,16 +91,20 @@ def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSet
             balance=svc.balance,
             health_path=svc.health_path,
             host=svc.host,
+            path=svc.path,
+            discovered=svc.discovered,
             servers=tuple(ServerView.of(slot) for slot in tables[svc.backend].slots),
         )
         for svc in services
     )
 
 
-def template_context(tables: Mapping[str, BackendSlots], settings: Settings) -> dict[str, Any]:
+def template_context(tables: Mapping[str, BackendSlots], settings: Settings, routing: Routing) -> dict[str, Any]:
     hap = settings.haproxy
     return {
-        "backends": backend_views(tables, settings.services),
+        "backends": backend_views(tables, routing.services),
+        "routes": routing.routes,
+        "routes_map": str(hap.routes_map_path),
         "haproxy": hap,
         "stats_socket": str(hap.stats_socket),
         "server_state_file": str(hap.server_state_file),
@@ -118,10 +132,16 @@ def load_template(path: Path) -> jinja2.Template:
         raise TemplateError(f"{path}: cannot read template: {exc}") from None
 
 
-def render(tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template) -> str:
-    """Render the config text; any error inside the template is reported with its file and line."""
+def render(
+    tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing | None = None
+) -> str:
+    """Render the config text; any error inside the template is reported with its file and line.
+
+    ``routing`` defaults to the configured services alone (no discovered ones).
+    """
+    routing = routing if routing is not None else routing_for(settings, {})
     try:
-        return template.render(template_context(tables, settings))
+        return template.render(template_context(tables, settings, routing))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.message}") from None
     except Exception as exc:  # a template may raise anything from a filter or a method it calls

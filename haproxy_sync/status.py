@@ -15,8 +15,9 @@ from typing import Any
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Snapshot, Status
 from haproxy_sync.config import Settings
-from haproxy_sync.consul import ConsulError, read_once
+from haproxy_sync.consul import ConsulError, read_routed
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
+from haproxy_sync.routing import routing_for
 
 
 @dataclass
@@ -35,10 +36,13 @@ class Report:
     haproxy_error: str = ""
     daemon: dict[str, Any] | None = None
     daemon_error: str = ""
+    routes: int = 0  # host/path routes Consul asks for
+    routes_drift: list[str] = field(default_factory=list)  # routes HAProxy runs otherwise
+    unrouted: list[str] = field(default_factory=list)  # tagged services left out, with the reason
 
     @property
     def healthy(self) -> bool:
-        return not self.haproxy_error and not any(b.drift for b in self.backends)
+        return not self.haproxy_error and not self.routes_drift and not any(b.drift for b in self.backends)
 
 
 def _haproxy_counts(states: list[haproxy.ServerState]) -> dict[str, int]:
@@ -60,9 +64,13 @@ def build_report(
     snapshot: Snapshot | None,
     live: str | None,
     states: tuple[haproxy.ServerState, ...] | None,
+    backends: tuple[tuple[str, str], ...] | None = None,
 ) -> list[BackendStatus]:
-    """Pure: per backend, Consul's counts, HAProxy's counts over held slots, and the drift between."""
-    pairs = [(s.backend, s.name) for s in settings.services]
+    """Pure: per backend, Consul's counts, HAProxy's counts over held slots, and the drift between.
+
+    ``backends`` are the routed (backend, service) pairs; by default the configured services.
+    """
+    pairs = list(backends) if backends is not None else [(s.backend, s.name) for s in settings.services]
     desired: dict[str, BackendSlots] = slots_from_config(live or "", snapshot or Snapshot(), pairs)
     running = {(s.backend, s.name): (s.address, s.port, s.weight, s.in_maintenance) for s in states or ()}
     result = []
@@ -90,17 +98,31 @@ def gather(settings: Settings) -> Report:
     """Read Consul once, HAProxy's servers, the live config and the daemon's /status; never raises."""
     report = Report([])
     snapshot = None
+    routing = routing_for(settings, {})
     try:
-        services = asyncio.run(read_once(settings.consul, [s.name for s in settings.services], deadline=5))
-        snapshot = Snapshot.of(svc for svc, _ in services.values())
+        read = asyncio.run(read_routed(settings, deadline=5))
+        latest = {name: svc for name, (svc, _) in read.services.items()}
+        routing = routing_for(settings, latest, read.discovered)
+        snapshot = Snapshot.of(latest[s.name] for s in routing.services)
+        report.unrouted = [f"{item.service}: {item.reason}" for item in routing.unrouted]
     except ConsulError as exc:
         report.consul_error = str(exc)
     states = None
     try:
         states = haproxy.servers_state(settings.haproxy.stats_socket)
+        running_routes = haproxy.show_map(settings.haproxy.stats_socket, settings.haproxy.routes_map_path)
     except haproxy.HAProxyError as exc:
         report.haproxy_error = str(exc)
-    report.backends = build_report(settings, snapshot, haproxy.read_text(settings.haproxy.config_path), states)
+    else:
+        planned = routing.map_entries
+        report.routes = len(planned)
+        if snapshot is not None:
+            report.routes_drift = [
+                f"route {key} runs {running_routes.get(key, 'nothing')}, Consul asks for {planned.get(key, 'nothing')}"
+                for key in sorted(running_routes.keys() | planned.keys()) if running_routes.get(key) != planned.get(key)
+            ]
+    live = haproxy.read_text(settings.haproxy.config_path)
+    report.backends = build_report(settings, snapshot, live, states, routing.backends)
     if settings.metrics.listen:
         try:
             with urllib.request.urlopen(f"http://{settings.metrics.listen}/status", timeout=2) as response:
@@ -128,6 +150,10 @@ def to_table(report: Report) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     for b in report.backends:
         lines += [f"  drift {b.backend}: {item}" for item in b.drift]
+    off = f", {len(report.routes_drift)} off" if report.routes_drift else ", in step"
+    lines.append(f"routes: {report.routes}{off}")
+    lines += [f"  drift {item}" for item in report.routes_drift]
+    lines += [f"  not routed: {item}" for item in report.unrouted]
     if report.consul_error:
         lines.append(f"consul: {report.consul_error}")
     if report.haproxy_error:

@@ -101,7 +101,8 @@ def test_consul_down_keeps_config_and_converges_when_back(tmp_path: Path, make_a
             register(consul.url, app)
         wait_until(lambda: len(stack.serving()) == 5, 10, what="5 servers after Consul returned")
         stack.daemon.wait_for_log("recovered after")
-        assert stack.daemon.log().count("failing fault=") == 1, "one line when the fault starts, not per retry"
+        log = stack.daemon.log()
+        assert log.count("service=cabify failing fault=") == 1, "one line when the fault starts, not per retry"
 
 
 def test_sigterm_stops_within_two_seconds_and_haproxy_keeps_serving(stack: Stack) -> None:

@@ -41,6 +41,7 @@ SERVER_LINE = re.compile(
 def _settings(tmp: Path):
     cfg = tmp / "c.toml"
     cfg.write_text(f'[haproxy]\nuser = ""\ngroup = ""\nstats_socket = "{tmp}/s.sock"\n'
+                   f'config_path = "{tmp}/haproxy.cfg"\n'
                    f'server_state_file = "{tmp}/state"\n')
     return load_settings(cfg, env={})
 
@@ -81,4 +82,5 @@ def test_arbitrary_catalog_passes_haproxy_check(tmp_path: Path, entries: list[di
     cfg = tmp_path / "haproxy.cfg"
     tables = plan_tables(settings_, Snapshot.of([service]), None, None)
     cfg.write_text(render(tables, settings_, load_template(settings_.template_path())))
+    (tmp_path / "routes.map").write_text("")
     haproxy.validate(binary, cfg)

@@ -25,6 +25,7 @@ def entries(n: int, **over: object) -> list[dict]:
 def settings(tmp_path: Path):
     path = tmp_path / "config.toml"
     path.write_text(f'[haproxy]\nstats_socket = "{tmp_path}/admin.sock"\nuser = ""\ngroup = ""\n'
+                    f'config_path = "{tmp_path}/haproxy.cfg"\n'
                     f'server_state_file = "{tmp_path}/state"\nhttp_bind = "127.0.0.1:8080"\n')
     return load_settings(path, env={})
 
@@ -67,6 +68,7 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
     if binary:
         cfg = tmp_path / "haproxy.cfg"
         cfg.write_text(text)
+        (tmp_path / "routes.map").write_text("")  # the routes map the frontend names
         haproxy.validate(binary, cfg)
 
 

@@ -1,0 +1,99 @@
+"""Pure routing: discovered services' meta -> backends and routes, conflicts, map commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync.catalog import Instance, Service, Status
+from haproxy_sync.config import load_settings
+from haproxy_sync.consul import parse_catalog_services
+from haproxy_sync.routing import Route, map_commands, map_text, meta_value, parse_map_file, routing_for
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text('[[services]]\nname = "cabify"\nhost = "cabify.test"\n')
+    return load_settings(path, env={})
+
+
+def service(name: str, *metas: dict[str, str]) -> Service:
+    return Service(name, tuple(
+        Instance("n1", f"{name}-{i}", "10.0.0.1", 9000 + i, Status.PASSING, meta=tuple(sorted(meta.items())))
+        for i, meta in enumerate(metas)
+    ))
+
+
+def test_meta_follows_the_majority_of_instances_ties_to_the_smallest() -> None:
+    svc = service("a", {"haproxy-sync-host": "b.test"}, {"haproxy-sync-host": "a.test"},
+                  {"haproxy-sync-host": "b.test"}, {})
+    assert meta_value(svc, "haproxy-sync-host") == "b.test"
+    assert meta_value(service("a", {"k": "y"}, {"k": "x"}), "k") == "x"
+    assert meta_value(service("a", {}), "k") == ""
+
+
+def test_discovered_services_get_backends_and_routes_after_the_configured_ones(settings) -> None:
+    latest = {
+        "web": service("web", {"haproxy-sync-host": "Web.Test", "haproxy-sync-balance": "leastconn"}),
+        "api": service("api", {"haproxy-sync-host": "web.test", "haproxy-sync-path": "/api/v2/"}),
+        "assets": service("assets", {"haproxy-sync-path": "/static"}),
+    }
+    routing = routing_for(settings, latest, {"web", "api", "assets", "not-read-yet"})
+    assert [s.name for s in routing.services] == ["cabify", "api", "assets", "web"]
+    assert routing.services[3].balance == "leastconn" and routing.services[3].discovered
+    assert routing.map_entries == {
+        "cabify.test": "cabify", "web.test": "web", "web.test/api/v2": "api", "*/static": "assets",
+    }
+    assert routing.unrouted == ()
+
+
+@pytest.mark.parametrize(("meta", "reason"), [
+    ({}, "no route"),
+    ({"haproxy-sync-host": "bad host"}, "haproxy-sync-host"),
+    ({"haproxy-sync-host": "a.test\nbackend evil"}, "haproxy-sync-host"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/a b"}, "haproxy-sync-path"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/1/2/3/4"}, "haproxy-sync-path"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-balance": "fastest"}, "haproxy-sync-balance"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-health-path": "/h'x"}, "haproxy-sync-health-path"),
+])
+def test_unsafe_or_missing_meta_leaves_the_service_unrouted_with_a_reason(settings, meta, reason) -> None:
+    routing = routing_for(settings, {"x": service("x", meta)}, {"x"})
+    assert [s.name for s in routing.services] == ["cabify"]
+    assert len(routing.unrouted) == 1 and reason in routing.unrouted[0].reason
+
+
+def test_conflicts_go_to_the_configured_service_then_by_name(settings) -> None:
+    latest = {
+        "b": service("b", {"haproxy-sync-host": "same.test"}),
+        "a": service("a", {"haproxy-sync-host": "same.test"}),
+        "c": service("c", {"haproxy-sync-host": "cabify.test"}),
+        "cabify": service("cabify"),
+    }
+    routing = routing_for(settings, latest, {"a", "b", "c", "cabify"})
+    assert routing.map_entries == {"cabify.test": "cabify", "same.test": "a"}
+    assert {u.service for u in routing.unrouted} == {"b", "c"}
+    assert all("already taken" in u.reason for u in routing.unrouted)
+
+
+def test_map_commands_take_haproxy_from_old_to_new_and_the_file_reads_back() -> None:
+    old = {"a.test": "a", "b.test": "b", "c.test": "c"}
+    new = {"a.test": "a", "b.test": "b2", "d.test/api": "d"}
+    assert map_commands("/m", old, new) == [
+        "add map /m d.test/api d", "set map /m b.test b2", "del map /m c.test",
+    ]
+    assert map_commands("/m", new, new) == []
+    assert parse_map_file(map_text(new)) == new
+    assert map_text(new) == map_text(dict(reversed(new.items()))), "same routes, same bytes"
+    assert Route("", "/api", "x").key == "*/api" and Route("h.test", "", "x").key == "h.test"
+
+
+def test_catalog_keeps_tagged_services_with_safe_names() -> None:
+    names, skipped = parse_catalog_services(
+        {"consul": [], "web": ["haproxy-sync", "v1"], "db": ["other"], "bad name": ["haproxy-sync"]}, "haproxy-sync",
+    )
+    assert names == {"web"}
+    assert [s.service for s in skipped] == ["bad name"]
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_catalog_services(["web"], "haproxy-sync")
