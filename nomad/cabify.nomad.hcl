@@ -1,8 +1,14 @@
 # cabify: the demo HTTP service that HAProxy (through haproxy-sync) balances over.
-# Submitted by the Ansible cabify role:
+# Submitted by the Ansible cabify role (site.yml: production; branch.yml: one job per branch):
 #   nomad job run -var version=1.0.1 -var registry=10.0.0.21:5000 cabify.nomad.hcl
+#   nomad job run -var branch=feature-x -var version=feature-x-0a1b2c3d4e5f -var count=1 cabify.nomad.hcl
 # Zero-downtime updates: one canary first; the old allocations keep serving until the new ones
 # pass their Consul health check for min_healthy_time; a failed deployment rolls back by itself.
+#
+# Branches: "main" is production, job and Consul service `cabify` as before, routed by the
+# service haproxy-sync has in its config (its default backend). Any other branch runs as job and
+# service `cabify-<branch>`, tagged for haproxy-sync's discovery with the host <branch>.<domain>
+# in the service meta, so haproxy-sync routes it with no change to its own config.
 
 variable "version" {
   type        = string
@@ -12,7 +18,7 @@ variable "version" {
 
 variable "count" {
   type        = number
-  description = "Number of cabify instances."
+  description = "Number of cabify instances (branch.yml runs branches with 1, production with cabify_count)."
   default     = 7
 }
 
@@ -28,7 +34,52 @@ variable "datacenters" {
   default     = ["dc1"]
 }
 
+variable "branch" {
+  type        = string
+  description = "Git branch this job runs: \"main\" is production (job and service cabify), any other runs as cabify-<branch>."
+  default     = "main"
+
+  # Checked here so that a bad name fails at `nomad job plan/run`, not later as a Consul service
+  # name or a Host header nobody can send. 40 leaves room in DNS's 63 for the "cabify-" prefix.
+  validation {
+    condition     = strlen(var.branch) >= 1 && regex_replace(var.branch, "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$", "") == ""
+    error_message = "The branch must be a lowercase DNS label of 1 to 40 characters: a-z, 0-9 and \"-\", neither first nor last a \"-\"."
+  }
+}
+
+variable "domain" {
+  type        = string
+  description = "DNS domain of the environments: production answers on <domain>, a branch on <branch>.<domain> (point *.<domain> at the edge)."
+  default     = "cabify.internal"
+
+  validation {
+    condition     = strlen(var.domain) >= 1 && strlen(var.domain) <= 200 && regex_replace(var.domain, "^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", "") == ""
+    error_message = "The domain must be a lowercase DNS name such as cabify.internal."
+  }
+}
+
+variable "routing_tag" {
+  type        = string
+  description = "Consul tag that haproxy-sync routes by (its discovery tag, \"haproxy-sync\" unless configured otherwise)."
+  default     = "haproxy-sync"
+}
+
+locals {
+  production = var.branch == "main"
+  # Job ID and Consul service name: production keeps the name it always had.
+  name = local.production ? "cabify" : "cabify-${var.branch}"
+  # Host header haproxy-sync routes to this service (service meta haproxy-sync-host).
+  host = local.production ? var.domain : "${var.branch}.${var.domain}"
+  # Production is routed by the service in haproxy-sync's own config, so it does not carry the
+  # discovery tag: the same service would otherwise reach haproxy-sync twice.
+  tags = local.production ? ["http"] : ["http", var.routing_tag]
+}
+
 job "cabify" {
+  # A block label cannot be an expression in HCL2: `id` (read by Nomad's parser when set, the
+  # label otherwise) makes each branch its own job, so deploying one never replaces another.
+  id          = local.name
+  name        = local.name
   datacenters = var.datacenters
   type        = "service"
 
@@ -76,12 +127,16 @@ job "cabify" {
     }
 
     service {
-      name = "cabify"
+      name = local.name
       port = "http"
-      tags = ["http"]
+      tags = local.tags
 
+      # What haproxy-sync routes by, for the services that carry the routing tag.
       meta {
-        version = var.version
+        version                  = var.version
+        branch                   = var.branch
+        haproxy-sync-host        = local.host
+        haproxy-sync-health-path = "/health"
       }
 
       check {

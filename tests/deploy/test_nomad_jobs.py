@@ -45,8 +45,10 @@ def test_cabify_runs_count_instances_of_the_versioned_image(cabify: dict[str, An
 
 def test_cabify_registers_in_consul_with_an_http_health_check(cabify: dict[str, Any]) -> None:
     group = hcl_block(hcl_block(cabify["job"], "cabify")["group"], "cabify")
-    services = [s for s in group["service"] if s["name"] == "cabify"]
+    services = group["service"]
     assert len(services) == 1
+    # Named by local.name: "cabify" for branch main, cabify-<branch> otherwise (evaluated in test_branch.py).
+    assert services[0]["name"] == "${local.name}"
     check = services[0]["check"][0]
     assert (check["type"], check["path"]) == ("http", "/health")
     assert check["interval"] and check["timeout"]
