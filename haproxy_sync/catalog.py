@@ -230,15 +230,16 @@ class Snapshot:
     """What Consul said about every routed service at one moment; decisions are taken against one."""
 
     services: tuple[Service, ...] = field(default=())
+    _by_name: dict[str, Service] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", tuple(sorted(self.services, key=lambda s: s.name)))
+        # Lookups by name happen once per backend per apply: with thousands of services, a scan would
+        # make every apply quadratic.
+        object.__setattr__(self, "_by_name", {service.name: service for service in self.services})
 
     def get(self, name: str) -> Service:
-        for service in self.services:
-            if service.name == name:
-                return service
-        return Service(name)
+        return self._by_name.get(name) or Service(name)
 
     @classmethod
     def of(cls, services: Iterable[Service]) -> Snapshot:

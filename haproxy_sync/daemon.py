@@ -209,11 +209,11 @@ def read_routes(settings: Settings) -> dict[str, str]:
     return haproxy.show_map(settings.haproxy.stats_socket, settings.haproxy.routes_map_path)
 
 
-def read_running(stats_socket: Path) -> dict[tuple[str, str], Running]:
-    """What every server runs now, as (address, port, weight, in maintenance)."""
+def read_running(stats_socket: Path, backend: str | None = None) -> dict[tuple[str, str], Running]:
+    """What every server (of ``backend``, or of all) runs now, as (address, port, weight, in maintenance)."""
     return {
         (s.backend, s.name): (s.address, s.port, s.weight, s.in_maintenance)
-        for s in haproxy.servers_state(stats_socket)
+        for s in haproxy.servers_state(stats_socket, backend)
     }
 
 
@@ -233,14 +233,21 @@ def apply_runtime(
     hap = settings.haproxy
     started = time.monotonic()
     answers = haproxy.runtime_commands(hap.stats_socket, commands) if commands else ""
-    drift = find_drift(tables, read_running(hap.stats_socket))
+    # Read back what the commands touched: with thousands of backends, all servers is megabytes.
+    touched = {c.split()[2].partition("/")[0] for c in commands if c.startswith("set server ")}
+    if len(touched) > 20:
+        running = read_running(hap.stats_socket)
+    else:
+        running = {key: value for backend in touched for key, value in read_running(hap.stats_socket, backend).items()}
+    drift = find_drift({b: tables[b] for b in touched if b in tables}, running)
     details = [*drift.missing, *drift.found]
-    if routing is not None:
+    routes_changed = routing is not None and any(c.startswith(("add map", "set map", "del map")) for c in commands)
+    if routing is not None and routes_changed:
         details += map_commands(str(hap.routes_map_path), read_routes(settings), routing.map_entries)
     if details:
         raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: "
                                 + "; ".join(details[:3]) + (f" (HAProxy said: {answers[:200]})" if answers else ""))
-    if routing is not None:
+    if routing is not None and routes_changed:
         write_routes(settings, map_text(routing.map_entries))
     return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
 

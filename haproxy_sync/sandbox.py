@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haproxy_sync import haproxy
-from haproxy_sync.config import Settings, load_settings
+from haproxy_sync.config import SCHEMA, Settings, load_settings
 from haproxy_sync.daemon import Daemon, run_once
 from haproxy_sync.devconsul import DevConsulThread
 
 log = logging.getLogger(__name__)
 SERVICE = "cabify"
+#: A branch environment, found by its tag and routed by its meta: discovery at work from the first minute.
+BRANCH_SERVICE = "cabify-feature-x"
+BRANCH_HOST = "feature-x.localhost"  # *.localhost resolves to 127.0.0.1 (RFC 6761), so curl reaches it
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -69,13 +72,17 @@ def consul_put(base_url: str, path: str, body: object | None = None, timeout: fl
         response.read()
 
 
-def register_instance(base_url: str, instance: AppInstance, service: str = SERVICE, interval: str = "1s") -> None:
+def register_instance(
+    base_url: str, instance: AppInstance, service: str = SERVICE, interval: str = "1s", *,
+    tags: tuple[str, ...] = (), meta: dict[str, str] | None = None,
+) -> None:
     consul_put(base_url, "/v1/agent/service/register", {
         "ID": instance.instance_id,
         "Name": service,
         "Address": "127.0.0.1",
         "Port": instance.port,
-        "Tags": ["sandbox"],
+        "Tags": ["sandbox", *tags],
+        "Meta": meta or {},
         "Check": {"HTTP": f"http://127.0.0.1:{instance.port}/health", "Interval": interval, "Timeout": "1s"},
     })
 
@@ -151,13 +158,20 @@ class Sandbox:
             app = AppInstance(f"{SERVICE}-{number}", free_port())
             app.start()
             self.apps.append(app)
+        branch = AppInstance(f"{BRANCH_SERVICE}-1", free_port())
+        branch.start()
+        self.apps.append(branch)
         deadline = time.monotonic() + 10
         for app in self.apps:
             while not _answers(app.port):
                 if time.monotonic() > deadline:
                     raise haproxy.HAProxyError(f"app instance {app.instance_id} did not start on port {app.port}")
                 time.sleep(0.05)
-            register_instance(consul_url, app)
+            if app is branch:
+                register_instance(consul_url, app, BRANCH_SERVICE, tags=(str(SCHEMA['discovery']['tag'].default),),
+                                  meta={"haproxy-sync-host": BRANCH_HOST})
+            else:
+                register_instance(consul_url, app)
         time.sleep(0.3)  # devconsul runs each new HTTP check promptly; let the first round land
 
     @contextlib.contextmanager
@@ -194,6 +208,8 @@ class Sandbox:
             f"  kill {self.apps[0].process.pid if self.apps and self.apps[0].process else 'PID'}"
             "                      # an instance dies: its check fails, it leaves the rotation",
             f"  curl -X PUT {consul_url}/v1/agent/service/deregister/{SERVICE}-2",
+            f"  curl -s http://{BRANCH_HOST}:{self.http_port}/"
+            "        # a branch: found by its tag, routed by its meta host",
             f"  echo 'show servers state' | socat stdio {hap.stats_socket}",
             "",
         ]

@@ -123,3 +123,18 @@ def test_discovery_off_ignores_tags(tmp_path: Path, consul: DevConsulThread, mak
         register_branch(stack, app, "cabify-ignored", **{"haproxy-sync-host": "ignored.cabify.test"})
         rendered = cli("render", "--dry-run", "--config", str(stack.layout.config_toml))
         assert rendered.returncode == 0 and "cabify-ignored" not in rendered.stdout
+
+
+def test_consul_filter_expression_narrows_a_configured_service(tmp_path: Path, consul: DevConsulThread,
+                                                               make_apps) -> None:
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(2), exits, extra=FAST,
+                      service_options="filter = 'Service.Meta.track != \"canary\"'\n")
+        canary = make_apps(1, prefix="canary")[0]
+        register(consul.url, canary, Meta={"track": "canary"})
+        stable = make_apps(1, prefix="stable")[0]
+        register(consul.url, stable, Meta={"track": "stable"})
+        apps = [*stack.apps, canary, stable]
+        wait_until(lambda: stack.serving(apps=apps) == {"cabify-1", "cabify-2", "stable-4"}, 10,
+                   what="the filtered service's servers")
+        assert "canary" not in stack.layout.haproxy_cfg.read_text()

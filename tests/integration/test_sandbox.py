@@ -40,6 +40,8 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
             return {http_get(f"http://127.0.0.1:{http_port}/")[1].strip() for _ in range(9)}
 
         assert answers() == {"cabify-1", "cabify-2", "cabify-3"}
+        branch = http_get(f"http://127.0.0.1:{http_port}/", headers={"Host": "feature-x.localhost"})
+        assert branch == (200, "cabify-feature-x-1\n"), "the tagged branch service is routed by its host"
         assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
         assert f"http://127.0.0.1:{metrics_port}/metrics" in text
         wait_until(lambda: http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200, 10, what="ready")
