@@ -398,18 +398,6 @@ class CatalogWatch(BlockingWatch[frozenset[str]]):
         self.on_update(value, time.monotonic())
 
 
-async def read_once(
-    settings: ConsulSettings, services: list[str], deadline: float = 15.0, *,
-    queries: Mapping[str, Mapping[str, str]] | None = None,
-) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:
-    """One non-blocking read of each service, for ``render`` and ``run --once``; raises ConsulError."""
-    client = make_client(settings)
-    try:
-        return await _read_services(client, services, deadline, queries or {})
-    finally:
-        await client.close()
-
-
 async def _read_services(
     client: consul.aio.Consul, services: Iterable[str], deadline: float, queries: Mapping[str, Mapping[str, str]]
 ) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:

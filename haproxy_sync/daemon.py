@@ -443,6 +443,9 @@ class Daemon:
     def _watch_files(self, loop: asyncio.AbstractEventLoop) -> BaseObserver | None:
         """Treat an edit of the config file or the template like SIGHUP (``sync.watch_files``)."""
         paths = {p.resolve() for p in (self.settings.source, self.settings.template_path()) if p is not None}
+        # Compared as strings: the directory also sees every write of haproxy.cfg, and a Path per event
+        # would intern its parts (measured in bench/soak: it grows CPython's interned-string table).
+        watched = {str(p) for p in paths}
         if not self.settings.sync.watch_files or not paths:
             return None
         pending: list[asyncio.TimerHandle] = []
@@ -459,8 +462,9 @@ class Daemon:
                 # or the daemon's own re-read of the template would trigger the next one, forever.
                 if event.event_type not in EDIT_EVENTS:
                     return
-                touched = {Path(str(p)).resolve() for p in (event.src_path, getattr(event, "dest_path", "")) if p}
-                if touched & paths:
+                ends = (event.src_path, getattr(event, "dest_path", ""))
+                touched = {os.path.realpath(os.fsdecode(p)) for p in ends if p}
+                if touched & watched:
                     loop.call_soon_threadsafe(later)
 
         observer = Observer()

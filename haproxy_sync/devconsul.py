@@ -40,6 +40,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1340,7 +1341,9 @@ class DevConsul:
     Endpoints: agent service register/deregister/maintenance, agent check register/deregister/
     pass/warn/fail/update, agent node maintenance, agent services/service/checks/self/members,
     health service/checks/state/node, catalog services/service/nodes/datacenters, status
-    leader/peers, and the fault switch at /v1/devconsul/fault (GET, PUT, DELETE).
+    leader/peers, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and bulk writes for
+    benchmarks at /v1/devconsul/bulk/register, /v1/devconsul/bulk/weights (PUT; one index each) and
+    /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
 
     Faults (see FAULTS) hit /v1/health/*, /v1/catalog/* and /v1/status/*; agent endpoints keep
     working except under "refuse" and "reset", and the fault switch itself is only out of reach
@@ -1834,6 +1837,88 @@ class DevConsul:
         if changed:
             _log.info("devconsul: node maintenance %s", _kv(enable=enable, reason=reason))
 
+    # ---- bulk writes (benchmarks) ----------------------------------------------------------------
+    # Each agent write above is one catalog write, and every catalog write reconciles the check runners
+    # over the whole catalog and wakes every blocking query. That is right for a handful of changes,
+    # but populating 30,000 instances one call at a time costs O(N^2), and a benchmark's burst of
+    # 10,000 changes would measure devconsul instead of its clients. These two take many records and
+    # make them one write (one index), as a batch of agent syncs lands in one raft entry.
+
+    def register_services(self, registrations: Sequence[ServiceRegistration]) -> int:
+        """Register many services in one catalog write; each one as ``register_service`` would.
+
+        Checks a service already had keep their state (``replace_existing_checks`` off). All or
+        nothing: a reserved ID fails the whole call before anything changes. A service ID given twice
+        keeps the last. Returns how many registrations were given.
+        """
+        latest = {registration.service.service_id: registration for registration in registrations}
+        for service_id in latest:
+            previous = self._catalog.services.get(service_id)
+            if previous is not None and not previous.local:
+                raise _bad_request(f"Invalid service ID {_go_quote(service_id)}: reserved")
+        services: list[Service] = []
+        checks: list[Check] = []
+        for registration in latest.values():
+            service = registration.service
+            given = {reg.check_id for reg in registration.checks}
+            checks.extend(
+                self._new_check(reg, service, self._catalog.checks.get(reg.check_id)) for reg in registration.checks
+            )
+            checks.extend(
+                replace(check, service_name=service.name, service_tags=service.tags)
+                for check in self._catalog.checks_of(service.service_id)
+                if check.check_id not in given
+            )
+            services.append(service)
+        self._catalog.write(services=services, checks=checks)
+        _log.info("devconsul: registered services in bulk %s", _kv(count=len(services), index=self._catalog.index))
+        return len(latest)
+
+    def set_weights(self, weights: Mapping[str, tuple[int, int]]) -> int:
+        """Change the ``Weights`` (passing, warning) of many local services in one catalog write.
+
+        The same change as re-registering each service with new weights (checks untouched), minus
+        the decoding. All or nothing: an unknown ID or an invalid weight fails before anything
+        changes. Returns how many services changed (a weight already set changes nothing).
+        """
+        updated = []
+        for service_id, (passing, warning) in weights.items():
+            service = self._local_service(service_id)
+            if passing <= 0:
+                raise _bad_request("Invalid Weights: Passing must be greater than 0")
+            if warning < 0:
+                raise _bad_request("Invalid Weights: Warning must be greater or equal than 0")
+            if service.weights != (passing, warning):
+                updated.append(replace(service, weights=(passing, warning)))
+        if updated:
+            self._catalog.write(services=updated)
+        _log.info("devconsul: weights set in bulk %s", _kv(changed=len(updated), index=self._catalog.index))
+        return len(updated)
+
+    async def set_weights_over_time(
+        self, writes: Sequence[Mapping[str, tuple[int, int]]], interval: float
+    ) -> list[tuple[float, int]]:
+        """``set_weights`` for each of ``writes``, ``interval`` seconds apart, timed on this event loop.
+
+        A burst sent as separate HTTP calls lands late when the server is busy answering the blocking
+        queries the previous write woke; timed here, each write lands on schedule (give or take one
+        turn of the loop) however many answers are queued. Every ID is checked before the first write.
+        Returns (Unix time, index) after each write.
+        """
+        for weights in writes:
+            for service_id in weights:
+                self._local_service(service_id)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        landed: list[tuple[float, int]] = []
+        for k, weights in enumerate(writes):
+            delay = start + k * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.set_weights(weights)
+            landed.append((time.time(), self._catalog.index))
+        return landed
+
     # ---- request pipeline ------------------------------------------------------------------------
 
     @web.middleware
@@ -2003,6 +2088,9 @@ class DevConsul:
             web.get("/v1/devconsul/fault", self._h_fault_get),
             web.put("/v1/devconsul/fault", self._h_fault_put),
             web.delete("/v1/devconsul/fault", self._h_fault_delete),
+            web.put("/v1/devconsul/bulk/register", self._h_bulk_register),
+            web.put("/v1/devconsul/bulk/weights", self._h_bulk_weights),
+            web.put("/v1/devconsul/bulk/weights-over-time", self._h_bulk_weights_over_time),
         ]
 
     # ---- agent handlers --------------------------------------------------------------------------
@@ -2300,6 +2388,45 @@ class DevConsul:
     async def _h_fault_delete(self, request: web.Request) -> web.Response:
         self._switch_fault(_NO_FAULT, spare=request.transport)
         return web.json_response(self._fault_json())
+
+    # ---- bulk control (benchmarks) ---------------------------------------------------------------
+
+    async def _h_bulk_register(self, request: web.Request) -> web.Response:
+        """PUT a JSON array of /v1/agent/service/register bodies: one catalog write for all of them."""
+        data = await _json_body(request)
+        if not isinstance(data, list):
+            raise _bad_request("devconsul: body must be a JSON array of service registrations")
+        count = self.register_services([decode_service_registration(item) for item in data])
+        return web.json_response({"registered": count, "index": self._catalog.index})
+
+    async def _h_bulk_weights(self, request: web.Request) -> web.Response:
+        """PUT ``{"<service id>": {"Passing": n, "Warning": m}, ...}``: one catalog write for all of them."""
+        data = await _json_body(request)
+        if not isinstance(data, dict):
+            raise _bad_request('devconsul: body must be {"<service id>": {"Passing": n, "Warning": m}, ...}')
+        weights = {str(service_id): _decode_weights(value) for service_id, value in data.items()}
+        changed = self.set_weights(weights)
+        return web.json_response({"changed": changed, "index": self._catalog.index})
+
+    async def _h_bulk_weights_over_time(self, request: web.Request) -> web.Response:
+        """PUT ``{"interval": seconds, "writes": [{"<id>": {"Passing": n, "Warning": m}, ...}, ...]}``.
+
+        Answers once the last write landed, with the Unix time and index of each.
+        """
+        data = await _json_body(request)
+        usage = 'devconsul: body must be {"interval": seconds, "writes": [{"<id>": {"Passing": n, ...}}, ...]}'
+        if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
+            raise _bad_request(usage)
+        interval = data.get("interval", 0)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 <= interval <= 60:
+            raise _bad_request("devconsul: interval must be a number of seconds between 0 and 60")
+        writes = []
+        for item in data["writes"]:
+            if not isinstance(item, dict):
+                raise _bad_request(usage)
+            writes.append({str(service_id): _decode_weights(value) for service_id, value in item.items()})
+        landed = await self.set_weights_over_time(writes, float(interval))
+        return web.json_response({"writes": [{"time": when, "index": index} for when, index in landed]})
 
 
 # --------------------------------------------------------------------------------------------------
