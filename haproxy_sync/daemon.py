@@ -69,6 +69,10 @@ from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
 log = logging.getLogger(__name__)
 
 
+#: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
+PERSIST_INTERVAL = 1.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one apply cycle did: ``ok`` false means it should be retried after a backoff."""
@@ -361,6 +365,8 @@ class Daemon:
         self._unwritten: str | None = None
         self._persisted_text: str | None = None  # the config last written to disk by this daemon
         self._persist_task: asyncio.Task[None] | None = None
+        self._persist_now = asyncio.Event()
+        self._persisted_at = float("-inf")
 
     # --- signals and updates: set flags, wake the loop ---
 
@@ -731,9 +737,16 @@ class Daemon:
 
     async def _persist_pending(self) -> None:
         while self._unwritten is not None:
+            # Each write runs `haproxy -c` (tens of ms of CPU): under churn, changes that come within
+            # PERSIST_INTERVAL fold into one write. A stop or a reload asks for the write at once.
+            pause = self._persisted_at + PERSIST_INTERVAL - time.monotonic()
+            if pause > 0 and not self._persist_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._persist_now.wait(), pause)
             text, self._unwritten = self._unwritten, None
             try:
                 await asyncio.to_thread(persist, self.settings, text)
+                self._persisted_at = time.monotonic()
                 self._persisted_text = text
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels("persist").inc()
@@ -743,7 +756,9 @@ class Daemon:
 
     async def _flush_persist(self) -> None:
         if self._persist_task is not None:
+            self._persist_now.set()
             await self._persist_task
+            self._persist_now.clear()
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval
