@@ -260,14 +260,16 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             _string, "", "Server name to verify Consul's certificate against.", "CONSUL_TLS_SERVER_NAME",
         ),
         "datacenter": Setting(_string, "", "Datacenter to query; empty means the agent's own."),
-        "wait": Setting(parse_duration, "60s", "Blocking query wait (Consul caps it at 10m)."),
+        "wait": Setting(
+            parse_duration, "5m", "Blocking query wait (Consul's default, capped at 10m); shorter costs idle CPU.",
+        ),
         "backoff_max": Setting(parse_duration, "30s", "Longest pause between retries after Consul errors."),
         "max_connections": Setting(
             _int_range(1, 100_000), 4096,
             "Connections to Consul (one per watched service); keep Consul's `http_max_conns_per_client` above it.",
         ),
         "start_spread": Setting(
-            parse_duration, "1s", "Watches started together spread their first reads over up to this long (1 ms each).",
+            parse_duration, "1s", "Watches started together spread their first reads (0.25 ms each, at most this).",
         ),
     },
     "discovery": {
@@ -336,7 +338,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             _listen, "127.0.0.1:9725", "Prometheus /metrics, /health, /ready and /status; empty turns it off.",
         ),
         "stale_after": Setting(
-            parse_duration, "3m", "/ready fails when Consul data is older than this (reads answer every `wait`).",
+            parse_duration, "3m", "/ready fails when a Consul watch has had no good answer for this long.",
         ),
     },
 }

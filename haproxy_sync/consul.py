@@ -233,8 +233,7 @@ class BlockingWatch(Generic[T]):
             last_start = time.monotonic()
             sent = index
             try:
-                returned, raw = await self._read(sent)
-                value, skipped = self._parse(raw)
+                returned, value, skipped = await self._read_parsed(sent)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every fault becomes a classified, logged retry
@@ -266,6 +265,13 @@ class BlockingWatch(Generic[T]):
         if sent > 0:
             self._stalled = stalled
         return STALLED_INTERVAL if self._stalled else MIN_REQUEST_INTERVAL
+
+    async def _read_parsed(self, index: int) -> tuple[int, T, tuple[Skipped, ...]]:
+        """Read and parse in a frame of its own: the raw answer must not live on in ``run``'s locals
+        through the next blocking wait (1,000 watches would hold 1,000 decoded answers, ~40 MB)."""
+        returned, raw = await self._read(index)
+        value, skipped = self._parse(raw)
+        return returned, value, skipped
 
     async def _read(self, index: int) -> tuple[int, object]:
         # Consul adds up to wait/16 of jitter; beyond that plus a margin, the answer is hung.

@@ -69,6 +69,8 @@ from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
 log = logging.getLogger(__name__)
 
 
+#: How much each watch started in a batch adds to the spread of first reads (see ``consul.start_spread``).
+START_SPREAD_EACH = 0.00025
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
 
@@ -896,7 +898,7 @@ class Daemon:
         """One health watch per routed service; a watch whose query changed (tag, filter) restarts.
 
         Watches started together (a cold start with hundreds of tagged services, a burst of new
-        branches) spread their first reads over up to ``consul.start_spread``, 1 ms each, so Consul
+        branches) spread their first reads over up to ``consul.start_spread`` (0.25 ms each), so Consul
         does not get them all in the same instant.
         """
         wanted = service_queries(self.settings, self.discovered)
@@ -905,7 +907,7 @@ class Daemon:
                 self.watches.pop(name)[1].cancel()
                 self.latest.pop(name, None)
         new = sorted(wanted.keys() - self.watches.keys())
-        spread = min(self.settings.consul.start_spread, 0.001 * len(new)) if len(new) > 1 else 0.0
+        spread = min(self.settings.consul.start_spread, START_SPREAD_EACH * len(new)) if len(new) > 1 else 0.0
         if len(wanted) > self.settings.consul.max_connections:
             log.warning("watching %d services over at most %d connections (consul.max_connections): the "
                         "rest queue, and their changes can wait up to consul.wait", len(wanted),

@@ -30,7 +30,7 @@ FREE_ADDRESS = "127.0.0.1"
 FREE_PORT = 1  # a free slot is in maintenance; the placeholder only has to be a valid address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     """One server line of a backend and, when held, the instance behind it."""
 
@@ -59,7 +59,7 @@ class Slot:
         return "drain" if self.weight == 0 else "enabled"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendSlots:
     backend: str
     slots: tuple[Slot, ...]
@@ -312,10 +312,23 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> tuple[ServiceDiff, ..
     return tuple(diff_service(previous.get(svc.name), svc) for svc in new.services)
 
 
+#: Beyond this many services, an apply's sentence gives totals and the first names, not every service.
+DESCRIBE_LIMIT = 5
+
+
 def describe(diffs: tuple[ServiceDiff, ...]) -> str:
-    """The changed services first; unchanged ones only when nothing changed at all."""
-    changed = [d.sentence() for d in diffs if not d.empty]
-    return "; ".join(changed or [d.sentence() for d in diffs]) or "no services"
+    """The changed services first; unchanged ones only when nothing changed at all.
+
+    With hundreds of services (discovery), one line per apply must stay a line: totals, then the
+    first few names.
+    """
+    changed = [d for d in diffs if not d.empty] or list(diffs)
+    if len(changed) <= DESCRIBE_LIMIT:
+        return "; ".join(d.sentence() for d in changed) or "no services"
+    added, removed, touched = (sum(getattr(d, k) for d in changed) for k in ("added", "removed", "changed"))
+    names = ", ".join(d.name for d in changed[:DESCRIBE_LIMIT])
+    return (f"{len(changed)} services, {sum(d.total for d in changed)} servers (+{added} -{removed} ~{touched}): "
+            f"{names} and {len(changed) - DESCRIBE_LIMIT} more")
 
 
 # --- drift: what HAProxy runs against what it should ---

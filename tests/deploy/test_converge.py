@@ -182,7 +182,7 @@ def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     assert consul["address"] == "http://127.0.0.1:8500"
     assert consul["token_file"] == str(converge.path("haproxy_sync_config_dir") / "consul.token")
     assert "token" not in consul, "the token goes in token_file, never in config.toml"
-    assert (consul["wait"], consul["backoff_max"]) == ("60s", "30s")
+    assert (consul["wait"], consul["backoff_max"]) == ("5m", "30s")
     haproxy = config["haproxy"]
     assert haproxy["config_path"] == str(converge.path("haproxy_config_dir") / "haproxy.cfg")
     assert haproxy["master_socket"] == "/run/haproxy-master.sock"

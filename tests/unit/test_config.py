@@ -19,7 +19,7 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     settings = load_settings(env={})
     assert settings.source is None
     assert settings.consul.address == "http://127.0.0.1:8500"
-    assert settings.consul.wait == 60.0
+    assert settings.consul.wait == 300.0
     assert [s.name for s in settings.services] == ["cabify"]
     assert settings.services[0].backend == "cabify"
     assert settings.haproxy.config_path == Path("/etc/haproxy/haproxy.cfg")

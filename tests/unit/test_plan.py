@@ -233,3 +233,16 @@ def test_a_host_name_slot_is_not_drift_once_haproxy_resolved_it() -> None:
     assert find_drift({"web": table}, running).empty
     running[("web", "slot1")] = ("10.1.2.3", 81, 1, False)
     assert not find_drift({"web": table}, running).empty, "the port still counts"
+
+
+def test_apply_sentence_stays_one_short_line_with_hundreds_of_services() -> None:
+    from haproxy_sync.catalog import Instance, Service, Snapshot, Status
+    from haproxy_sync.plan import describe, diff_snapshots
+
+    services = [Service(f"svc-{i:03d}", (Instance("n", f"svc-{i:03d}-0", "10.0.0.1", 80, Status.PASSING),))
+                for i in range(300)]
+    sentence = describe(diff_snapshots(None, Snapshot.of(services)))
+    assert sentence == ("300 services, 300 servers (+300 -0 ~0): svc-000, svc-001, svc-002, svc-003, svc-004 "
+                        "and 295 more")
+    few = describe(diff_snapshots(None, Snapshot.of(services[:2])))
+    assert few == "svc-000: 1 servers (+1 -0 ~0); svc-001: 1 servers (+1 -0 ~0)"
