@@ -339,6 +339,8 @@ Running = tuple[str, int, int, bool]  # address, port, weight, in maintenance
 def _same_endpoint(running: str, planned: str) -> bool:
     """HAProxy shows the address it runs; a planned host name shows as whatever it resolved to, so
     only a planned IP address can be compared."""
+    if running == planned:  # the common case, without parsing (a reconcile compares every slot)
+        return True
     if not _is_ip(planned):
         return True
     try:
