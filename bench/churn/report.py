@@ -25,6 +25,7 @@ import platform
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +281,6 @@ def code_identity() -> dict[str, str]:
 def write_outputs(out_dir: Path, results: list[dict[str, Any]], params: Params, plan: Plan, command: str,
                   consul_template: str, started: float) -> dict[str, Path]:
     """Write churn.json, churn.md and churn.png (each via a .tmp file and a rename)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "churn",
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -293,13 +293,25 @@ def write_outputs(out_dir: Path, results: list[dict[str, Any]], params: Params, 
         "plan": plan.to_json(),
         "results": results,
     }
-    paths = {"json": out_dir / "churn.json", "md": out_dir / "churn.md", "png": out_dir / "churn.png"}
+    return write_files(out_dir, "churn", doc, markdown(doc), lambda png: plot(results, png))
+
+
+def write_files(
+    out_dir: Path, stem: str, doc: dict[str, Any], text: str, draw: Callable[[Path], str]
+) -> dict[str, Path]:
+    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png``, each via a .tmp file and a rename.
+
+    ``draw`` writes the PNG and returns "" or why it could not; then a PNG of an earlier run is
+    removed, since it would not match the table.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("json", "md", "png")}
     _atomic_text(paths["json"], json.dumps(doc, indent=1) + "\n")
-    _atomic_text(paths["md"], markdown(doc))
-    reason = plot(results, paths["png"])
+    _atomic_text(paths["md"], text)
+    reason = draw(paths["png"])
     if reason:
         print(f"no PNG: {reason}")
-        paths.pop("png").unlink(missing_ok=True)  # a PNG of an earlier run would not match this table
+        paths.pop("png").unlink(missing_ok=True)
     return paths
 
 

@@ -6,12 +6,11 @@ re-made from the JSON alone (``python -m bench.scale --report-only``).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.churn.report import environment
+from bench.churn.report import environment, write_files
 
 TOOL_COLORS = {"haproxy-sync": "tab:green", "consul-template": "tab:red"}
 TARGET_SIZE = 1000  # issue #8: the targets are stated at 1,000 services
@@ -248,18 +247,5 @@ def document(results: list[dict[str, Any]], params: dict[str, Any], command: str
 
 def write_outputs(out_dir: Path, doc: dict[str, Any]) -> dict[str, Path]:
     """scale.json, scale.md and scale.png, each through a temporary file and a rename."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "scale.json", "md": out_dir / "scale.md", "png": out_dir / "scale.png"}
-    _atomic_text(paths["json"], json.dumps(doc, indent=1) + "\n")
-    _atomic_text(paths["md"], markdown(doc))
-    reason = plot(doc["results"], paths["png"])
-    if reason:
-        print(f"no PNG: {reason}")
-        paths.pop("png").unlink(missing_ok=True)  # a PNG of an earlier run would not match the table
-    return paths
+    return write_files(out_dir, "scale", doc, markdown(doc), lambda png: plot(doc["results"], png))
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
