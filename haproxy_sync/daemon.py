@@ -64,7 +64,7 @@ from haproxy_sync.plan import (
     slots_from_config,
 )
 from haproxy_sync.render import TemplateError, load_template, render
-from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
+from haproxy_sync.routing import Routing, map_commands, map_text, route_drift, routing_for
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def write_routes(settings: Settings, routes: str) -> None:
 
 def check_rendered(
     settings: Settings, tables: Mapping[str, BackendSlots], template: jinja2.Template, routing: Routing
-) -> str:
-    """``haproxy -c`` on a config as it would be written, with its map, in a temp dir; returns the text.
+) -> None:
+    """``haproxy -c`` on a config as it would be written, with its map, in a temp dir.
 
     Touches nothing live: the map file named in the checked copy is a temporary one.
     """
@@ -130,7 +130,6 @@ def check_rendered(
         path = Path(tmp) / "haproxy.cfg"
         path.write_text(render(tables, local, template, routing))
         haproxy.validate(binary, path)
-    return render(tables, settings, template, routing)
 
 
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
@@ -271,9 +270,7 @@ def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing
     if routing is not None:
         running, planned = read_routes(settings), routing.map_entries
         fixes = map_commands(str(settings.haproxy.routes_map_path), running, planned)
-        found = [f"route {key} runs {running.get(key, 'nothing')}, planned {planned.get(key, 'nothing')}"
-                 for key in sorted(running.keys() | planned.keys()) if running.get(key) != planned.get(key)]
-        drift = Drift(drift.commands + tuple(fixes), drift.found + tuple(found), drift.missing)
+        drift = Drift(drift.commands + tuple(fixes), drift.found + tuple(route_drift(running, planned)), drift.missing)
     if drift.commands:
         haproxy.runtime_commands(settings.haproxy.stats_socket, drift.commands)
     return drift

@@ -188,6 +188,12 @@ def parse_map_file(text: str) -> dict[str, str]:
     return entries
 
 
+def route_drift(running: Mapping[str, str], planned: Mapping[str, str], wanted: str = "planned") -> list[str]:
+    """One line per route HAProxy runs otherwise than ``planned`` (for logs and ``status``)."""
+    return [f"route {key} runs {running.get(key, 'nothing')}, {wanted} {planned.get(key, 'nothing')}"
+            for key in sorted(running.keys() | planned.keys()) if running.get(key) != planned.get(key)]
+
+
 def map_commands(map_path: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     """Runtime API commands taking HAProxy's map from ``old`` to ``new``: adds and sets, then deletes."""
     commands = [f"add map {map_path} {key} {new[key]}" for key in sorted(new.keys() - old.keys())]

@@ -17,7 +17,7 @@ from haproxy_sync.catalog import Snapshot, Status
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import ConsulError, read_routed
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
-from haproxy_sync.routing import routing_for
+from haproxy_sync.routing import route_drift, routing_for
 
 
 @dataclass
@@ -117,10 +117,7 @@ def gather(settings: Settings) -> Report:
         planned = routing.map_entries
         report.routes = len(planned)
         if snapshot is not None:
-            report.routes_drift = [
-                f"route {key} runs {running_routes.get(key, 'nothing')}, Consul asks for {planned.get(key, 'nothing')}"
-                for key in sorted(running_routes.keys() | planned.keys()) if running_routes.get(key) != planned.get(key)
-            ]
+            report.routes_drift = route_drift(running_routes, planned, wanted="Consul asks for")
     live = haproxy.read_text(settings.haproxy.config_path)
     report.backends = build_report(settings, snapshot, live, states, routing.backends)
     if settings.metrics.listen:
