@@ -197,6 +197,7 @@ class BlockingWatch(Generic[T]):
         backoff_max: float,
         on_error: Callable[[str, str], None] | None = None,
         start_delay: float = 0.0,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.client = client
         self.on_error = on_error
@@ -204,11 +205,17 @@ class BlockingWatch(Generic[T]):
         self.wait = wait
         self.backoff_max = backoff_max
         self.start_delay = start_delay
+        self.gate = gate
         self.status = WatchStatus()
         self._last_value: T | None = None
         self._last_skipped: tuple[Skipped, ...] = ()
         self._fault_since = 0.0
         self._stalled = False
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        """What the last good answer held that cannot reach the config (counted at scrape time)."""
+        return self._last_skipped
 
     async def _fetch(self, index: int | None, wait: str) -> tuple[object, object]:
         raise NotImplementedError
@@ -268,7 +275,18 @@ class BlockingWatch(Generic[T]):
 
     async def _read_parsed(self, index: int) -> tuple[int, T, tuple[Skipped, ...]]:
         """Read and parse in a frame of its own: the raw answer must not live on in ``run``'s locals
-        through the next blocking wait (1,000 watches would hold 1,000 decoded answers, ~40 MB)."""
+        through the next blocking wait (1,000 watches would hold 1,000 decoded answers, ~40 MB).
+
+        A read that does not block (the first one, or the first after an error) answers at once, so
+        a cold start or the end of an outage sends one per watch together: ``gate`` bounds how many
+        are in flight, which spares Consul the herd and the daemon a pile of undecoded answers.
+        """
+        if index == 0 and self.gate is not None:
+            async with self.gate:
+                return await self._read_parsed_now(index)
+        return await self._read_parsed_now(index)
+
+    async def _read_parsed_now(self, index: int) -> tuple[int, T, tuple[Skipped, ...]]:
         returned, raw = await self._read(index)
         value, skipped = self._parse(raw)
         return returned, value, skipped

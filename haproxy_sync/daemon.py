@@ -21,6 +21,7 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from haproxy_sync.consul import (
     read_routed,
     service_queries,
 )
-from haproxy_sync.metrics import SKIP_KINDS, Metrics, StateView, WatchView, skip_reason_kind, start_server
+from haproxy_sync.metrics import Metrics, StateView, WatchView, skip_reason_kind, start_server
 from haproxy_sync.plan import (
     BackendSlots,
     Drift,
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: How much each watch started in a batch adds to the spread of first reads (see ``consul.start_spread``).
 START_SPREAD_EACH = 0.00025
+#: Non-blocking reads (first reads, and re-reads after an error) in flight at once, across all watches.
+FIRST_READS_IN_FLIGHT = 32
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
 
@@ -366,6 +369,7 @@ class Daemon:
         self._persist_task: asyncio.Task[None] | None = None
         self._persist_now = asyncio.Event()
         self._persisted_at = float("-inf")
+        self._first_reads = asyncio.Semaphore(FIRST_READS_IN_FLIGHT)
 
     # --- signals and updates: set flags, wake the loop ---
 
@@ -373,9 +377,6 @@ class Daemon:
         self.latest[update.service.name] = update.service
         if self._first_unapplied is None:
             self._first_unapplied = update.seen_at
-        kinds = [skip_reason_kind(item.reason) for item in update.skipped]
-        for kind in SKIP_KINDS:
-            self.metrics.skipped.labels(update.service.name, kind).set(kinds.count(kind))
         self._changed = True
         self._wake.set()
 
@@ -833,6 +834,9 @@ class Daemon:
             WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
             for name, w in every
         ]
+        skipped: Counter[tuple[str, str]] = Counter(
+            (name, skip_reason_kind(item.reason)) for name, w in every for item in w.skipped
+        )
         servers: dict[tuple[str, str], int] = {}
         for backend, table in (self.tables or {}).items():
             for slot in table.slots:
@@ -840,7 +844,8 @@ class Daemon:
                 servers[(backend, state)] = servers.get((backend, state), 0) + 1
         sentence, path, at = self._last_apply
         return StateView(
-            watches=watches, servers=servers, applied_once=self.applied is not None, confirmed=self._confirmed,
+            watches=watches, servers=servers, skipped=dict(skipped), applied_once=self.applied is not None,
+            confirmed=self._confirmed,
             last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
             stale_after=self.settings.metrics.stale_after,
         )
@@ -915,7 +920,7 @@ class Daemon:
                 tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
                 on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
-                start_delay=random.uniform(0, spread),
+                start_delay=random.uniform(0, spread), gate=self._first_reads,
             )
             self.watches[name] = (watch, asyncio.create_task(watch.run(), name=f"watch:{name}"))
 

@@ -51,5 +51,6 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "asyncio", "urllib3"):
+    # watchdog logs every inotify event at debug, the daemon's own writes of haproxy.cfg included.
+    for noisy in ("aiohttp.access", "asyncio", "urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

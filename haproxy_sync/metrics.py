@@ -44,6 +44,7 @@ class StateView:
 
     watches: list[WatchView] = field(default_factory=list)
     servers: dict[tuple[str, str], int] = field(default_factory=dict)  # (backend, state) -> count
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, reason kind) -> count, > 0
     applied_once: bool = False
     confirmed: bool = False
     last_apply: str = ""
@@ -98,9 +99,6 @@ class Metrics:
             "haproxy_sync_drift_found_total", "Servers found running other than planned.", registry=reg)
         self.drift_repaired = Counter(
             "haproxy_sync_drift_repaired_total", "Runtime commands sent to repair drift.", registry=reg)
-        self.skipped = Gauge(
-            "haproxy_sync_instances_skipped", "Consul instances left out of the config now, by reason.",
-            ["service", "reason"], registry=reg)
         self.guard = Counter(
             "haproxy_sync_guard_total", "Empty-backend guard: big drops held, then applied or recovered.",
             ["service", "outcome"], registry=reg)
@@ -143,9 +141,16 @@ class _StateCollector(Collector):
                                     labels=["backend", "state"])
         for (backend, slot_state), count in sorted(state.servers.items()):
             servers.add_metric([backend, slot_state], float(count))
+        # Only services with something skipped have a series: 1,000 services x 6 reasons of zeros
+        # would cost memory and cardinality, and a removed service's series goes with it.
+        skipped = GaugeMetricFamily("haproxy_sync_instances_skipped",
+                                    "Consul instances left out of the config now, by reason (absent: none).",
+                                    labels=["service", "reason"])
+        for (service, kind), count in sorted(state.skipped.items()):
+            skipped.add_metric([service, kind], float(count))
         ready = GaugeMetricFamily("haproxy_sync_ready", "1 when /ready answers 200.")
         ready.add_metric([], 0.0 if state.not_ready() else 1.0)
-        yield from (up, index, age, servers, ready)
+        yield from (up, index, age, servers, skipped, ready)
 
 
 SKIP_KINDS = ("address", "port", "weight", "id", "node", "entry")

@@ -129,3 +129,14 @@ def test_every_series_the_dashboard_queries_exists(stack: Stack) -> None:
         exported = set(re.findall(r"^# HELP (haproxy_sync_\w+)", response.read().decode(), re.M))
     assert wanted, "the dashboard queries haproxy-sync's series"
     assert {w.removesuffix("_total") for w in wanted} <= {e.removesuffix("_total") for e in exported}, wanted - exported
+
+
+def test_skipped_instances_are_counted_while_they_last(stack: Stack) -> None:
+    key = 'haproxy_sync_instances_skipped{reason="address",service="cabify"}'
+    assert not any(name.startswith("haproxy_sync_instances_skipped{") for name in scrape(stack))
+    bad = {"ID": "evil-1", "Name": "cabify", "Address": "10.0.0.1\nserver evil 6.6.6.6:80", "Port": 80}
+    consul_put(stack.consul.url, "/v1/agent/service/register", bad)
+    wait_until(lambda: scrape(stack).get(key) == 1, 10, what="the skipped instance counted")
+    consul_put(stack.consul.url, "/v1/agent/service/deregister/evil-1")
+    wait_until(lambda: key not in scrape(stack), 10, what="the series gone with the instance")
+    assert "6.6.6.6" not in stack.layout.haproxy_cfg.read_text()
