@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: HAProxy accepts these characters in proxy and server names; we add a length bound of our own.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 MAX_WEIGHT = 256  # HAProxy's own bound for server weights.
 
 
@@ -52,18 +52,25 @@ class InvalidInstance(ValueError):
         self.instance_id = instance_id
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+
+
 def is_valid_hostname(text: str) -> bool:
     """RFC 1123 host names: what a resolver will look up, and nothing that can break a config line."""
     if not text or len(text) > 253:
         return False
     labels = text.rstrip(".").split(".")
-    return all(_HOST_LABEL.match(label) for label in labels)
+    # An all-numeric last label is a mistyped IP address (256.1.1.1), never a name (RFC 3696, 2).
+    return not labels[-1].isdigit() and all(_HOST_LABEL.match(label) for label in labels)
 
 
 def validate_address(text: object) -> str:
     """Return the address as HAProxy should see it, or raise ``ValueError`` saying why not."""
     if not isinstance(text, str) or not text:
         raise ValueError("address is empty")
+    if _CANONICAL_IPV4.match(text):  # the common case, already in the form HAProxy gets
+        return text
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

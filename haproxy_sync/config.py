@@ -25,14 +25,14 @@ DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # No quotes, backslashes, '#' or spaces: each would end or change a haproxy.cfg line.
-_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/%?-]*$")
-_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})$")
+_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/%?-]*\Z")
+_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z")
 #: A route's path prefix: whole segments, at most :data:`MAX_PATH_SEGMENTS` (the template looks up that many).
 MAX_PATH_SEGMENTS = 3
-_ROUTE_PATH = re.compile(rf"^(/[A-Za-z0-9._~-]{{1,64}}){{1,{MAX_PATH_SEGMENTS}}}/?$")
+_ROUTE_PATH = re.compile(rf"^(/[A-Za-z0-9._~-]{{1,64}}){{1,{MAX_PATH_SEGMENTS}}}/?\Z")
 
 
 class ConfigError(Exception):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import random
@@ -74,6 +75,10 @@ log = logging.getLogger(__name__)
 START_SPREAD_EACH = 0.00025
 #: Non-blocking reads (first reads, and re-reads after an error) in flight at once, across all watches.
 FIRST_READS_IN_FLIGHT = 32
+#: CPython's young-generation GC threshold for the daemon (default 700). A cold start with 1,000
+#: services allocates about a million containers in two seconds; at 700 that meant four full
+#: collections of ~50 ms each (measured, 0.23 s of the cold start); at 10,000, none.
+GC_GEN0_THRESHOLD = 10_000
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
 
@@ -406,6 +411,7 @@ class Daemon:
     # --- the loop ---
 
     async def run(self) -> int:
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -509,7 +515,8 @@ class Daemon:
             missing = self._waiting_for()
             if missing:
                 if not waiting_logged:
-                    log.info("waiting for a first good read from Consul of services=%s", ",".join(missing[:20]))
+                    log.info("waiting for a first good read from Consul of services=%s",
+                             ",".join(sorted(missing)[:20]))
                     waiting_logged = True
                 continue
             now = time.monotonic()
@@ -539,7 +546,8 @@ class Daemon:
             return missing
         if self.catalog is not None and not self.catalog[0].status.first_read.is_set():
             missing.append("(catalog of tagged services)")
-        for name in sorted(self.discovered - self.latest.keys()):
+        # Called on every wake-up of a cold start: no sort of a thousand names each time.
+        for name in self.discovered - self.latest.keys():
             entry = self.watches.get(name)
             if entry is not None and entry[0].status.failures == 0:
                 missing.append(name)

@@ -100,3 +100,17 @@ def test_names_that_collide_after_cleaning_are_still_unique() -> None:
                                               entry("b-c", node="a-b")])
     names = [s.name for s in service.servers]
     assert len(set(names)) == 3, names
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1\n", "host.example\n", "256.1.1.1", "010.0.0.1", "1.2.3", "1.2.3.4 "])
+def test_addresses_with_a_trailing_newline_or_out_of_range_are_refused(address: str) -> None:
+    with pytest.raises(InvalidInstance, match="address"):
+        Instance.from_entry(entry(addr=address))
+
+
+@pytest.mark.parametrize(("address", "seen"), [
+    ("10.0.0.1", "10.0.0.1"), ("0.0.0.0", "0.0.0.0"), ("::FFFF:1.2.3.4", "::ffff:102:304"),
+    ("Web-1.Example", "web-1.example"),
+])
+def test_addresses_reach_haproxy_in_one_form(address: str, seen: str) -> None:
+    assert Instance.from_entry(entry(addr=address)).address == seen

@@ -53,6 +53,9 @@ def test_discovered_services_get_backends_and_routes_after_the_configured_ones(s
     ({}, "no route"),
     ({"haproxy-sync-host": "bad host"}, "haproxy-sync-host"),
     ({"haproxy-sync-host": "a.test\nbackend evil"}, "haproxy-sync-host"),
+    ({"haproxy-sync-host": "a.test\n"}, "haproxy-sync-host"),  # `$` would let a trailing newline through
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/a\n"}, "haproxy-sync-path"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-health-path": "/h\n"}, "haproxy-sync-health-path"),
     ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/a b"}, "haproxy-sync-path"),
     ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/1/2/3/4"}, "haproxy-sync-path"),
     ({"haproxy-sync-host": "a.test", "haproxy-sync-balance": "fastest"}, "haproxy-sync-balance"),
@@ -91,9 +94,10 @@ def test_map_commands_take_haproxy_from_old_to_new_and_the_file_reads_back() -> 
 
 def test_catalog_keeps_tagged_services_with_safe_names() -> None:
     names, skipped = parse_catalog_services(
-        {"consul": [], "web": ["haproxy-sync", "v1"], "db": ["other"], "bad name": ["haproxy-sync"]}, "haproxy-sync",
+        {"consul": [], "web": ["haproxy-sync", "v1"], "db": ["other"], "bad name": ["haproxy-sync"],
+         "web2\n": ["haproxy-sync"]}, "haproxy-sync",
     )
     assert names == {"web"}
-    assert [s.service for s in skipped] == ["bad name"]
+    assert sorted(s.service for s in skipped) == ["bad name", "web2\n"]
     with pytest.raises(ValueError, match="not a JSON object"):
         parse_catalog_services(["web"], "haproxy-sync")
