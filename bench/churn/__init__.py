@@ -6,8 +6,9 @@ real consul-template, haproxy-sync with reloads only, and haproxy-sync with the 
 side against the same seeded sequence of changes under the same keep-alive load, and writes
 ``bench/results/churn.{json,md,png}``. See docs/bench-churn.md for what it measures and why.
 
-Modules: :mod:`changes` (the seeded sequence, pure), :mod:`stack` (the processes),
-:mod:`observe` (convergence, workers, RSS, read from HAProxy itself), :mod:`runner` (one run),
+Modules: :mod:`changes` (the seeded sequence, pure), :mod:`blocks` (the interleaved quiet and churn
+blocks and the paired throughput statistics, pure), :mod:`stack` (the processes), :mod:`observe`
+(convergence, workers, RSS, read from HAProxy itself; CPU per process), :mod:`runner` (one run),
 :mod:`report` (numbers, table, JSON, PNG); ``loadgen.py`` and ``streamer.py`` are standalone scripts
 run as their own processes.
 """

@@ -7,6 +7,7 @@ and must not add a command to it; argparse keeps it dependency-free beyond the `
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -18,11 +19,13 @@ from haproxy_sync import haproxy
 
 from .changes import make_plan
 from .report import summarize, table, write_outputs
-from .runner import MODES, SCENARIOS, ModeRun, Params, run_mode, shared_stack
+from .runner import HARNESS_CPU, MODES, SCENARIOS, ModeRun, Params, pin_check, run_mode, shared_stack
 from .stack import REPO, StackError, find_consul_template, version_of
 
-FULL = {"duration": 60.0, "changes": 200, "baseline": 20.0, "warmup": 5.0, "settle": 5.0}
-QUICK = {"duration": 8.0, "changes": 30, "baseline": 4.0, "warmup": 2.0, "settle": 2.0}
+# Warm-up: the load's rate still climbs for 6-7 s after its connections are up (the first 1-2 s after the old 5 s
+# warm-up were 20-30% low in 4 of the 6 modes of the last full run), and the first quiet block must not catch that.
+FULL = {"duration": 60.0, "changes": 200, "blocks": 6, "quiet": 5.0, "guard": 1.0, "warmup": 8.0, "settle": 5.0}
+QUICK = {"duration": 8.0, "changes": 30, "blocks": 2, "quiet": 2.0, "guard": 0.5, "warmup": 4.0, "settle": 2.0}
 STARTUP_SECONDS = 6.0  # rough cost of bringing one mode's stack up and down, for the time estimate
 
 
@@ -32,24 +35,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(
             "Churn benchmark: HAProxy + devconsul + never-bottleneck backends under a keep-alive load; the same "
             "seeded Consul changes (add, remove, flap health, weight) for each mode; reports failed requests, "
-            "non-2xx, latency, throughput vs a no-churn baseline, convergence latency, HAProxy workers and RSS. "
+            "non-2xx, latency, throughput vs no-churn quiet blocks interleaved with the churn (paired, with a 95% "
+            "CI), convergence latency, HAProxy workers and RSS, and the CPU of every process. "
             "Writes bench/results/churn.{json,md,png}. Everything runs on 127.0.0.1 and is stopped at the end "
             "(also on Ctrl-C)."
         ),
         epilog=(
-            f"Full run defaults: --duration {FULL['duration']:g} --changes {FULL['changes']} "
-            f"--baseline {FULL['baseline']:g}, both scenarios, all modes: about 10 minutes. "
-            f"--quick: --duration {QUICK['duration']:g} --changes {QUICK['changes']} --baseline "
-            f"{QUICK['baseline']:g}, scenario short: about 1 minute. Explicit flags override both."
+            f"Full run defaults: --duration {FULL['duration']:g} --changes {FULL['changes']} --blocks "
+            f"{FULL['blocks']} --quiet-block {FULL['quiet']:g} --guard {FULL['guard']:g} --warmup "
+            f"{FULL['warmup']:g}, both scenarios, all modes: about 11.5 minutes. --quick: --duration "
+            f"{QUICK['duration']:g} --changes {QUICK['changes']} --blocks {QUICK['blocks']} --quiet-block "
+            f"{QUICK['quiet']:g} --guard {QUICK['guard']:g} --warmup {QUICK['warmup']:g}, scenario "
+            "short: about 1 minute. Explicit flags override both. Timeline per mode: warm-up, then quiet, churn "
+            "1/N, quiet, ..., churn N/N, quiet, then the settle."
         ),
     )
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of all modes in about a minute: short windows, few changes, scenario short")
-    parser.add_argument("--duration", type=float, help="seconds of churn per mode [60; quick 8]")
+    parser.add_argument("--duration", type=float, help="seconds of churn per mode, all blocks together [60; quick 8]")
     parser.add_argument("--changes", type=int, help="Consul changes spread over --duration [200; quick 30]")
-    parser.add_argument("--baseline", type=float,
-                        help="seconds of no-churn baseline per mode, half before, half after the churn [20; quick 4]")
-    parser.add_argument("--settle", type=float, help="seconds after the churn still counted [5; quick 2]")
+    parser.add_argument("--blocks", type=int,
+                        help="churn blocks the --duration is cut into, each between two quiet blocks [6; quick 2]")
+    parser.add_argument("--quiet-block", type=float, dest="quiet", metavar="SECONDS",
+                        help="seconds of each no-churn quiet block (one before, between and after the churn "
+                             "blocks) [5; quick 2]")
+    parser.add_argument("--guard", type=float, metavar="SECONDS",
+                        help="seconds after each churn block still charged to it, taken from the next quiet block "
+                             "[1; quick 0.5]")
+    parser.add_argument("--warmup", type=float, metavar="SECONDS",
+                        help="seconds of load before the first quiet block, in no window [8; quick 4]")
+    parser.add_argument("--baseline", type=float, help=argparse.SUPPRESS)  # only to say what replaced it
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the load generator to CPU 1 and everything else (the benchmark included) to CPU 0, "
+                             "to see whether throughput is lost to CPU contention with the harness (needs 2 CPUs)")
+    parser.add_argument("--settle", type=float,
+                        help="seconds of load after the last quiet block, in no throughput window: the last changes' "
+                             "effects play out before the final workers and RSS are read [5; quick 2]")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated, in this order in the table: {', '.join(MODES)} [all]")
     parser.add_argument("--scenario", choices=[*SCENARIOS, "both"],
@@ -72,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
                         help="where churn.json, churn.md and churn.png go [bench/results]")
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        parser.error("--baseline is gone: the no-churn reference is now quiet blocks interleaved with the churn; "
+                     "see --blocks and --quiet-block")
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -90,8 +114,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--haproxy-sync-set {item!r}: expected SECTION.KEY=VALUE, e.g. sync.watch_files=false")
         settings.append((section, key, value.strip()))
     args.haproxy_sync_set = tuple(settings)
-    if args.duration <= 0 or args.changes <= 0 or args.baseline <= 0 or args.settle < 0:
-        parser.error("--duration, --changes and --baseline must be positive, --settle not negative")
+    if args.duration <= 0 or args.changes <= 0 or args.blocks < 1 or args.quiet <= 0:
+        parser.error("--duration, --changes, --blocks and --quiet-block must be positive")
+    if args.settle < 0 or args.warmup < 0:
+        parser.error("--settle and --warmup must not be negative")
+    if not 0 <= args.guard < args.quiet:
+        parser.error(f"--guard must be at least 0 and shorter than --quiet-block ({args.quiet:g} s)")
+    if args.blocks > 100 or args.duration / args.blocks < 1:
+        parser.error("keep blocks of at least 1 s of churn, and at most 100 of them")
+    if args.pin and (why := pin_check()):
+        parser.error(why)
     if args.changes > 2000 or args.duration > 3600 or args.connections > 1000 or args.streams > 500:
         parser.error("keep it bounded: at most 2000 changes, 3600 s, 1000 connections, 500 streams")
     return args
@@ -108,19 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         print("HAProxy is not installed (apt-get install haproxy); nothing to measure", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.pin:  # before any process or thread starts: they all inherit it; the load generator is moved
+        os.sched_setaffinity(0, {HARNESS_CPU})
     params = Params(
-        duration=args.duration, changes=args.changes, baseline=args.baseline, warmup=args.warmup,
-        settle=args.settle, connections=args.connections, streams=args.streams, pool=args.pool,
+        duration=args.duration, changes=args.changes, blocks=args.blocks, quiet=args.quiet, guard=args.guard,
+        warmup=args.warmup, settle=args.settle, connections=args.connections, streams=args.streams, pool=args.pool,
         initial=args.initial, seed=args.seed, poll_ms=args.poll_ms, quick=args.quick,
-        haproxy_sync_set=args.haproxy_sync_set,
+        haproxy_sync_set=args.haproxy_sync_set, pin=args.pin,
     )
     scenarios = list(SCENARIOS) if args.scenario == "both" else [args.scenario]
-    consul_template, ct_reason = (None, "")
+    consul_template, ct_reason = (None, "not among --modes")
     if "consul-template" in args.modes:
         consul_template, ct_reason = find_consul_template(args.consul_template, install=not args.no_install)
         if consul_template is None:
             print(f"skipping mode consul-template: {ct_reason}")
-    per_mode = STARTUP_SECONDS + params.warmup + params.baseline + params.duration + params.settle
+    per_mode = STARTUP_SECONDS + params.load_seconds
     print(f"churn benchmark: {len(scenarios)} scenario(s) x {len(args.modes)} mode(s), "
           f"about {per_mode * len(scenarios) * len(args.modes) / 60:.1f} min", flush=True)
     results = []
@@ -162,8 +196,10 @@ def _one_line(result: dict[str, object]) -> str:
     load, conv = result["load"], result["convergence"]
     assert isinstance(load, dict) and isinstance(conv, dict)
     error = f"; ERROR {result['error']}" if result.get("error") else ""
+    ci = load["throughput_ci95"]
     return (f"    failed {load['churn']['failed']}, non-2xx {load['churn']['non2xx']}, throughput "
-            f"{load['throughput_ratio']}, reloads {result['reloads']}, convergence p99 {conv['p99_ms']} ms, "
+            f"{load['throughput_ratio']}{f' ({ci[0]}-{ci[1]})' if ci else ''} over blocks "
+            f"{load['throughput_blocks']}, reloads {result['reloads']}, convergence p99 {conv['p99_ms']} ms, "
             f"not converged {conv['unconverged'] + conv['superseded']}{error}")
 
 

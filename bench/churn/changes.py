@@ -53,7 +53,9 @@ class InstanceState:
 
 @dataclass(frozen=True)
 class Change:
-    """One Consul write at ``offset`` seconds into the churn window, and what HAProxy must then run.
+    """One Consul write at ``offset`` seconds of churn time, and what HAProxy must then run.
+
+    Churn time counts only the churn blocks; :meth:`blocks.Schedule.wall_offset` maps it to the wall clock.
 
     ``expect_weight`` is the weight the instance must be served with, or ``None`` when it must not
     take new traffic (absent, in maintenance or draining).

@@ -2,7 +2,7 @@
 
 Why not wrk: wrk (installed from Debian) reports totals only, and the churn benchmark has to say
 *when* requests failed (to plot failures against the changes that caused them) and has to compare
-latency and throughput inside exact time windows (a no-churn baseline, then the churn). So this
+latency and throughput inside exact time windows (quiet blocks interleaved with churn blocks). So this
 generator records, for every response, its completion time on the system-wide monotonic clock (the
 orchestrator's change timestamps use the same clock) and its latency; for every failure its time
 and kind, with wrk's meaning of a failure: the request was written and no response came (read or

@@ -1,4 +1,5 @@
-"""What HAProxy runs, observed from outside: convergence of each change, workers alive, memory.
+"""What HAProxy runs, observed from outside: convergence of each change, workers alive, memory; and
+the CPU each process of the run spends (to explain where throughput goes).
 
 Why from HAProxy's runtime socket and not from the syncer's logs: the question is "when does HAProxy
 *run* the new state", whichever way the syncer got it there (a reload, the Runtime API, anything
@@ -144,11 +145,61 @@ class Sample:
     workers: int  # from the master's `show proc` (current + old workers); -1 when it did not answer
     processes: int  # HAProxy processes under the master (psutil), the master included
     rss: int  # bytes, master + every worker
+    reloads: int = -1  # the master's reload counter; -1 when it did not answer
+    cpu: dict[str, float] = field(default_factory=dict)  # role -> cumulative CPU seconds (see ProcessSampler)
+
+
+#: Pseudo-roles read from the whole machine (``/proc/stat``) rather than from a process.
+MACHINE, STEAL = "machine", "steal"
+
+
+def tree_cpu_seconds(root: psutil.Process, children: list[psutil.Process] | None = None) -> float:
+    """User + system CPU seconds of a process and its descendants, the ones already reaped included.
+
+    A live process counts its own time plus ``children_user``/``children_system``, the time of the
+    descendants it has waited for (the kernel adds a child's time, and the time of the children it
+    reaped, to the parent when the parent reaps it). So an HAProxy master counts the old workers it
+    reaped, a syncer the ``haproxy -c`` or ``sh -c 'echo reload | socat ...'`` it ran, and nothing is
+    counted twice: a process's time is either still its own or already its parent's. What is lost:
+    a child nobody waits for (reparented to init) and, until it exits, nothing else; a short-lived
+    child's time appears when it is reaped, at most one sample late.
+    """
+    def seconds(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    total = seconds(root)  # raises psutil.Error when the root is gone: no sample rather than a drop to 0
+    for child in root.children(recursive=True) if children is None else children:
+        try:
+            total += seconds(child)
+        except psutil.Error:
+            continue  # gone between the listing and the read: its time is now its parent's
+    return total
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine, summed over all CPUs.
+
+    Busy excludes idle, iowait and steal (guest time is already inside user on Linux); steal is what
+    the hypervisor gave to other guests, the usual suspect when a shared VM drifts.
+    """
+    t = psutil.cpu_times()
+    steal = getattr(t, "steal", 0.0)
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal - getattr(t, "guest", 0.0) \
+        - getattr(t, "guest_nice", 0.0)
+    return busy, steal
 
 
 @dataclass
 class ProcessSampler:
-    """A thread sampling HAProxy's workers and total RSS every ``interval``; bounded by ``deadline``."""
+    """A thread sampling HAProxy's workers, total RSS and reload counter, and the cumulative CPU
+    seconds of every role of the run, every ``interval``; bounded by ``deadline``.
+
+    Roles are added with :meth:`watch` (a process tree, see :func:`tree_cpu_seconds`) and
+    :meth:`watch_self` (the orchestrator: its own threads only, since its children are the other
+    roles). Sampling CPU here, next to the workers and RSS, keeps one sampling thread in the
+    orchestrator; its own cost shows in the orchestrator's role.
+    """
 
     master_socket: Path
     master_pid: int
@@ -159,6 +210,22 @@ class ProcessSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self.deadline = time.monotonic() + 3600.0
+        self._lock = threading.Lock()
+        self._roles: dict[str, psutil.Process] = {}
+        self._self: tuple[str, psutil.Process] | None = None
+
+    def watch(self, role: str, pid: int) -> None:
+        """Sample the CPU of ``pid`` and its descendants as ``role`` from now on (the HAProxy under
+        test is the role ``haproxy``, sampled with the same process listing as its RSS)."""
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:
+            return
+        with self._lock:
+            self._roles[role] = proc
+
+    def watch_self(self, role: str = "orchestrator") -> None:
+        self._self = (role, psutil.Process())
 
     def start(self, deadline: float) -> None:
         self.deadline = deadline
@@ -171,21 +238,42 @@ class ProcessSampler:
 
     def sample(self) -> Sample:
         try:
-            workers = len(haproxy.show_proc(self.master_socket).workers)
+            info = haproxy.show_proc(self.master_socket)
+            workers, reloads = len(info.workers), info.reloads
         except haproxy.HAProxyError:
-            workers = -1  # the master re-executes itself during a reload; its socket blinks
+            workers, reloads = -1, -1  # the master re-executes itself during a reload; its socket blinks
         rss, processes = 0, 0
+        cpu: dict[str, float] = {}
         try:
             master = psutil.Process(self.master_pid)
-            for proc in [master, *master.children(recursive=True)]:
+            children = master.children(recursive=True)
+            for proc in [master, *children]:
                 try:
                     rss += proc.memory_info().rss
                     processes += 1
                 except psutil.Error:
                     continue
+            cpu["haproxy"] = tree_cpu_seconds(master, children)
         except psutil.Error:
             pass
-        return Sample(time.monotonic(), workers, processes, rss)
+        cpu.update(self._role_cpu())
+        return Sample(time.monotonic(), workers, processes, rss, reloads, cpu)
+
+    def _role_cpu(self) -> dict[str, float]:
+        cpu: dict[str, float] = {}
+        with self._lock:
+            roles = list(self._roles.items())
+        for role, proc in roles:
+            try:
+                cpu[role] = tree_cpu_seconds(proc)
+            except psutil.Error:
+                continue  # exited: the role has no samples from here on
+        if self._self is not None:
+            role, me = self._self
+            times = me.cpu_times()
+            cpu[role] = times.user + times.system
+        cpu[MACHINE], cpu[STEAL] = machine_cpu_seconds()
+        return cpu
 
     def _run(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self.deadline:

@@ -1,26 +1,38 @@
-"""One benchmark run: for each scenario and mode, a fresh stack, a baseline, the churn, the numbers.
+"""One benchmark run: for each scenario and mode, a fresh stack, paired quiet and churn blocks, the numbers.
 
 Why this shape: the modes must be comparable on a noisy 2-core machine, so each mode gets the same
 seeded change sequence at the same offsets, a fresh devconsul and HAProxy, and its *own* no-churn
-baseline measured by the same load generator on the same connections right before its churn
-(throughput is reported as churn / baseline). One load-generator process runs through both phases
-without reconnecting, so the keep-alive connections that reloads hurt are the same ones throughout.
+reference measured by the same load generator on the same connections, interleaved with its churn
+(throughput is reported as churn / quiet, block by block). One load-generator process runs through
+all blocks without reconnecting, so the keep-alive connections that reloads hurt are the same ones
+throughout.
 
-Timeline of one mode (seconds, from the moment all load connections are up)::
+Timeline of one mode (seconds, from the moment all load connections are up; see :mod:`blocks`)::
 
-    | warmup | baseline, first half | churn: the changes at their offsets | settle | baseline, second half |
+    | warmup | quiet | churn 1/N | quiet | churn 2/N | ... | churn N/N | quiet | settle |
 
-Failures, latency and throughput "during churn" cover churn + settle, so that the effects of the
-last changes (a reload right after the window) are counted too. The baseline is split around the
-churn because this machine's throughput drifts by tens of percent over seconds (a shared 2-core VM;
-the load generator's rate also ramps up over its first seconds): half before and half after cancels
-a linear drift instead of crediting or charging it to the churn.
+The changes keep their churn-time offsets and are played block by block. Failures, latency and
+throughput "during churn" cover the churn blocks, each with a guard of a second or so after it, so
+the effects of a block's last changes (a reload right after it) are charged to the churn; the quiet
+windows (the rest of the quiet blocks) are the baseline. Why interleaved and not one baseline: this
+machine's throughput drifts by tens of percent over a run (a shared 2-core VM; the Python load
+generator is the bottleneck), more than the effect measured; comparing each churn block with the
+quiet blocks seconds before and after it cancels that drift block by block, and the N per-block
+ratios carry a confidence interval. The settle at the end is outside every window: the load still
+runs while the last changes' consequences (old workers, late convergence) play out and the final
+workers and RSS are read.
+
+``--pin`` (Params.pin) puts the orchestrator, and so everything it starts, on CPU 0 and the load
+generator alone on CPU 1, to see whether throughput is lost to CPU contention with the harness. Note
+that HAProxy sizes its thread count to the CPUs it may use, so pinned it runs one thread where
+unpinned it runs two: that is part of what pinning changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import shutil
 import subprocess
@@ -35,6 +47,7 @@ from typing import Any
 
 from haproxy_sync import haproxy
 
+from .blocks import Schedule, Window, shift
 from .changes import Change, Plan
 from .observe import ConvergenceTracker, Outcome, ProcessSampler, Sample, matches, reload_count
 from .stack import (
@@ -72,9 +85,11 @@ SCENARIOS = ("short", "streaming")
 class Params:
     """Everything that shapes a run; written to the JSON so a result says how it was made."""
 
-    duration: float
+    duration: float  # churn seconds in all, played in `blocks` blocks
     changes: int
-    baseline: float
+    blocks: int
+    quiet: float  # seconds per quiet block
+    guard: float  # seconds after each churn block charged to it
     warmup: float
     settle: float
     connections: int
@@ -85,6 +100,16 @@ class Params:
     poll_ms: float
     quick: bool
     haproxy_sync_set: tuple[tuple[str, str, str], ...] = ()  # (section, key, TOML value) added to its config
+    pin: bool = False  # load generator on CPU 1, everything else (the orchestrator included) on CPU 0
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.duration, self.blocks, self.quiet, self.guard)
+
+    @property
+    def load_seconds(self) -> float:
+        """How long the load generator runs once its connections are up."""
+        return self.warmup + self.schedule.total + self.settle
 
 
 @dataclass
@@ -107,7 +132,7 @@ class ModeRun:
     mode: Mode
     skipped: str = ""
     error: str = ""
-    windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    windows: dict[str, list[Window]] = field(default_factory=dict)  # "quiet", "churn", "settle" (monotonic)
     outcomes: list[Outcome] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     load: LoadResult | None = None
@@ -202,9 +227,8 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     _wait_initial_state(target, plan, streaming, syncer)
 
     poller = ConvergenceTracker(target.stats_socket, interval=params.poll_ms / 1000)
-    sampler = ProcessSampler(target.master_socket, hap.process.pid)
-    total = params.warmup + params.baseline + params.duration + params.settle
-    hard_deadline = time.monotonic() + total + 120
+    sampler = _sampler(shared, target, hap, consul, syncer, streaming)
+    hard_deadline = time.monotonic() + params.load_seconds + 120
     poller.start(hard_deadline)
     sampler.start(hard_deadline)
     stack.callback(poller.stop)
@@ -213,22 +237,21 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     load_out = workdir / "load"
     argv = [
         sys.executable, str(HERE / "loadgen.py"), "--port", str(http_port), "--connections", str(params.connections),
-        "--duration", str(total), "--out", str(load_out), "--seed", str(params.seed),
+        "--duration", str(params.load_seconds), "--out", str(load_out), "--seed", str(params.seed),
         "--streams", str(params.streams if streaming else 0),
     ]
     loadgen = Proc("loadgen", argv, workdir / "loadgen.log", env=clean_env(), stdout_pipe=True)
     stack.callback(loadgen.stop)
+    if params.pin:
+        pin_process(loadgen.pid, LOADGEN_CPU)
+    sampler.watch("loadgen", loadgen.pid)
     ready = _read_ready(loadgen, timeout=30)
-    churn_start = ready + params.warmup + params.baseline / 2
-    churn_end = churn_start + params.duration + params.settle
-    run.windows = {
-        "baseline": [(ready + params.warmup, churn_start), (churn_end, churn_end + params.baseline / 2)],
-        "churn": [(churn_start, churn_end)],
-    }
-    _sleep_until(churn_start)
+    schedule, origin = params.schedule, ready + params.warmup  # origin: the first quiet block starts
+    run.windows = _windows(schedule, origin, params.settle)
+    _sleep_until(origin + schedule.churn_start(0))
     reloads_before = reload_count(target.master_socket)
-    _apply_changes(consul, poller, plan.changes, churn_start, syncer)
-    _sleep_until(churn_end)
+    _apply_changes(consul, poller, plan.changes, origin, schedule, syncer)
+    _sleep_until(run.windows["settle"][0][1])
     reloads_after = reload_count(target.master_socket)
     if reloads_before is not None and reloads_after is not None:
         run.reloads = reloads_after - reloads_before
@@ -236,7 +259,7 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
         run.error = f"{syncer.name} exited during the run; last log lines: {' | '.join(syncer.proc.log_tail(5))}" \
             if syncer.proc else f"{syncer.name} was not running"
     try:
-        loadgen.process.wait(timeout=params.baseline / 2 + 60)
+        loadgen.process.wait(timeout=60)
     except subprocess.TimeoutExpired as exc:
         raise StackError(f"the load generator did not stop; see {loadgen.log_path}") from exc
     poller.stop()
@@ -245,6 +268,59 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     run.polls, run.poll_errors = poller.polls, poller.poll_errors
     run.load = _read_load(load_out, ready)
     run.syncer = syncer.log_summary()
+
+
+def _windows(schedule: Schedule, origin: float, settle: float) -> dict[str, list[Window]]:
+    """The quiet, churn and settle windows on the monotonic clock (the load generator's clock too)."""
+    end = origin + schedule.total
+    return {
+        "quiet": shift(schedule.quiet_windows(), origin),
+        "churn": shift(schedule.churn_windows(), origin),
+        "settle": [(end, end + settle)],
+    }
+
+
+def _sampler(shared: Shared, target: Target, hap: haproxy.HAProxyProcess, consul: Consul, syncer: Syncer,
+             streaming: bool) -> ProcessSampler:
+    """HAProxy's workers and RSS, plus the CPU of every role (the load generator joins once started).
+
+    The syncer is sampled as its main process plus the children it has reaped (``haproxy -c``,
+    consul-template's ``sh -c`` reload commands): see :func:`observe.tree_cpu_seconds`.
+    """
+    assert hap.process is not None and shared.pool is not None and shared.pool.haproxy.process is not None
+    sampler = ProcessSampler(target.master_socket, hap.process.pid)
+    sampler.watch("backends", shared.pool.haproxy.process.pid)
+    sampler.watch("devconsul", consul.proc.pid)
+    if syncer.proc is not None:
+        sampler.watch("syncer", syncer.proc.pid)
+    if streaming and shared.streamer is not None:
+        sampler.watch("streamer", shared.streamer.proc.pid)
+    sampler.watch_self()
+    return sampler
+
+
+#: With --pin: the load generator alone on one CPU, everything else on the other.
+LOADGEN_CPU, HARNESS_CPU = 1, 0
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Pin every thread of ``pid`` to one CPU (affinity is per thread; new threads and children inherit it).
+
+    Called right after the process starts, while it is still a single thread.
+    """
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in [int(t.name) for t in tasks.iterdir()] if tasks.exists() else [pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, {cpu})
+
+
+def pin_check() -> str:
+    """Why --pin cannot work here ("" when it can): it needs CPUs 0 and 1 available to this process."""
+    available = os.sched_getaffinity(0)
+    if {LOADGEN_CPU, HARNESS_CPU} <= available:
+        return ""
+    return (f"--pin needs CPUs {HARNESS_CPU} and {LOADGEN_CPU} (the load generator alone on one); this process may "
+            f"use {len(available)} CPU(s): {sorted(available)}")
 
 
 def _wait_initial_state(target: Target, plan: Plan, streaming: bool, syncer: Syncer) -> None:
@@ -288,11 +364,12 @@ def _sleep_until(when: float) -> None:
         time.sleep(delay)
 
 
-def _apply_changes(consul: Consul, poller: ConvergenceTracker, changes: tuple[Change, ...], start: float,
-                   syncer: Syncer) -> None:
-    """Make each Consul write at its offset; the poller learns of it just before the write."""
+def _apply_changes(consul: Consul, poller: ConvergenceTracker, changes: tuple[Change, ...], origin: float,
+                   schedule: Schedule, syncer: Syncer) -> None:
+    """Make each Consul write at its offset, mapped into its churn block; the poller learns of it just
+    before the write."""
     for change in changes:
-        _sleep_until(start + change.offset)
+        _sleep_until(origin + schedule.wall_offset(change.offset))
         outcome = poller.expect(change)
         try:
             _write(consul, change)

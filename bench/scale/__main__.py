@@ -25,6 +25,7 @@ from .runner import TOOLS, Params, run_one, say
 
 DEFAULT_SIZES = (100, 300, 1000, 3000)
 SETUP_SECONDS = {100: 10, 300: 15, 1000: 25, 3000: 60}  # measured per-run cost beside --idle, for the estimate
+COLD_SECONDS = {100: 2, 300: 3, 1000: 5, 3000: 15}  # one more cold start with its reset, for the estimate
 
 DESCRIPTION = """\
 Scale benchmark (issue #8): devconsul holding N services x 10 instances, all tagged for discovery, for
@@ -34,7 +35,9 @@ bench/churn) each run against a fresh devconsul with the same catalog, one after
 
 Per size and tool it reports:
   cold start       tool started -> HAProxy runs a config with every backend (show proc polled every
-                   50 ms; the placeholder config's worker replaced by a reload); haproxy-sync: /ready too
+                   50 ms; the placeholder config's worker replaced by a reload); haproxy-sync: /ready too.
+                   Taken --cold-repeat times, each from the same start (tool stopped, HAProxy restarted
+                   on the placeholder, the tool's files removed); the median, with min-max
   render           the config's render with all Consul data in hand: haproxy-sync plan_tables + Jinja2
                    (in-process, bench/scale/probe.py), consul-template its last template execution
                    (debug log timestamps); "+ haproxy -c": plus validating that config
@@ -48,7 +51,7 @@ prints progress to stderr. Everything runs on 127.0.0.1; every process is stoppe
 Ctrl-C; every wait is bounded."""
 
 EPILOG = """\
-Default run: sizes 100,300,1000,3000, both tools, 60 s idle: about 12 minutes on 2 cores.
+Default run: sizes 100,300,1000,3000, both tools, 60 s idle, 3 cold starts: about 13 minutes on 2 cores.
 Smoke run:   python -m bench.scale --sizes 100,300 --idle 10   (about 2 minutes)
 Re-draw:     python -m bench.scale --report-only               (table and PNG from scale.json)"""
 
@@ -73,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="after the burst: longest wait for HAProxy to serve it [120]")
     parser.add_argument("--render-repeat", type=int, default=4,
                         help="one-shot renders per tool and size, the first counted apart as cold [4]")
+    parser.add_argument("--cold-repeat", type=int, default=3,
+                        help="cold starts per tool and size, each from the placeholder config; the median "
+                             "is reported, with min and max (1: a single start) [3]")
     parser.add_argument("--health-checks", action="store_true",
                         help="HAProxy health checks on every server in both configs (default off: see "
                              "bench/scale/stack.py for why)")
@@ -113,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--burst-writes must be 1-1000 and at most --burst-changes; --burst-window 0-60 s")
     if not 0 < args.quiet <= 60 or not 1 <= args.settle_max <= 600 or not 1 <= args.render_repeat <= 10:
         parser.error("keep it bounded: --quiet 0-60 s, --settle-max 1-600 s, --render-repeat 1-10")
+    if not 1 <= args.cold_repeat <= 10:
+        parser.error("keep it bounded: --cold-repeat 1-10")
     return args
 
 
@@ -134,14 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     params = Params(instances=args.instances, idle=args.idle, burst_changes=args.burst_changes,
                     burst_writes=args.burst_writes, burst_window=args.burst_window, quiet=args.quiet,
-                    settle_max=args.settle_max, render_repeat=args.render_repeat, health_checks=args.health_checks,
+                    settle_max=args.settle_max, render_repeat=args.render_repeat, cold_repeat=args.cold_repeat,
+                    health_checks=args.health_checks,
                     haproxy_sync_set=args.haproxy_sync_set)
     consul_template, ct_reason = None, ""
     if "consul-template" in args.tools:
         consul_template, ct_reason = find_consul_template(args.consul_template, install=not args.no_install)
         if consul_template is None:
             say(f"skipping consul-template: {ct_reason}")
-    estimate = sum((SETUP_SECONDS.get(size, 60) + args.idle) * len(args.tools) for size in args.sizes)
+    estimate = sum((SETUP_SECONDS.get(size, 60) + COLD_SECONDS.get(size, 15) * (args.cold_repeat - 1) + args.idle)
+                   * len(args.tools) for size in args.sizes)
     say(f"scale benchmark: sizes {','.join(map(str, args.sizes))} x {args.instances} instances, tools "
         f"{','.join(args.tools)}; about {estimate / 60:.0f} min")
     workroot = Path(tempfile.mkdtemp(prefix="haproxy-sync-scale-"))

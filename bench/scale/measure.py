@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bench.soak.sampler import haproxy_footprint, parse_metrics
 from haproxy_sync import haproxy
@@ -132,6 +133,19 @@ def time_haproxy_check(config: Path, repeat: int = 3) -> dict[str, float | None]
             ok = ok and result.returncode == 0
         times.append(time.perf_counter() - started)
     return {"median": round(statistics.median(times), 4), "valid": 1.0 if ok else 0.0}
+
+
+def spread(samples: list[float | None], digits: int = 3) -> dict[str, Any]:
+    """Median, min and max of repeated measurements (None samples, e.g. a timed-out wait, left out).
+
+    The median rather than the mean: on a shared 2-core machine one sample now and then lands on a
+    busy moment, and one such outlier must not move the figure reported.
+    """
+    values = [v for v in samples if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 class Window:

@@ -56,8 +56,26 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def cold_samples(row: dict[str, Any]) -> int:
+    """How many cold starts the row's figure is the median of (1 for results from before --cold-repeat)."""
+    samples = _get(row, "cold_start", "samples")
+    return len(samples) if isinstance(samples, list) else 1
+
+
+def cold_cell(row: dict[str, Any]) -> str:
+    """The cold start as the table shows it: ``2.41`` for one start, ``2.41 (2.20-2.63)`` for the median of more."""
+    median = _get(row, "cold_start", "seconds")
+    low, high = _get(row, "cold_start", "min"), _get(row, "cold_start", "max")
+    if median is None or cold_samples(row) < 2 or low is None or high is None:
+        return _fmt(median, 2)
+    return f"{median:.2f} ({low:.2f}-{high:.2f})"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = ["services", "instances", "tool", *(title for title, _, _ in FIGURES), "servers in config"]
+    repeated = any(cold_samples(r) > 1 for r in results if not r.get("error") and not r.get("skipped"))
+    titles = [f"{title}, median (min-max)" if title == "cold start s" and repeated else title
+              for title, _, _ in FIGURES]
+    head = ["services", "instances", "tool", *titles, "servers in config"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
         if r.get("error") or r.get("skipped"):
@@ -71,7 +89,8 @@ def table(results: list[dict[str, Any]]) -> str:
             if servers is not None and enabled != servers:
                 in_config += f" ({enabled} enabled)"
             cells = [str(r["services"]), str(r["instances"]), r["tool"],
-                     *(_fmt(fn(r), digits) for _, fn, digits in FIGURES), in_config]
+                     *(cold_cell(r) if title == "cold start s" else _fmt(fn(r), digits)
+                       for title, fn, digits in FIGURES), in_config]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -112,8 +131,12 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 and not r.get("error") and not r.get("skipped")), None)
     if row is None:
         return []
+    starts, low, high = cold_samples(row), _get(row, "cold_start", "min"), _get(row, "cold_start", "max")
+    cold_name = "cold start < 3 s"
+    if starts > 1 and low is not None and high is not None:
+        cold_name += f" (median of {starts}; min {low:.2f}, max {high:.2f})"
     checks = [
-        ("cold start < 3 s", _get(row, "cold_start", "seconds"), lambda v: v < 3.0),
+        (cold_name, _get(row, "cold_start", "seconds"), lambda v: v < 3.0),
         ("render < 0.5 s (plan + Jinja2)", _get(row, "render", "render"), lambda v: v < 0.5),
         ("render + haproxy -c < 0.5 s (the stricter reading)", render_check(row), lambda v: v < 0.5),
         ("RSS < 100 MB", _get(row, "idle", "rss_mb", "tool"), lambda v: v < 100.0),
@@ -142,7 +165,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"burst of {p['burst_changes']} weight changes in {p['burst_writes']} catalog writes over "
         f"{p['burst_window']:g} s; HAProxy health checks {'on' if p['health_checks'] else 'off'} in both configs."
         + (" haproxy-sync settings added: " + ", ".join(f"{a}.{b}={c}" for a, b, c in p["haproxy_sync_set"]) + "."
-           if p.get("haproxy_sync_set") else ""),
+           if p.get("haproxy_sync_set") else "")
+        + (f" Cold start: the median of {p['cold_repeat']} starts per tool and size (min-max in brackets), each "
+           "from the placeholder config on a freshly started HAProxy, the tool's files from the start before removed."
+           if p.get("cold_repeat", 1) > 1 else ""),
         "",
         table(doc["results"]),
         "",

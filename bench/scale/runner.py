@@ -7,7 +7,11 @@ The order is chosen so that each figure is read in a known state:
 2. **Cold start**: the tool is started; the clock stops at the first ``show proc`` of HAProxy's
    master (polled every 50 ms) showing a new worker after a reload while the live file holds every
    backend. The same event for both tools: HAProxy runs the full config. For haproxy-sync the time
-   until ``/ready`` answers 200 is recorded beside it.
+   until ``/ready`` answers 200 is recorded beside it. Taken ``--cold-repeat`` times (one sample
+   swings by +-0.5 s on a shared 2-core machine); the median is reported with min and max. Between
+   two, the cell goes back to where the first began (:func:`reset_cold`): tool stopped, HAProxy
+   restarted on the placeholder config, whatever the tool wrote removed. The last start's tool is
+   the one steps 3-5 measure.
 3. **One-shot render** (a separate process, the tool keeps running untouched): haproxy-sync's
    ``render --dry-run --check`` in bench/scale/probe.py, timed phase by phase; consul-template
    ``-once`` with debug logs, whose timestamps give the last template execution (all data in hand),
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +70,7 @@ class Params:
     settle_max: float = 120.0
     cold_timeout: float = 180.0
     render_repeat: int = 4
+    cold_repeat: int = 3
     health_checks: bool = False
     haproxy_sync_set: tuple[tuple[str, str, str], ...] = ()  # (section, key, TOML value) added to config.toml
 
@@ -105,9 +111,12 @@ def run_one(tool_key: str, services: int, params: Params, workdir: Path, consul_
             tool = ConsulTemplate(consul_template, target, consul, params.health_checks)
         parts.append(tool)  # stopped in the finally block even when its start fails
         step(f"cold start ({catalog.total} instances registered in {result['populate_seconds']:.1f} s)")
-        result["cold_start"] = cold_start(tool, target, services + 1, params.cold_timeout)
+        result["cold_start"] = cold_starts(tool, target, services + 1, params.cold_timeout, params.cold_repeat, step)
         result["config"] = config_facts(target, catalog)
-        step(f"first config applied in {result['cold_start']['seconds']:.2f} s; one-shot render")
+        cold = result["cold_start"]
+        spread = f" (median of {len(cold['samples'])}, {cold['min']:.2f}-{cold['max']:.2f})" \
+            if len(cold["samples"]) > 1 else ""
+        step(f"first config applied in {cold['seconds']:.2f} s{spread}; one-shot render")
         if isinstance(tool, HaproxySync):
             result["render"] = render_haproxy_sync(tool, params.render_repeat)
         else:
@@ -138,6 +147,68 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 # --- cold start ---
+
+
+def cold_starts(tool: Tool, target: Target, backends: int, timeout: float, repeat: int,
+                step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`cold_start` ``repeat`` times from the same starting state; the median, min, max and samples.
+
+    ``seconds`` and ``ready_seconds`` are medians (a ``ready_seconds`` sample that timed out, None,
+    is left out of its median but kept in ``ready_samples``); ``rss_mb_after`` is the last start's,
+    whose tool keeps running for the rest of the cell.
+    """
+    baseline = {entry.name for entry in target.workdir.iterdir()}  # before the tool's first start
+    runs: list[dict[str, Any]] = []
+    removed: set[str] = set()
+    for index in range(repeat):
+        if index:
+            removed.update(reset_cold(tool, target, baseline, index))
+        runs.append(cold_start(tool, target, backends, timeout))
+        if step is not None and repeat > 1:
+            step(f"cold start {index + 1}/{repeat}: {runs[-1]['seconds']:.2f} s")
+    samples = [run["seconds"] for run in runs]
+    seconds = measure.spread(samples)
+    out: dict[str, Any] = {"seconds": seconds["median"], "min": seconds["min"], "max": seconds["max"],
+                           "samples": samples}
+    if isinstance(tool, HaproxySync):
+        ready = [run.get("ready_seconds") for run in runs]
+        out["ready_seconds"] = measure.spread(ready)["median"]
+        out["ready_samples"] = ready
+    out["rss_mb_after"] = runs[-1]["rss_mb_after"]
+    if repeat > 1:
+        out["between_repeats"] = {
+            "how": "tool stopped; HAProxy stopped and started again on the placeholder config; the tool's logs set "
+                   "aside; every file added to the work directory since before the first start removed",
+            "removed": sorted(removed),
+        }
+    return out
+
+
+def reset_cold(tool: Tool, target: Target, baseline: set[str], index: int) -> list[str]:
+    """Put the cell back where its first cold start began; returns the names of the files removed.
+
+    The tool is stopped, then HAProxy (the tool's stop may still write the live config). Its logs go
+    to ``cold-<index>/`` so that the cell's later figures (log_facts, consul-template's rendered
+    count) read the last start's alone. Every other file in the work directory that was not there
+    before the first start is removed: haproxy-sync's ``haproxy.cfg.last-good``, ``routes.map`` and
+    ``server-state`` (HAProxy would load the last run's server state on the first reload), a temp file
+    of an interrupted write, HAProxy's stats socket; nothing a warm start could find is left. Then
+    HAProxy starts afresh on the placeholder config Target.start writes, as it did the first time.
+    """
+    tool.stop()
+    target.stop()
+    aside = target.workdir / f"cold-{index}"
+    aside.mkdir(exist_ok=True)
+    for path in tool.logs():
+        if path.exists():
+            path.rename(aside / path.name)
+    removed = []
+    for entry in sorted(target.workdir.iterdir()):
+        if entry.name not in baseline and not entry.is_dir():
+            entry.unlink()
+            removed.append(entry.name)
+    target.restart()
+    return removed
 
 
 def cold_start(tool: Tool, target: Target, backends: int, timeout: float) -> dict[str, Any]:

@@ -150,6 +150,20 @@ class Target:
         if self.process is not None:
             self.process.stop()
 
+    def restart(self) -> None:
+        """Back to how :meth:`start` left it: a new master and worker on the same placeholder config.
+
+        For the cold start's repeats (runner.cold_starts). A restart rather than a reload to the
+        placeholder: a reload would leave the master's reload counter moved and the worker that ran
+        the full config (tens of thousands of servers) exiting during the next measurement; a new
+        master starts exactly as the first did. The sockets go with the process (a stale file would
+        refuse connections where the first start found none).
+        """
+        self.stop()
+        for path in (self.master_socket, self.stats_socket):
+            path.unlink(missing_ok=True)
+        self.start()
+
 
 def count_backends(config_text: str) -> int:
     return sum(1 for line in config_text.splitlines() if line.startswith("backend "))
@@ -186,6 +200,10 @@ class Tool:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+    def logs(self) -> list[Path]:
+        """Files the tool appends to over its run (set aside between cold-start repeats)."""
+        return []
 
 
 def template_without_checks(source: Path) -> str:
@@ -250,6 +268,9 @@ class HaproxySync(Tool):
     def start(self) -> None:
         self.proc = Proc(self.key, self.argv("run"), self.log_path, env=clean_env())
 
+    def logs(self) -> list[Path]:
+        return [self.log_path]
+
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
 
@@ -291,6 +312,9 @@ class ConsulTemplate(Tool):
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop(signal.SIGINT)
+
+    def logs(self) -> list[Path]:
+        return [self.log_path, self.reloads_log]
 
     def reloads_run(self) -> int:
         """Reload commands that reached HAProxy's master (each appends one line when it did)."""
