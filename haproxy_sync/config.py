@@ -276,6 +276,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "enabled": Setting(_bool, True, "Also route every Consul service whose instances carry `tag`."),
         "tag": Setting(_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service."),
         "filter": Setting(_filter_expression, "", "Consul `filter` expression applied to every discovered service."),
+        "max_drop": Setting(
+            _percent, "50%",
+            "Guard: more than this share of tagged services gone at once is held and Consul read again; 100% is off.",
+        ),
     },
     "haproxy": {
         "binary": Setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`."),
@@ -448,6 +452,7 @@ class DiscoverySettings:
     enabled: bool
     tag: str
     filter: str
+    max_drop: float
 
 
 @dataclass(frozen=True)
@@ -470,7 +475,7 @@ class Settings:
     sync: SyncSettings
     metrics: MetricsSettings
     services: tuple[ServiceSettings, ...]
-    discovery: DiscoverySettings = DiscoverySettings(enabled=False, tag="haproxy-sync", filter="")
+    discovery: DiscoverySettings = DiscoverySettings(enabled=False, tag="haproxy-sync", filter="", max_drop=0.5)
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # usable, but worth an operator's attention (logged at start)
 

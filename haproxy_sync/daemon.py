@@ -45,6 +45,7 @@ from haproxy_sync.consul import (
     backoff_delay,
     classify,
     make_client,
+    parse_catalog_services,
     read_routed,
     service_queries,
 )
@@ -56,6 +57,7 @@ from haproxy_sync.plan import (
     Running,
     Seen,
     assign_all,
+    big_catalog_drop,
     big_drop,
     damp,
     describe,
@@ -358,6 +360,9 @@ class Daemon:
         self._seen: dict[tuple[str, str], Seen] = {}
         self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
         self._guard_reread: set[str] = set()  # re-read done: the next apply takes what Consul says
+        self._catalog_held = False  # tagged services gone at once, kept until a second read
+        self._catalog_guard_at: float | None = None  # when to read the catalog again
+        self._catalog_confirmed = False  # the second read confirmed the drop: take the next answer as is
         self._client: object | None = None
         self._unrouted: tuple[object, ...] = ()  # last logged, so each change is logged once
         self._reload_not_before = 0.0  # reload budget
@@ -387,6 +392,7 @@ class Daemon:
 
     def _on_catalog(self, names: frozenset[str], seen_at: float) -> None:
         """The set of tagged services changed: start and stop health watches, then re-plan."""
+        names = self._guard_catalog(names)
         added, removed = sorted(names - self.discovered), sorted(self.discovered - names)
         self.discovered = names
         if added or removed:
@@ -398,6 +404,48 @@ class Daemon:
             self._first_unapplied = seen_at
         self._changed = True
         self._wake.set()
+
+    def _guard_catalog(self, names: frozenset[str]) -> frozenset[str]:
+        """The empty-backend guard one level up: many tagged services gone at once are kept (with their
+        watches, routes and backends) until a second read of the catalog confirms it."""
+        if self._catalog_confirmed:
+            self._catalog_confirmed = False
+            return names
+        reason = None
+        if self.applied is not None:
+            reason = big_catalog_drop(self.discovered, names, self.settings.discovery.max_drop)
+        if reason is None:
+            if self._catalog_held:
+                self._catalog_held, self._catalog_guard_at = False, None
+                self.metrics.guard.labels("catalog", "recovered").inc()
+                log.info("guard: the catalog lists %d tagged services again; the drop was transient", len(names))
+            return names
+        if not self._catalog_held:
+            self._catalog_held = True
+            self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
+            self.metrics.guard.labels("catalog", "held").inc()
+            log.warning("guard: catalog %s; keeping their routes and reading the catalog again in %gs", reason,
+                        self.settings.sync.guard_delay)
+        return names | self.discovered
+
+    async def _reread_catalog(self, client: object) -> None:
+        """The catalog guard's second look: one fresh, non-blocking read of the tagged services."""
+        self._catalog_guard_at = None
+        discovery = self.settings.discovery
+        try:
+            _, raw = await asyncio.wait_for(client.catalog.services(), 15)  # type: ignore[attr-defined]
+            names, _ = parse_catalog_services(raw if raw is not None else {}, discovery.tag)
+        except Exception as exc:  # a failed re-read keeps the hold and tries again
+            log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs",
+                        classify(exc, "catalog"), self.settings.sync.guard_delay)
+            self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
+            return
+        reason = big_catalog_drop(self.discovered, names, discovery.max_drop)
+        if reason is not None:
+            self._catalog_held, self._catalog_confirmed = False, True
+            self.metrics.guard.labels("catalog", "applied").inc()
+            log.warning("guard: a second read confirms catalog %s; applying it", reason)
+        self._on_catalog(names, time.monotonic())
 
     def request_stop(self) -> None:
         self._stop = True
@@ -500,7 +548,8 @@ class Daemon:
             ) from None
 
     def _timers(self) -> list[float]:
-        timers = [self._retry_at, self._drain_at, self._hold_at, self._reconcile_at, *self._guard_due.values()]
+        timers = [self._retry_at, self._drain_at, self._hold_at, self._reconcile_at, self._catalog_guard_at,
+                  *self._guard_due.values()]
         return [t for t in timers if t is not None]
 
     async def _loop(self, client: object) -> None:
@@ -523,6 +572,8 @@ class Daemon:
             due = [name for name, at in self._guard_due.items() if at <= now]
             if due:
                 await self._reread_guarded(client, due)
+            if self._catalog_guard_at is not None and self._catalog_guard_at <= now:
+                await self._reread_catalog(client)
             if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                 await self._reconcile()
                 continue

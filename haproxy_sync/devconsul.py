@@ -1342,7 +1342,8 @@ class DevConsul:
     pass/warn/fail/update, agent node maintenance, agent services/service/checks/self/members,
     health service/checks/state/node, catalog services/service/nodes/datacenters, status
     leader/peers, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and bulk writes for
-    benchmarks at /v1/devconsul/bulk/register, /v1/devconsul/bulk/weights (PUT; one index each) and
+    benchmarks and tests at /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister,
+    /v1/devconsul/bulk/weights (PUT; one index each) and
     /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
 
     Faults (see FAULTS) hit /v1/health/*, /v1/catalog/* and /v1/status/*; agent endpoints keep
@@ -1874,6 +1875,16 @@ class DevConsul:
         _log.info("devconsul: registered services in bulk %s", _kv(count=len(services), index=self._catalog.index))
         return len(latest)
 
+    def deregister_services(self, service_ids: Sequence[str]) -> int:
+        """Deregister many local services in one catalog write, as a node that leaves takes all of its
+        services at once. All or nothing: an unknown ID fails before anything changes."""
+        unique = list(dict.fromkeys(service_ids))
+        for service_id in unique:
+            self._local_service(service_id)
+        self._catalog.write(drop_services=unique)
+        _log.info("devconsul: deregistered services in bulk %s", _kv(count=len(unique), index=self._catalog.index))
+        return len(unique)
+
     def set_weights(self, weights: Mapping[str, tuple[int, int]]) -> int:
         """Change the ``Weights`` (passing, warning) of many local services in one catalog write.
 
@@ -2089,6 +2100,7 @@ class DevConsul:
             web.put("/v1/devconsul/fault", self._h_fault_put),
             web.delete("/v1/devconsul/fault", self._h_fault_delete),
             web.put("/v1/devconsul/bulk/register", self._h_bulk_register),
+            web.put("/v1/devconsul/bulk/deregister", self._h_bulk_deregister),
             web.put("/v1/devconsul/bulk/weights", self._h_bulk_weights),
             web.put("/v1/devconsul/bulk/weights-over-time", self._h_bulk_weights_over_time),
         ]
@@ -2398,6 +2410,14 @@ class DevConsul:
             raise _bad_request("devconsul: body must be a JSON array of service registrations")
         count = self.register_services([decode_service_registration(item) for item in data])
         return web.json_response({"registered": count, "index": self._catalog.index})
+
+    async def _h_bulk_deregister(self, request: web.Request) -> web.Response:
+        """PUT a JSON array of service IDs: one catalog write removes them all."""
+        data = await _json_body(request)
+        if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+            raise _bad_request("devconsul: body must be a JSON array of service IDs")
+        count = self.deregister_services(data)
+        return web.json_response({"deregistered": count, "index": self._catalog.index})
 
     async def _h_bulk_weights(self, request: web.Request) -> web.Response:
         """PUT ``{"<service id>": {"Passing": n, "Warning": m}, ...}``: one catalog write for all of them."""

@@ -483,3 +483,16 @@ def big_drop(old: Service, new: Service, min_servers: int, max_drop: float) -> s
     if (before - after) / before > max_drop:
         return f"{before} -> {after} healthy servers, a drop of more than max_drop {max_drop:.0%}"
     return None
+
+
+def big_catalog_drop(before: frozenset[str], after: frozenset[str], max_drop: float) -> str | None:
+    """Why losing tagged services from the catalog at once looks like a Consul blip, or None.
+
+    A node or agent that drops out can take many services with it for a moment; routing on that
+    would remove their backends and routes. One service leaving is never held: tearing down a
+    branch environment is the normal case.
+    """
+    gone = len(before - after)
+    if gone < 2 or gone / len(before) <= max_drop:
+        return None
+    return f"{len(before)} -> {len(before) - gone} tagged services, a drop of more than max_drop {max_drop:.0%}"

@@ -31,6 +31,14 @@ ensure_haproxy() {
   export PATH="$PATH:/usr/sbin"
 }
 
+ensure_vagrant() {
+  # `vagrant validate` checks the Vagrantfile (tests/deploy/test_vagrant.py). Installed from apt where we
+  # are root; elsewhere that test is skipped with the command to run.
+  if ! command -v vagrant >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && apt-cache show vagrant >/dev/null 2>&1; then
+    apt_install vagrant
+  fi
+}
+
 ensure_venv() {
   # $1: the extras to install, e.g. "test" or "test,deploy".
   local extras="$1"

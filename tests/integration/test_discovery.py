@@ -138,3 +138,47 @@ def test_consul_filter_expression_narrows_a_configured_service(tmp_path: Path, c
         wait_until(lambda: stack.serving(apps=apps) == {"cabify-1", "cabify-2", "stable-4"}, 10,
                    what="the filtered service's servers")
         assert "canary" not in stack.layout.haproxy_cfg.read_text()
+
+
+def _bulk(stack: Stack, what: str, body: object) -> None:
+    consul_put(stack.consul.url, f"/v1/devconsul/bulk/{what}", body)
+
+
+def _four_branches(stack: Stack, make_apps) -> list[App]:
+    """Four tagged services, one instance each, registered in one catalog write and all routed."""
+    apps = make_apps(4, prefix="branch")
+    _bulk(stack, "register", [
+        {"ID": app.instance_id, "Name": f"svc-{app.instance_id}", "Address": "127.0.0.1", "Port": app.port,
+         "Tags": [TAG], "Meta": {"haproxy-sync-host": f"{app.instance_id}.cabify.test"}} for app in apps
+    ])
+    for app in apps:
+        wait_until(lambda app=app: answer(stack, f"{app.instance_id}.cabify.test") == app.instance_id, 10,
+                   what=f"{app.instance_id} routed")
+    return apps
+
+
+def test_most_tagged_services_gone_at_once_are_held_and_come_back(stack: Stack, make_apps) -> None:
+    apps = _four_branches(stack, make_apps)
+    registrations = [
+        {"ID": app.instance_id, "Name": f"svc-{app.instance_id}", "Address": "127.0.0.1", "Port": app.port,
+         "Tags": [TAG], "Meta": {"haproxy-sync-host": f"{app.instance_id}.cabify.test"}} for app in apps[1:]
+    ]
+    reloads = stack.layout.reloads()
+    _bulk(stack, "deregister", [app.instance_id for app in apps[1:]])  # a node dropping out for a moment
+    stack.daemon.wait_for_log("guard: catalog 4 -> 1 tagged services")
+    assert len(routes(stack)) == 4, "the routes of the services that vanished are kept while held"
+    _bulk(stack, "register", registrations)  # back within guard_delay (2 s)
+    stack.daemon.wait_for_log("the drop was transient", timeout=10)
+    assert len(routes(stack)) == 4
+    assert all(answer(stack, f"{app.instance_id}.cabify.test") == app.instance_id for app in apps)
+    assert stack.layout.reloads() == reloads, "nothing was removed, so nothing had to be added back"
+
+
+def test_most_tagged_services_gone_for_good_are_removed_after_a_second_read(stack: Stack, make_apps) -> None:
+    apps = _four_branches(stack, make_apps)
+    _bulk(stack, "deregister", [app.instance_id for app in apps[1:]])
+    stack.daemon.wait_for_log("guard: catalog 4 -> 1 tagged services")
+    stack.daemon.wait_for_log("a second read confirms catalog 4 -> 1", timeout=10)
+    wait_until(lambda: routes(stack) == {f"{apps[0].instance_id}.cabify.test": f"svc-{apps[0].instance_id}"}, 10,
+               what="only the remaining service routed")
+    assert answer(stack, f"{apps[1].instance_id}.cabify.test") in {"cabify-1", "cabify-2"}, "back to the default"

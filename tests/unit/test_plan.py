@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.plan import (
     FREE_ADDRESS,
     BackendSlots,
     assign,
+    big_catalog_drop,
     find_drift,
     next_deadline,
     plan_runtime,
@@ -246,3 +249,18 @@ def test_apply_sentence_stays_one_short_line_with_hundreds_of_services() -> None
                         "and 295 more")
     few = describe(diff_snapshots(None, Snapshot.of(services[:2])))
     assert few == "svc-000: 1 servers (+1 -0 ~0); svc-001: 1 servers (+1 -0 ~0)"
+
+
+@pytest.mark.parametrize(("before", "after", "held"), [
+    ({"a", "b", "c", "d"}, {"a"}, True),              # three of four gone at once
+    ({"a", "b", "c", "d"}, {"a", "b"}, False),         # half: not more than max_drop
+    ({"a", "b"}, set(), True),                         # both gone
+    ({"a"}, set(), False),                             # one branch torn down: never held
+    ({"a", "b", "c"}, {"a", "b", "c", "e"}, False),    # growth is never a drop
+])
+def test_catalog_drop_guard(before: set[str], after: set[str], held: bool) -> None:
+    reason = big_catalog_drop(frozenset(before), frozenset(after), 0.5)
+    assert (reason is not None) == held
+    if held:
+        assert f"{len(before)} -> {len(before & after)} tagged services" in reason
+    assert big_catalog_drop(frozenset(before), frozenset(after), 1.0) is None, "100% turns it off"
