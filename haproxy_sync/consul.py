@@ -101,6 +101,10 @@ def next_index(last: int, returned: int) -> int:
     return max(returned, 1)
 
 
+#: Longest wait of a non-blocking read at the watches' shared gate before it goes ahead anyway.
+GATE_PATIENCE = 2.0
+
+
 def parse_index(raw: object) -> int:
     try:
         return int(str(raw))
@@ -279,12 +283,20 @@ class BlockingWatch(Generic[T]):
 
         A read that does not block (the first one, or the first after an error) answers at once, so
         a cold start or the end of an outage sends one per watch together: ``gate`` bounds how many
-        are in flight, which spares Consul the herd and the daemon a pile of undecoded answers.
+        are in flight, which spares Consul the herd and the daemon a pile of undecoded answers. A
+        watch waits at the gate for ``GATE_PATIENCE`` at most: when Consul answers slowly, queueing
+        behind slow reads would hold the first apply back for far longer than the reads themselves.
         """
-        if index == 0 and self.gate is not None:
-            async with self.gate:
-                return await self._read_parsed_now(index)
-        return await self._read_parsed_now(index)
+        if index != 0 or self.gate is None:
+            return await self._read_parsed_now(index)
+        try:
+            await asyncio.wait_for(self.gate.acquire(), GATE_PATIENCE)
+        except TimeoutError:
+            return await self._read_parsed_now(index)
+        try:
+            return await self._read_parsed_now(index)
+        finally:
+            self.gate.release()
 
     async def _read_parsed_now(self, index: int) -> tuple[int, T, tuple[Skipped, ...]]:
         returned, raw = await self._read(index)

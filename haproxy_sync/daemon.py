@@ -360,7 +360,7 @@ class Daemon:
         self._seen: dict[tuple[str, str], Seen] = {}
         self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
         self._guard_reread: set[str] = set()  # re-read done: the next apply takes what Consul says
-        self._catalog_held = False  # tagged services gone at once, kept until a second read
+        self._catalog_before: frozenset[str] | None = None  # while held: the tagged services before the drop
         self._catalog_guard_at: float | None = None  # when to read the catalog again
         self._catalog_confirmed = False  # the second read confirmed the drop: take the next answer as is
         self._client: object | None = None
@@ -407,42 +407,63 @@ class Daemon:
 
     def _guard_catalog(self, names: frozenset[str]) -> frozenset[str]:
         """The empty-backend guard one level up: many tagged services gone at once are kept (with their
-        watches, routes and backends) until a second read of the catalog confirms it."""
+        watches, routes and backends) until a second read of the catalog confirms it.
+
+        Every answer while held is judged against the set from before the hold, so services added
+        meanwhile do not dilute the drop, and a partial return is told apart from a full one.
+        """
         if self._catalog_confirmed:
             self._catalog_confirmed = False
             return names
-        reason = None
-        if self.applied is not None:
-            reason = big_catalog_drop(self.discovered, names, self.settings.discovery.max_drop)
-        if reason is None:
-            if self._catalog_held:
-                self._catalog_held, self._catalog_guard_at = False, None
-                self.metrics.guard.labels("catalog", "recovered").inc()
-                log.info("guard: the catalog lists %d tagged services again; the drop was transient", len(names))
+        if self.applied is None:
             return names
-        if not self._catalog_held:
-            self._catalog_held = True
+        before = self._catalog_before if self._catalog_before is not None else self.discovered
+        reason = big_catalog_drop(before, names, self.settings.discovery.max_drop)
+        if reason is None:
+            if self._catalog_before is not None:
+                self._release_catalog_hold(before, names)
+            return names
+        if self._catalog_before is None:
+            self._catalog_before = before
             self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
             self.metrics.guard.labels("catalog", "held").inc()
             log.warning("guard: catalog %s; keeping their routes and reading the catalog again in %gs", reason,
                         self.settings.sync.guard_delay)
-        return names | self.discovered
+        return names | before
+
+    def _release_catalog_hold(self, before: frozenset[str], names: frozenset[str]) -> None:
+        self._catalog_before, self._catalog_guard_at = None, None
+        missing = before - names
+        if missing:
+            self.metrics.guard.labels("catalog", "applied").inc()
+            log.warning("guard: the catalog drop shrank to %d of %d tagged services (%s); under max_drop, applying it",
+                        len(missing), len(before), ",".join(sorted(missing)[:10]))
+        else:
+            self.metrics.guard.labels("catalog", "recovered").inc()
+            log.info("guard: the catalog lists all %d held services again; the drop was transient", len(before))
 
     async def _reread_catalog(self, client: object) -> None:
         """The catalog guard's second look: one fresh, non-blocking read of the tagged services."""
         self._catalog_guard_at = None
         discovery = self.settings.discovery
+        if self.catalog is None or self._catalog_before is None:
+            return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
         try:
             _, raw = await asyncio.wait_for(client.catalog.services(), 15)  # type: ignore[attr-defined]
             names, _ = parse_catalog_services(raw if raw is not None else {}, discovery.tag)
         except Exception as exc:  # a failed re-read keeps the hold and tries again
-            log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs",
-                        classify(exc, "catalog"), self.settings.sync.guard_delay)
+            error = classify(exc, "catalog")
+            self.metrics.consul_errors.labels("catalog", error.kind).inc()
+            log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs", error,
+                        self.settings.sync.guard_delay)
             self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
             return
-        reason = big_catalog_drop(self.discovered, names, discovery.max_drop)
+        before = self._catalog_before
+        if before is None or self.catalog is None:
+            return  # the watch's own answer ended the hold while this read was in flight: it is newer
+        reason = big_catalog_drop(before, names, discovery.max_drop)
         if reason is not None:
-            self._catalog_held, self._catalog_confirmed = False, True
+            self._catalog_before, self._catalog_confirmed = None, True
             self.metrics.guard.labels("catalog", "applied").inc()
             log.warning("guard: a second read confirms catalog %s; applying it", reason)
         self._on_catalog(names, time.monotonic())
@@ -627,7 +648,7 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        routing = routing_for(settings, self.latest, self.discovered)
+        routing = routing_for(settings, self.latest, self.discovered, self.routing)
         self._note_routing(routing)
         observed = Snapshot.of(self.latest[s.name] for s in routing.services)
         snapshot, self._seen, self._hold_at = damp(
@@ -893,8 +914,8 @@ class Daemon:
             WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
             for name, w in every
         ]
-        skipped: Counter[tuple[str, str]] = Counter(
-            (name, skip_reason_kind(item.reason)) for name, w in every for item in w.skipped
+        skipped: Counter[tuple[str, str]] = Counter(  # instances; the catalog's skips are services, logged
+            (name, skip_reason_kind(item.reason)) for name, (w, _) in self.watches.items() for item in w.skipped
         )
         servers: dict[tuple[str, str], int] = {}
         for backend, table in (self.tables or {}).items():
@@ -920,7 +941,7 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            routing = routing_for(settings, self.latest, self.discovered)
+            routing = routing_for(settings, self.latest, self.discovered, self.routing)
             snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
             render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
         except (ConfigError, TemplateError) as exc:
@@ -944,6 +965,7 @@ class Daemon:
         if self.catalog is not None:
             self.catalog[1].cancel()
             self.catalog = None
+        self._catalog_before, self._catalog_guard_at, self._catalog_confirmed = None, None, False
         discovery = self.settings.discovery
         if not discovery.enabled:
             self.discovered = frozenset()
@@ -967,6 +989,8 @@ class Daemon:
             if name not in wanted or self.watches[name][0].query != wanted[name]:
                 self.watches.pop(name)[1].cancel()
                 self.latest.pop(name, None)
+                self._guard_due.pop(name, None)  # a service no longer watched has nothing to re-read
+                self._guard_reread.discard(name)
         new = sorted(wanted.keys() - self.watches.keys())
         spread = min(self.settings.consul.start_spread, START_SPREAD_EACH * len(new)) if len(new) > 1 else 0.0
         if len(wanted) > self.settings.consul.max_connections:

@@ -126,23 +126,35 @@ def discovered_settings(service: Service, filter_expression: str = "") -> Servic
     )
 
 
-def routing_for(settings: Settings, services: Mapping[str, Service], discovered: Iterable[str] = ()) -> Routing:
+def routing_for(
+    settings: Settings,
+    services: Mapping[str, Service],
+    discovered: Iterable[str] = (),
+    previous: Routing | None = None,
+) -> Routing:
     """Backends and routes for the configured services plus the discovered ones Consul has answered for.
 
     A discovered service needs its first health answer (in ``services``) before it is routed: its
-    meta says where it goes. Conflicts are settled in order: configured services first (in config
-    order), then discovered ones by name; a later claim of a backend name or route is left out.
+    meta says where it goes. Once routed, it keeps the route it had (``previous``) while it has no
+    instances at all: whether it goes is for the catalog to say (and its guard), whether its servers
+    go for the empty-backend guard, not for an empty answer that happened to come first. Conflicts
+    are settled in order: configured services first (in config order), then discovered ones by
+    name; a later claim of a backend name or route is left out.
     """
     chosen: list[ServiceSettings] = list(settings.services)
     unrouted: list[Unrouted] = []
     taken_backends = {s.backend for s in chosen}
     configured_names = {s.name for s in chosen}
+    routed_before = {s.name: s for s in previous.services if s.discovered} if previous is not None else {}
     for name in sorted(set(discovered) - configured_names):
         service = services.get(name)
         if service is None:
             continue
         try:
-            candidate = discovered_settings(service, settings.discovery.filter)
+            if not service.instances and name in routed_before:
+                candidate = routed_before[name]
+            else:
+                candidate = discovered_settings(service, settings.discovery.filter)
         except ValueError as exc:
             unrouted.append(Unrouted(name, str(exc)))
             continue

@@ -34,8 +34,8 @@ ensure_haproxy() {
 ensure_vagrant() {
   # `vagrant validate` checks the Vagrantfile (tests/deploy/test_vagrant.py). Installed from apt where we
   # are root; elsewhere that test is skipped with the command to run.
-  if ! command -v vagrant >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && apt-cache show vagrant >/dev/null 2>&1; then
-    apt_install vagrant
+  if ! command -v vagrant >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    apt_install vagrant || say "could not install vagrant; tests/deploy/test_vagrant.py will be skipped"
   fi
 }
 

@@ -6,6 +6,7 @@ the meta of its instances, with no change to the daemon's config file.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -166,8 +167,11 @@ def test_most_tagged_services_gone_at_once_are_held_and_come_back(stack: Stack, 
     reloads = stack.layout.reloads()
     _bulk(stack, "deregister", [app.instance_id for app in apps[1:]])  # a node dropping out for a moment
     stack.daemon.wait_for_log("guard: catalog 4 -> 1 tagged services")
+    time.sleep(0.8)  # well past the settle and an apply of the empty health answers, within guard_delay (2 s)
     assert len(routes(stack)) == 4, "the routes of the services that vanished are kept while held"
-    _bulk(stack, "register", registrations)  # back within guard_delay (2 s)
+    assert all(answer(stack, f"{app.instance_id}.cabify.test") == app.instance_id for app in apps[:1])
+    assert "is not routed" not in stack.daemon.log()
+    _bulk(stack, "register", registrations)  # back within guard_delay
     stack.daemon.wait_for_log("the drop was transient", timeout=10)
     assert len(routes(stack)) == 4
     assert all(answer(stack, f"{app.instance_id}.cabify.test") == app.instance_id for app in apps)

@@ -101,3 +101,13 @@ def test_catalog_keeps_tagged_services_with_safe_names() -> None:
     assert sorted(s.service for s in skipped) == ["bad name", "web2\n"]
     with pytest.raises(ValueError, match="not a JSON object"):
         parse_catalog_services(["web"], "haproxy-sync")
+
+
+def test_a_routed_service_keeps_its_route_while_it_has_no_instances(settings) -> None:
+    before = routing_for(settings, {"x": service("x", {"haproxy-sync-host": "x.test"})}, {"x"})
+    empty = {"x": Service("x")}
+    assert routing_for(settings, empty, {"x"}, before).map_entries == before.map_entries
+    assert routing_for(settings, empty, {"x"}).unrouted[0].reason.startswith("no route"), "never routed: no route"
+    moved = {"x": service("x", {"haproxy-sync-host": "y.test"})}
+    assert routing_for(settings, moved, {"x"}, before).map_entries["y.test"] == "x", "instances back: their meta rules"
+    assert "x.test" not in routing_for(settings, empty, set(), before).map_entries, "gone from the catalog: gone"
