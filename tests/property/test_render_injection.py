@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from haproxy_sync import haproxy
@@ -19,7 +19,8 @@ text = st.one_of(
     st.text(max_size=40),
     st.lists(st.one_of(NASTY, st.text(max_size=5)), max_size=8).map("".join),
     st.just("a" * 10_000),
-    st.sampled_from(["10.0.0.1", "::1", "2001:db8::5", "app.internal", "10.0.0.1\nserver x 1.2.3.4:80", ""]),
+    st.sampled_from(["10.0.0.1", "::1", "2001:db8::5", "app.internal", "10.0.0.1\nserver x 1.2.3.4:80", "",
+                     "app.internal\n", "10.0.0.1\n", "256.1.1.1"]),  # `$` let a trailing newline through
 )
 port = st.one_of(st.integers(-5, 70_000), st.text(max_size=5), st.none(), st.booleans())
 entry = st.fixed_dictionaries({
@@ -46,8 +47,17 @@ def _settings(tmp: Path):
     return load_settings(cfg, env={})
 
 
+TRAILING_NEWLINE = [{
+    "Node": {"Node": "n1", "Address": "app.internal\n"},
+    "Service": {"ID": "x-1", "Address": "", "Port": 80, "Tags": [], "Meta": {},
+                "Weights": {"Passing": 1, "Warning": 1}},
+    "Checks": [],
+}]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=st.lists(entry, max_size=6))
+@example(entries=TRAILING_NEWLINE)
 def test_arbitrary_catalog_renders_only_valid_server_lines(tmp_path: Path, entries: list[dict]) -> None:
     settings_ = _settings(tmp_path)
     template = load_template(settings_.template_path())
