@@ -458,17 +458,24 @@ class CatalogRead:
     discovered: frozenset[str]
 
 
+async def read_tagged_services(
+    client: consul.aio.Consul, tag: str, deadline: float
+) -> tuple[frozenset[str], tuple[Skipped, ...]]:
+    """One non-blocking read of the services carrying ``tag``; raises :class:`ConsulError`."""
+    try:
+        _, raw = await asyncio.wait_for(client.catalog.services(), deadline)
+        return parse_catalog_services(raw if raw is not None else {}, tag)
+    except Exception as exc:
+        raise classify(exc, "catalog") from None
+
+
 async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead:
     """What ``render``, ``status`` and ``run --once`` route: one non-blocking read; raises ConsulError."""
     client = make_client(settings.consul)
     try:
         discovered: frozenset[str] = frozenset()
         if settings.discovery.enabled:
-            try:
-                _, raw = await asyncio.wait_for(client.catalog.services(), deadline)
-                discovered, skipped = parse_catalog_services(raw if raw is not None else {}, settings.discovery.tag)
-            except Exception as exc:
-                raise classify(exc, "catalog") from None
+            discovered, skipped = await read_tagged_services(client, settings.discovery.tag, deadline)
             for item in skipped:
                 log.warning("skipped service %r: %s", item.service, item.reason)
         queries = service_queries(settings, discovered)

@@ -40,13 +40,14 @@ from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import (
     CatalogWatch,
+    ConsulError,
     ServiceWatch,
     WatchUpdate,
     backoff_delay,
     classify,
     make_client,
-    parse_catalog_services,
     read_routed,
+    read_tagged_services,
     service_queries,
 )
 from haproxy_sync.metrics import Metrics, StateView, WatchView, skip_reason_kind, start_server
@@ -449,10 +450,8 @@ class Daemon:
         if self.catalog is None or self._catalog_before is None:
             return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
         try:
-            _, raw = await asyncio.wait_for(client.catalog.services(), 15)  # type: ignore[attr-defined]
-            names, _ = parse_catalog_services(raw if raw is not None else {}, discovery.tag)
-        except Exception as exc:  # a failed re-read keeps the hold and tries again
-            error = classify(exc, "catalog")
+            names, _ = await read_tagged_services(client, discovery.tag, 15)  # type: ignore[arg-type]
+        except ConsulError as error:  # a failed re-read keeps the hold and tries again
             self.metrics.consul_errors.labels("catalog", error.kind).inc()
             log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs", error,
                         self.settings.sync.guard_delay)

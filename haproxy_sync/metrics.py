@@ -153,9 +153,6 @@ class _StateCollector(Collector):
         yield from (up, index, age, servers, skipped, ready)
 
 
-SKIP_KINDS = ("address", "port", "weight", "id", "node", "entry")
-
-
 def skip_reason_kind(reason: str) -> str:
     """A short, bounded label for a skip reason (the full text goes to the log)."""
     for needle, kind in (("address", "address"), ("port", "port"), ("Weights", "weight"), ("ID", "id"),
