@@ -60,3 +60,118 @@ ensure_venv() {
   fi
   export PATH="$VENV/bin:$PATH"
 }
+
+# HAProxy 3.0 LTS for the tests, built from Debian 13 (trixie)'s source package and cached by version.
+HAPROXY_30_VERSION=3.0.11
+HAPROXY_30_DEB_VERSION=3.0.11-1+deb13u4
+HAPROXY_30_SHA256=a133e2d550c5fd9a849b5c7ab17bb945bcdad209ca140d41f45ebf31943ae783
+HAPROXY_30_CACHE="$ROOT/.cache/haproxy/$HAPROXY_30_VERSION"
+HAPROXY_30_SOURCES=/etc/apt/sources.list.d/haproxy-sync-trixie-src.list
+
+haproxy30_ok() {
+  # True when $1 runs and says "HAProxy version 3.0.11" (the cache check).
+  local version
+  [ -x "$1" ] || return 1
+  version="$("$1" -v 2>/dev/null || true)"
+  [[ "$version" =~ ^"HAProxy version $HAPROXY_30_VERSION"[[:space:]-] ]]
+}
+
+debian_mirror() {
+  # The Debian archive this machine already uses (one-line .list or deb822 .sources), so that the trixie
+  # deb-src line names the same mirror; deb.debian.org when there is none.
+  local uri
+  uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+    | sed -nE 's#^(URIs:[[:space:]]*|deb(-src)?[[:space:]]+(\[[^]]*\][[:space:]]+)?)(https?://[^[:space:]]+/debian)/?([[:space:]].*)?$#\4#p' \
+    | head -n1 || true)"
+  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+ensure_haproxy30() {
+  local bin="$HAPROXY_30_CACHE/haproxy"
+  if ! haproxy30_ok "$bin"; then
+    if [ "$(id -u)" -ne 0 ]; then
+      say "HAProxy $HAPROXY_30_VERSION is not built; tests against it are skipped. To build it (once, as root):"
+      say "  sudo bash -c 'source $ROOT/scripts/bootstrap.sh && ensure_haproxy30'"
+      return 0
+    fi
+    build_haproxy30 "$bin"
+  fi
+  export HAPROXY_30="$bin"
+  say "HAProxy $HAPROXY_30_VERSION: $HAPROXY_30"
+}
+
+build_haproxy30() (
+  # A subshell, so that the EXIT trap removing the temp dir stays here.
+  local bin="$1" line mirror tmp version_line missing="" package tarball="haproxy_$HAPROXY_30_VERSION.orig.tar.gz"
+  local started=$SECONDS
+  mirror="$(debian_mirror)"
+  line="deb-src $mirror trixie main"
+  if [ ! -f "$HAPROXY_30_SOURCES" ] || [ "$(cat "$HAPROXY_30_SOURCES")" != "$line" ]; then
+    say "adding '$line' to $HAPROXY_30_SOURCES"
+    printf '%s\n' "$line" >"$HAPROXY_30_SOURCES"
+  fi
+  say "apt-get update"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  APT_UPDATED=1
+  for package in build-essential libssl-dev libpcre2-dev; do
+    if [ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)" != "install ok installed" ]; then
+      missing="$missing $package"
+    fi
+  done
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086  # one word per package
+    apt_install $missing
+  fi
+
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  cd "$tmp"
+  say "downloading the source of haproxy $HAPROXY_30_DEB_VERSION (Debian 13)"
+  # The mirror may lack the .dsc and the Debian tarball: apt-get then fails, yet the upstream orig
+  # tarball (all we build from) is fetched; when it is not, fetch just that file by its URI.
+  if ! apt-get source --download-only -qq "haproxy=$HAPROXY_30_DEB_VERSION" >apt-source.log 2>&1; then
+    [ -f "$tarball" ] || {
+      local uri
+      uri="$(apt-get source --print-uris -qq "haproxy=$HAPROXY_30_DEB_VERSION" 2>/dev/null \
+        | awk -v f="$tarball" '$2 == f { gsub("\047", "", $1); print $1 }' || true)"
+      if [ -z "$uri" ]; then
+        cat apt-source.log >&2
+        say "no source for haproxy=$HAPROXY_30_DEB_VERSION in $mirror trixie; cannot build HAProxy $HAPROXY_30_VERSION"
+        exit 1
+      fi
+      say "apt-get source failed; fetching $uri alone"
+      /usr/lib/apt/apt-helper download-file "$uri" "$tmp/$tarball" >>apt-source.log 2>&1 || true
+    }
+  fi
+  if [ ! -f "$tarball" ]; then
+    cat apt-source.log >&2
+    say "$tarball was not downloaded; cannot build HAProxy $HAPROXY_30_VERSION"
+    exit 1
+  fi
+  local actual
+  actual="$(sha256sum "$tarball" | cut -d' ' -f1)"
+  if [ "$actual" != "$HAPROXY_30_SHA256" ]; then
+    say "REFUSING to build: $tarball has sha256 $actual, expected $HAPROXY_30_SHA256"
+    exit 1
+  fi
+  say "sha256 of $tarball verified"
+
+  tar -xzf "$tarball"
+  say "building HAProxy $HAPROXY_30_VERSION (make -j2, about a minute on 2 cores)"
+  if ! make -C "haproxy-$HAPROXY_30_VERSION" -j2 TARGET=linux-glibc USE_OPENSSL=1 USE_PCRE2=1 USE_PCRE2_JIT=1 \
+      USE_PROMEX=1 >build.log 2>&1; then
+    tail -n 40 build.log >&2
+    say "building HAProxy $HAPROXY_30_VERSION failed"
+    exit 1
+  fi
+  mkdir -p "$HAPROXY_30_CACHE"
+  cp "haproxy-$HAPROXY_30_VERSION/haproxy" "$bin.partial"
+  mv -f "$bin.partial" "$bin"
+  if ! haproxy30_ok "$bin"; then
+    version_line="$("$bin" -v 2>&1 | head -n1 || true)"
+    rm -f "$bin"
+    say "the built binary says '$version_line', not HAProxy version $HAPROXY_30_VERSION"
+    exit 1
+  fi
+  say "built $bin in $((SECONDS - started))s"
+)

@@ -1,11 +1,87 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from haproxy_sync import haproxy
 from haproxy_sync.devconsul import DevConsulThread
 from tests.helpers import App
+
+# The HAProxy binary the tests run: `--haproxy PATH` wins over $HAPROXY_SYNC_TEST_HAPROXY; with neither,
+# the distribution's haproxy, found as the product finds it (haproxy.find_binary("haproxy")).
+HAPROXY_ENV = "HAPROXY_SYNC_TEST_HAPROXY"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--haproxy", metavar="PATH", default=None,
+                     help=f"HAProxy binary the tests run (default: ${HAPROXY_ENV}, else the distribution's haproxy)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the chosen binary first on PATH as `haproxy`.
+
+    Every test, helper and subprocess (daemon, CLI, ansible) finds HAProxy through PATH, so this one setting
+    changes it everywhere without touching how the product looks for the binary.
+    """
+    chosen = config.getoption("--haproxy") or os.environ.get(HAPROXY_ENV) or None
+    if chosen is None:
+        return
+    path = Path(os.path.abspath(Path(chosen).expanduser()))
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise pytest.UsageError(f"--haproxy / ${HAPROXY_ENV}: {chosen} is not an executable file")
+    saved = {name: os.environ.get(name) for name in ("PATH", HAPROXY_ENV)}
+    if path.name == "haproxy":
+        bin_dir = path.parent
+    else:  # e.g. /opt/haproxy-3.0: a link named haproxy in a directory of its own
+        bin_dir = Path(tempfile.mkdtemp(prefix="haproxy-sync-test-bin-"))
+        (bin_dir / "haproxy").symlink_to(path)
+        config.add_cleanup(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ[HAPROXY_ENV] = str(path)  # the choice, for subprocesses and the report header
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    config.add_cleanup(restore)
+    found = haproxy.find_binary("haproxy")
+    if found is None or not os.path.samefile(found, path):
+        raise pytest.UsageError(f"--haproxy / ${HAPROXY_ENV}: {path} put first on PATH, yet haproxy is {found}")
+
+
+def haproxy_version_line(binary: str) -> str:
+    try:
+        result = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run it: {exc}"
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    return lines[0] if lines else f"no version; exit status {result.returncode}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = haproxy.find_binary("haproxy")
+    if binary is None:
+        return "haproxy: not found (the tests that run HAProxy are skipped)"
+    shown = os.environ.get(HAPROXY_ENV) or binary
+    return f"haproxy: {shown} ({haproxy_version_line(binary)})"
+
+
+@pytest.fixture(scope="session")
+def haproxy_binary() -> str:
+    """The HAProxy binary the tests run (see --haproxy); skips the test when there is none."""
+    binary = haproxy.find_binary("haproxy")
+    if binary is None:
+        pytest.skip("HAProxy is not installed")
+    return binary
 
 
 @pytest.fixture
