@@ -14,17 +14,11 @@ move without the data changing.
 from __future__ import annotations
 
 import enum
-import hashlib
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: HAProxy accepts these characters in proxy and server names; we add a length bound of our own.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-MAX_WEIGHT = 256  # HAProxy's own bound for server weights.
+from haproxy_sync import rules
 
 
 class Status(enum.IntEnum):
@@ -52,57 +46,13 @@ class InvalidInstance(ValueError):
         self.instance_id = instance_id
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+class ForeignEntry(ValueError):
+    """A health answer holding an entry of another service: the answer is wrong, not the instance."""
 
 
-def is_valid_hostname(text: str) -> bool:
-    """RFC 1123 host names: what a resolver will look up, and nothing that can break a config line."""
-    if not text or len(text) > 253:
-        return False
-    labels = text.rstrip(".").split(".")
-    # An all-numeric last label is a mistyped IP address (256.1.1.1), never a name (RFC 3696, 2).
-    return not labels[-1].isdigit() and all(_HOST_LABEL.match(label) for label in labels)
-
-
-def validate_address(text: object) -> str:
-    """Return the address as HAProxy should see it, or raise ``ValueError`` saying why not."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("address is empty")
-    if _CANONICAL_IPV4.match(text):  # the common case, already in the form HAProxy gets
-        return text
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if is_valid_hostname(text):
-        return text.lower()
-    raise ValueError(f"address {text[:80]!r} is neither an IP address nor a valid host name")
-
-
-def validate_port(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"port {str(value)[:20]!r} is not an integer in 1-65535")
-    return value
-
-
-def _weight(value: object, which: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Weights.{which} {str(value)[:20]!r} is not a non-negative integer")
-    return min(value, MAX_WEIGHT)
-
-
-def server_name_for(instance_id: str, node: str) -> str:
-    """A server name HAProxy accepts, stable for the instance's whole life.
-
-    The Consul service ID is used as it is when it is already a safe name (what operators will grep
-    for); otherwise a readable cleaned form plus a short hash of the original keeps it unique.
-    """
-    if SAFE_NAME.match(instance_id):
-        return instance_id
-    cleaned = re.sub(r"[^A-Za-z0-9_.:-]+", "_", instance_id)[:60].strip("_") or "instance"
-    digest = hashlib.sha256(f"{node}\0{instance_id}".encode()).hexdigest()[:8]
-    return f"{cleaned}-{digest}"
+def _create_index(service: Mapping[str, Any]) -> int:
+    value = service.get("CreateIndex", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -122,6 +72,8 @@ class Instance:
     weight_warning: int = 1
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
+    #: Consul's CreateIndex of the registration: who registered first, when two services claim a route.
+    registered: int = field(default=0, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -152,20 +104,20 @@ class Instance:
         if not isinstance(node, Mapping) or not isinstance(service, Mapping) or not isinstance(checks, list):
             raise InvalidInstance("entry lacks Node, Service or Checks objects")
         instance_id = service.get("ID")
-        if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 256:
+        if not isinstance(instance_id, str) or not instance_id or len(instance_id) > rules.MAX_ID_LENGTH:
             raise InvalidInstance("Service.ID is missing, not a string, or longer than 256 characters")
         node_name = node.get("Node")
-        if not isinstance(node_name, str) or not node_name or len(node_name) > 256:
+        if not isinstance(node_name, str) or not node_name or len(node_name) > rules.MAX_ID_LENGTH:
             raise InvalidInstance("Node.Node is missing or not a string", instance_id)
         try:
             # Consul's rule: an empty Service.Address means "the node's address".
-            address = validate_address(service.get("Address") or node.get("Address"))
-            port = validate_port(service.get("Port"))
+            address = rules.address(service.get("Address") or node.get("Address"))
+            port = rules.port(service.get("Port"))
             weights = service.get("Weights") or {}
             if not isinstance(weights, Mapping):
                 raise ValueError("Weights is not an object")
-            weight_passing = _weight(weights.get("Passing", 1), "Passing")
-            weight_warning = _weight(weights.get("Warning", 1), "Warning")
+            weight_passing = rules.weight(weights.get("Passing", 1), "Weights.Passing")
+            weight_warning = rules.weight(weights.get("Warning", 1), "Weights.Warning")
         except ValueError as exc:
             raise InvalidInstance(str(exc), instance_id) from None
         statuses = [Status.parse(c.get("Status")) for c in checks if isinstance(c, Mapping)]
@@ -181,6 +133,7 @@ class Instance:
             weight_warning=weight_warning,
             tags=tuple(sorted(str(t) for t in tags)) if isinstance(tags, list) else (),
             meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, Mapping) else (),
+            registered=_create_index(service),
         )
 
 
@@ -218,12 +171,12 @@ class Service:
         for inst in self.instances:
             counts[inst.id] = counts.get(inst.id, 0) + 1
         names = [
-            server_name_for(inst.id if counts[inst.id] == 1 else f"{inst.node}-{inst.id}", inst.node)
+            rules.label(inst.id if counts[inst.id] == 1 else f"{inst.node}-{inst.id}", inst.node)
             for inst in self.instances
         ]
         # Two different instances can still clean up to the same name; a hash of the key separates them.
         names = [
-            name if names.count(name) == 1 else server_name_for(f"{name}\0", f"{inst.node}\0{inst.id}")
+            name if names.count(name) == 1 else rules.label(f"{name}\0", f"{inst.node}\0{inst.id}")
             for name, inst in zip(names, self.instances, strict=True)
         ]
         return tuple(Server(name, inst) for name, inst in zip(names, self.instances, strict=True))
@@ -257,13 +210,19 @@ def parse_health_entries(service_name: str, entries: object) -> tuple[Service, t
     """Turn a ``/v1/health/service/<name>`` answer into a :class:`Service` plus what was skipped.
 
     A malformed answer as a whole (not a list) raises ``ValueError``: the caller keeps the last good
-    snapshot. A malformed entry only skips that entry.
+    snapshot. So does an entry that names another service (:class:`ForeignEntry`): an answer that
+    mixes services is not one to route on. A malformed entry only skips that entry.
     """
     if not isinstance(entries, list):
         raise ValueError(f"health answer for {service_name!r} is not a JSON list")
     instances: dict[tuple[str, str], Instance] = {}
     skipped: list[Skipped] = []
+    wanted = service_name.lower()  # Consul's service names are case-insensitive in its lookups
     for entry in entries:
+        named = _service_name(entry)
+        if named is not None and named.lower() != wanted:
+            raise ForeignEntry(f"health answer for {service_name!r} holds an entry of service {named[:80]!r}; "
+                               "an answer of another service is not data for this one")
         try:
             inst = Instance.from_entry(entry)
         except InvalidInstance as exc:
@@ -271,3 +230,10 @@ def parse_health_entries(service_name: str, entries: object) -> tuple[Service, t
             continue
         instances[inst.key] = inst
     return Service(service_name, tuple(instances.values())), tuple(skipped)
+
+
+def _service_name(entry: object) -> str | None:
+    """``Service.Service`` of an entry, when the entry has one to compare."""
+    service = entry.get("Service") if isinstance(entry, Mapping) else None
+    named = service.get("Service") if isinstance(service, Mapping) else None
+    return named if isinstance(named, str) else None

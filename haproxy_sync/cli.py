@@ -151,7 +151,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     """
     from haproxy_sync.catalog import Snapshot
     from haproxy_sync.consul import read_routed
-    from haproxy_sync.daemon import check_rendered, plan_tables, write_live
+    from haproxy_sync.daemon import check_rendered, plan_tables, routes_on_disk, write_live
     from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
@@ -162,7 +162,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     template = load_template(settings.template_path())
     read = asyncio.run(read_routed(settings))
     latest = {name: svc for name, (svc, _) in read.services.items()}
-    routing = routing_for(settings, latest, read.discovered)
+    routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
     for item in routing.unrouted:
         click.echo(f"not routed: {item.service}: {item.reason}", err=True)
     snapshot = Snapshot.of(latest[s.name] for s in routing.services)

@@ -19,20 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haproxy_sync.catalog import SAFE_NAME, is_valid_hostname
+from haproxy_sync import haproxy, rules
 
 DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-# No quotes, backslashes, '#' or spaces: each would end or change a haproxy.cfg line.
-_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/%?-]*\Z")
-_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z")
-#: A route's path prefix: whole segments, at most :data:`MAX_PATH_SEGMENTS` (the template looks up that many).
-MAX_PATH_SEGMENTS = 3
-_ROUTE_PATH = re.compile(rf"^(/[A-Za-z0-9._~-]{{1,64}}){{1,{MAX_PATH_SEGMENTS}}}/?\Z")
+_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z", re.ASCII)
 
 
 class ConfigError(Exception):
@@ -182,41 +176,11 @@ def _tag(value: Any) -> str:
     return text
 
 
-def _safe_name(value: Any) -> str:
-    text = _string(value)
-    if not SAFE_NAME.match(text):
-        raise ValueError(f"{text!r} must be 1-100 characters of A-Z a-z 0-9 _ . : -")
-    return text
-
-
-def parse_health_path(value: Any) -> str:
-    text = _string(value)
-    if not _HEALTH_PATH.match(text) or len(text) > 200:
-        raise ValueError(f"{text!r} must be a URL path starting with / with no spaces or quotes")
-    return text
-
-
-def parse_host(value: Any) -> str:
-    """A Host header to route on: a plain host name, lowercased (HAProxy's lookup lowercases too)."""
-    text = _string(value)
-    if text and not is_valid_hostname(text):
-        raise ValueError(f"{text[:80]!r} is not a valid host name")
-    return text.lower().rstrip(".")
-
-
-def parse_route_path(value: Any) -> str:
-    """A path prefix of whole segments (``/api`` routes ``/api`` and ``/api/...``, not ``/apix``).
-
-    Returned without a trailing slash; "" and "/" mean "any path". Segments are limited to URL-safe
-    characters so that a prefix can never break the map file or a config line.
-    """
-    text = _string(value)
-    if text in ("", "/"):
-        return ""
-    if len(text) > 200 or not _ROUTE_PATH.match(text):
-        raise ValueError(f"{text[:80]!r} is not a path prefix of 1-{MAX_PATH_SEGMENTS} segments of "
-                         "A-Z a-z 0-9 . _ ~ - (e.g. \"/api\" or \"/api/v2\")")
-    return text.rstrip("/")
+# The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).
+_safe_name = rules.name
+parse_health_path = rules.health_path
+parse_host = rules.route_host
+parse_route_path = rules.route_path
 
 
 def _filter_expression(value: Any) -> str:
@@ -350,7 +314,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
 SERVICE_SCHEMA: dict[str, Setting] = {
     "name": Setting(_safe_name, None, "Consul service name (required)."),
     "backend": Setting(_safe_name, None, "HAProxy backend name; default: the service name."),
-    "balance": Setting(_one_of(BALANCE_ALGORITHMS), "roundrobin", "Load-balancing algorithm."),
+    "balance": Setting(rules.balance, "roundrobin", "Load-balancing algorithm."),
     "health_path": Setting(parse_health_path, "/health", "Path of HAProxy's own HTTP check."),
     "host": Setting(parse_host, "", "Route requests with this Host header here; the first service is the default."),
     "path": Setting(
@@ -592,6 +556,8 @@ def load_settings(
     consul_values = parsed["consul"]
     if not problems:
         _apply_consul_rules(consul_values, values["consul"], problems, warnings)
+        # A link at a file haproxy-sync replaces: refused by every command, before anything runs.
+        problems.extend(haproxy.refuse_symlinks(haproxy.owned_files(HAProxySettings(**parsed["haproxy"]))))
         if parsed["sync"]["wait_max"] < parsed["sync"]["wait_min"]:
             problems.append(f"{values['sync']['wait_max'].origin}: must not be shorter than sync.wait_min")
     if problems:
@@ -658,6 +624,23 @@ def token_file_exposure(path: Path) -> str:
     return ""
 
 
+def token_problem(token: str) -> str:
+    """What keeps ``token`` out of an HTTP header ("" when nothing does); the token is never shown.
+
+    A second line or a control character would split or end the ``X-Consul-Token`` header (aiohttp
+    refuses it at the first request, far from the cause); anything beyond printable ASCII is no token.
+    """
+    if not token:
+        return "nothing (it is empty)"
+    if "\n" in token or "\r" in token:
+        return "more than one line"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+        return "a control character"
+    if not all(0x20 <= ord(ch) < 0x7F for ch in token):
+        return "characters outside printable ASCII"
+    return ""
+
+
 def _apply_consul_rules(
     consul: dict[str, Any], origins: Mapping[str, _Value], problems: list[str], warnings: list[str]
 ) -> None:
@@ -667,14 +650,23 @@ def _apply_consul_rules(
         consul["address"] = consul["address"].replace("http://", "https://", 1)
     if consul["token_file"] and not consul["token"]:
         try:
-            consul["token"] = Path(consul["token_file"]).read_text().strip()
+            # Bytes, not text: a file that is not UTF-8 is a problem to report, not a traceback.
+            token = Path(consul["token_file"]).read_bytes().decode("utf-8", errors="replace").strip()
         except OSError as exc:
             problems.append(f"{origins['token_file'].origin}: cannot read token file: {exc.strerror}")
         else:
+            unfit = token_problem(token)
+            if unfit:
+                problems.append(f"{origins['token_file'].origin}: {consul['token_file']} holds {unfit}; "
+                                "a token file holds one token on one line")
+            consul["token"] = token
             exposed = token_file_exposure(Path(consul["token_file"]))
             if exposed:
                 warnings.append(f"{origins['token_file'].origin}: {consul['token_file']} is {exposed}; "
                                 "chmod 0600 it (or 0640 with a group of its own)")
+    elif consul["token"] and (unfit := token_problem(consul["token"])):
+        problems.append(f"{origins['token'].origin}: the token holds {unfit}; it is sent as the "
+                        "X-Consul-Token header, so it must be one line of printable ASCII")
     for key in ("ca_file", "cert_file", "key_file"):
         if consul[key] and not Path(consul[key]).is_file():
             problems.append(f"{origins[key].origin}: {consul[key]}: no such file")

@@ -27,7 +27,8 @@ import aiohttp
 import consul
 import consul.aio
 
-from haproxy_sync.catalog import SAFE_NAME, Service, Skipped, parse_health_entries
+from haproxy_sync import rules
+from haproxy_sync.catalog import Service, Skipped, parse_health_entries
 from haproxy_sync.config import ConsulSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ def classify(exc: BaseException, service: str) -> ConsulError:
     """Turn whatever the client raised into one :class:`ConsulError` with a short, safe message."""
     if isinstance(exc, ConsulError):
         return exc
+    if isinstance(exc, RedirectRefused):
+        return ConsulError(
+            "redirect",
+            f"Consul at {exc.address} answered {exc.status} redirect to {exc.location}; not followed "
+            "(the ACL token is only sent to consul.address)",
+        )
     if isinstance(exc, consul.ACLPermissionDenied):
         return ConsulError(
             "acl",
@@ -118,16 +125,41 @@ def backoff_delay(failures: int, cap: float, rng: random.Random | None = None) -
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
+class RedirectRefused(Exception):
+    """Consul (or whatever answers at its address) sent a 3xx; :func:`classify` makes it a "redirect"."""
+
+    def __init__(self, address: str, status: int, location: str) -> None:
+        super().__init__(f"{address} answered {status} redirect to {location}")
+        self.address, self.status, self.location = address, status, location
+
+
+def _shown_location(value: str | None) -> str:
+    """A hostile Location header as log-safe text: printable ASCII only, and not too much of it."""
+    if not value:
+        return "(no Location header)"
+    return _short("".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in value))
+
+
 class _TLSHTTPClient(consul.aio.HTTPClient):
-    """py-consul's aio client, plus ``CONSUL_TLS_SERVER_NAME`` (verify against a name, not the host)."""
+    """py-consul's aio client, plus ``CONSUL_TLS_SERVER_NAME`` (verify against a name, not the host),
+    and never a redirect: aiohttp would follow one with every header, the X-Consul-Token among them,
+    to wherever the answer points (aiohttp drops only ``Authorization`` on a cross-origin redirect).
+    """
 
     server_hostname: str | None = None
+    address: str = ""  # consul.address as configured, for the message that refuses a redirect
 
     async def _request(self, callback, method, uri, headers, data=None, connections_timeout=None, raw=False):  # type: ignore[no-untyped-def]
         extra = {"server_hostname": self.server_hostname} if self.server_hostname else {}
         # No total timeout here: blocking queries are bounded by the watch's own wait_for.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        resp = await self._session.request(method, uri, headers=headers, data=data, timeout=timeout, **extra)
+        resp = await self._session.request(
+            method, uri, headers=headers, data=data, timeout=timeout, allow_redirects=False, **extra
+        )
+        if 300 <= resp.status < 400:
+            resp.release()
+            raise RedirectRefused(self.address or self.base_uri, resp.status,
+                                  _shown_location(resp.headers.get("Location")))
         body = await resp.read() if raw else await resp.text(encoding="utf-8", errors="replace")
         return callback(consul.base.Response(resp.status, resp.headers, body))
 
@@ -147,6 +179,7 @@ def make_client(settings: ConsulSettings) -> consul.aio.Consul:
             # 101st watch behind a query that may block for `wait`.
             client = _TLSHTTPClient(host, port, scheme, verify=verify, cert=cert, connections_limit=limit)
             client.server_hostname = server_name
+            client.address = settings.address
             return client
 
     with warnings.catch_warnings():
@@ -407,7 +440,7 @@ def parse_catalog_services(raw: object, tag: str) -> tuple[frozenset[str], tuple
     for name, tags in raw.items():
         if not isinstance(tags, list) or tag not in tags:
             continue
-        if not isinstance(name, str) or not SAFE_NAME.match(name):
+        if not rules.is_name(name):
             skipped.append(Skipped(str(name)[:80], "*", "service name is not a safe backend name"))
             continue
         names.add(name)

@@ -37,6 +37,7 @@ from watchdog.observers.api import BaseObserver
 
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
+from haproxy_sync.commands import Command
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import (
     CatalogWatch,
@@ -69,7 +70,7 @@ from haproxy_sync.plan import (
     slots_from_config,
 )
 from haproxy_sync.render import TemplateError, load_template, render
-from haproxy_sync.routing import Routing, map_commands, map_text, route_drift, routing_for
+from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift, routing_for
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,11 @@ def _state_fits(tables: Mapping[str, BackendSlots], state: haproxy.ServerState) 
     return find_drift({state.backend: BackendSlots(state.backend, (slot,))}, running).empty
 
 
+def routes_on_disk(settings: Settings) -> dict[str, str]:
+    """The routes the map file holds: who holds which route when the daemon has not routed yet."""
+    return parse_map_file(haproxy.read_text(settings.haproxy.routes_map_path) or "")
+
+
 def read_routes(settings: Settings) -> dict[str, str]:
     """The routes HAProxy runs now (``show map``)."""
     return haproxy.show_map(settings.haproxy.stats_socket, settings.haproxy.routes_map_path)
@@ -238,7 +244,8 @@ class RuntimeApplyError(haproxy.HAProxyError):
 
 
 def apply_runtime(
-    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[str, ...], routing: Routing | None = None
+    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[Command, ...],
+    routing: Routing | None = None,
 ) -> str:
     """The fast path: runtime commands, then read back what HAProxy runs; raises if it is off plan.
 
@@ -250,14 +257,14 @@ def apply_runtime(
     started = time.monotonic()
     answers = haproxy.runtime_commands(hap.stats_socket, commands) if commands else ""
     # Read back what the commands touched: with thousands of backends, all servers is megabytes.
-    touched = {c.split()[2].partition("/")[0] for c in commands if c.startswith("set server ")}
+    touched = {c.backend for c in commands if c.backend is not None}
     if len(touched) > 20:
         running = read_running(hap.stats_socket)
     else:
         running = {key: value for backend in touched for key, value in read_running(hap.stats_socket, backend).items()}
     drift = find_drift({b: tables[b] for b in touched if b in tables}, running)
     details = [*drift.missing, *drift.found]
-    routes_changed = routing is not None and any(c.startswith(("add map", "set map", "del map")) for c in commands)
+    routes_changed = routing is not None and any(c.changes_map for c in commands)
     if routing is not None and routes_changed:
         details += map_commands(str(hap.routes_map_path), read_routes(settings), routing.map_entries)
     if details:
@@ -485,7 +492,7 @@ class Daemon:
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.template = load_template(self.settings.template_path())
-        for stale in haproxy.remove_stale_temp_files(self.settings.haproxy.config_path):
+        for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
         server = await self._start_metrics()
         client = make_client(self.settings.consul)
@@ -647,7 +654,8 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        routing = routing_for(settings, self.latest, self.discovered, self.routing)
+        routing = routing_for(settings, self.latest, self.discovered, self.routing,
+                              holders=routes_on_disk(settings) if self.routing is None else None)
         self._note_routing(routing)
         observed = Snapshot.of(self.latest[s.name] for s in routing.services)
         snapshot, self._seen, self._hold_at = damp(
@@ -940,7 +948,8 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            routing = routing_for(settings, self.latest, self.discovered, self.routing)
+            routing = routing_for(settings, self.latest, self.discovered, self.routing,
+                                  holders=routes_on_disk(settings) if self.routing is None else None)
             snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
             render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
         except (ConfigError, TemplateError) as exc:
@@ -1024,7 +1033,7 @@ async def run_once(settings: Settings) -> Outcome:
         for item in skipped:
             log.warning("skipped instance service=%s id=%r reason=%r", name, item.instance_id, item.reason)
     latest = {name: service for name, (service, _) in read.services.items()}
-    routing = routing_for(settings, latest, read.discovered)
+    routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
     for item in routing.unrouted:
         log.warning("discovery: service %s is not routed: %s", item.service, item.reason)
     snapshot = Snapshot.of(latest[s.name] for s in routing.services)

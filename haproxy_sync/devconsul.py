@@ -303,6 +303,7 @@ FAULTS: Final = {
     "index_zero": "reads report X-Consul-Index: 0",
     "malformed_json": "reads answer 200 with the first half of the JSON body",
     "huge": "reads answer the normal JSON followed by `size_mb` MiB (default 10) of whitespace",
+    "foreign_service": 'health reads answer entries whose Service.Service is "intruder" (a hostile or broken Consul)',
 }
 _FAULT_PARAMS: Final = {"slow": ("delay",), "huge": ("size_mb",), "index_backwards": ("offset",)}
 _ERROR_FAULTS: Final = {
@@ -2054,6 +2055,11 @@ class DevConsul:
         reported = self._reported_index(index, faulted)
         self._highest_reported = max(self._highest_reported, reported)
         body = _json_bytes(payload, options.pretty)
+        if fault.name == "foreign_service" and isinstance(payload, list):
+            payload = [{**entry, "Service": {**entry["Service"], "Service": "intruder"}}
+                       if isinstance(entry, dict) and isinstance(entry.get("Service"), dict) else entry
+                       for entry in payload]
+            body = _json_bytes(payload, options.pretty)
         if fault.name == "malformed_json":
             body = body[: len(body) // 2]
         elif fault.name == "huge":

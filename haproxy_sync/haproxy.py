@@ -9,23 +9,33 @@ The file rules, which keep the live ``haproxy.cfg`` always the last good one:
   and renamed over the live file, then the directory is fsynced; a crash at any point leaves either
   the old or the new complete file;
 * ``<config>.last-good`` is a copy of the config HAProxy last confirmed running (a new worker after a
-  reload); a reload that HAProxy rejects puts that copy back, so disk keeps matching what runs.
+  reload); a reload that HAProxy rejects puts that copy back, so disk keeps matching what runs;
+* nothing is written or read through a symbolic link: temp files get an unpredictable name created
+  with O_EXCL|O_NOFOLLOW, a target that is a link is refused, and files haproxy-sync owns are read
+  with O_NOFOLLOW. Whoever can plant a link in these directories must not redirect a root write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from haproxy_sync import commands, rules
+from haproxy_sync.commands import Command
 
 
 class HAProxyError(Exception):
@@ -83,10 +93,21 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_text(path: Path) -> str | None:
+    """The text of a file haproxy-sync owns, None when there is none.
+
+    Opened with O_NOFOLLOW: a link planted at the live config or its ``.last-good`` copy must not make
+    the daemon restore (or compare against) a file of someone else's choosing.
+    """
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HAProxyError(symlink_refusal(path) or f"{path} is a symbolic link; remove it") from None
+        raise
+    with os.fdopen(fd) as handle:
+        return handle.read()
 
 
 def last_good_path(path: Path) -> Path:
@@ -94,67 +115,169 @@ def last_good_path(path: Path) -> Path:
 
 
 def atomic_write(
-    path: Path, text: str, *, binary: str | None = None, mode: int | None = None, group: str = ""
+    path: Path,
+    text: str,
+    *,
+    binary: str | None = None,
+    mode: int | None = None,
+    group: str = "",
+    setting: str = "",
 ) -> None:
     """Replace ``path`` with ``text`` so that readers only ever see a whole old or whole new file.
 
     When ``binary`` is given the candidate must pass ``haproxy -c`` before it replaces anything.
     ``mode`` and ``group`` set the new file's permissions; without them it keeps those of the file it
-    replaces (an operator's ``root:haproxy 0640`` survives), or 0640 when there is none.
+    replaces (an operator's ``root:haproxy 0640`` survives), or 0640 when there is none. ``setting``
+    names the setting that chose ``path``, for the message that refuses a symbolic link there.
+
+    The temp file is made by :func:`tempfile.mkstemp` (O_CREAT|O_EXCL|O_NOFOLLOW, a random name), so
+    a link planted at a guessable name is never written through, and it is removed on every error.
     """
+    refusal = symlink_refusal(path, setting)
+    if refusal:
+        raise HAProxyError(refusal)
     directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path))
+    except OSError as exc:
+        raise HAProxyError(f"cannot write {path}: {exc.strerror or exc}") from None
+    tmp = Path(name)
+    replaced = False
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
+            _set_ownership(path, handle.fileno(), mode, group)
             os.fsync(handle.fileno())
-        _set_ownership(path, tmp, mode, group)
         if binary is not None:
             validate(binary, tmp)
         os.replace(tmp, path)
+        replaced = True
         _fsync_dir(directory)
     except OSError as exc:
         raise HAProxyError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if not replaced:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
-def _set_ownership(source: Path, target: Path, mode: int | None, group: str) -> None:
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.tmp-PID-``: the writer's PID tells a dead writer's leftovers from a live one's."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _set_ownership(source: Path, fd: int, mode: int | None, group: str) -> None:
+    """Give the temp file (by descriptor: its name could be swapped) the permissions of ``source``.
+
+    ``source`` is looked at with lstat and only a regular file counts: a link (mode 0777) or a fifo
+    planted there must not lend its permissions to the new config.
+    """
     try:
-        st = source.stat()
+        st: os.stat_result | None = os.lstat(source)
     except FileNotFoundError:
         st = None
-    os.chmod(target, mode if mode is not None else (st.st_mode & 0o7777 if st else 0o640))
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        st = None
+    os.fchmod(fd, mode if mode is not None else (st.st_mode & 0o7777 if st else 0o640))
     if group:
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise HAProxyError(f"group {group!r} does not exist; set haproxy.config_group to one that does") from None
-        os.chown(target, -1, gid)
+        os.fchown(fd, -1, gid)
     elif st is not None and os.geteuid() == 0:
-        os.chown(target, st.st_uid, st.st_gid)
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
-def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Temp files a killed writer left beside ``path`` (``.name.tmp-PID`` of a PID that is gone)."""
-    removed = []
-    for candidate in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = candidate.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            with contextlib.suppress(FileNotFoundError):
-                candidate.unlink()
-                removed.append(candidate)
+def remove_stale_temp_files(*paths: Path) -> list[Path]:
+    """Temp files a killed writer left beside ``paths`` (``.NAME.tmp-PID[-random]`` of a PID that is gone).
+
+    Entries are only unlinked, never opened, so a link among them is removed without being followed.
+    Whatever cannot be removed (a read-only or foreign directory, a directory of that name) is
+    skipped: leftovers must not keep the daemon from starting.
+    """
+    removed: list[Path] = []
+    for path in paths:
+        removed.extend(_remove_stale_beside(path))
     return removed
+
+
+def _remove_stale_beside(path: Path) -> list[Path]:
+    prefix = f".{path.name}.tmp-"
+    try:
+        entries = [entry.name for entry in os.scandir(path.parent) if entry.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in entries:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        candidate = path.parent / name
+        try:
+            candidate.unlink()
+        except OSError:
+            continue
+        removed.append(candidate)
+    return removed
+
+
+class FileSettings(Protocol):
+    """The paths of :class:`haproxy_sync.config.HAProxySettings` that name files haproxy-sync replaces."""
+
+    @property
+    def config_path(self) -> Path: ...
+
+    @property
+    def routes_map_path(self) -> Path: ...
+
+    @property
+    def server_state_file(self) -> Path: ...
+
+
+def owned_files(hap: FileSettings) -> dict[Path, str]:
+    """Every file haproxy-sync replaces, with the setting an operator changes to move it."""
+    return {
+        hap.config_path: "haproxy.config_path",
+        last_good_path(hap.config_path): "haproxy.config_path",
+        hap.routes_map_path: "haproxy.routes_map",
+        hap.server_state_file: "haproxy.server_state_file",
+    }
+
+
+def symlink_refusal(path: Path, setting: str = "") -> str | None:
+    """The one line that refuses ``path`` when it is a symbolic link, else None.
+
+    Only the last component counts: a linked parent directory (``/etc/haproxy -> /srv/haproxy``) is
+    fine, a linked file is not, since a rename would replace the link rather than write its target.
+    """
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None  # not a link, not there, or not ours to look at: the write itself will say
+    shown = "".join(ch if ch.isprintable() else "?" for ch in target)
+    if path.name.endswith(".last-good"):
+        advice = f"remove the link (it is haproxy-sync's own copy of {setting or 'the config'})"
+    else:
+        advice = f"point {setting or 'the setting that names it'} at the real file"
+    return (f"{path} is a symbolic link (to {shown}); haproxy-sync replaces files atomically and "
+            f"will not write through links: {advice}")
+
+
+def refuse_symlinks(paths: Mapping[Path, str]) -> list[str]:
+    """One problem per path (mapped to the setting that names it) that is a symbolic link.
+
+    Keyed by path, not setting: the config and its ``.last-good`` copy share one setting.
+    """
+    return [refusal for path, setting in paths.items() if (refusal := symlink_refusal(path, setting))]
 
 
 def remember_last_good(path: Path) -> None:
     """Copy the live config aside as the one HAProxy is confirmed to run."""
     text = read_text(path)
     if text is not None and read_text(last_good_path(path)) != text:
-        atomic_write(last_good_path(path), text)
+        atomic_write(last_good_path(path), text, setting="haproxy.config_path")
 
 
 def restore_last_good(path: Path) -> bool:
@@ -162,21 +285,29 @@ def restore_last_good(path: Path) -> bool:
     text = read_text(last_good_path(path))
     if text is None:
         return False
-    atomic_write(path, text)
+    atomic_write(path, text, setting="haproxy.config_path")
     return True
 
 
 # --- the CLI sockets ---
 
 
-def socket_command(path: Path, command: str, timeout: float = 5.0) -> str:
-    """Send one command to a HAProxy CLI socket (runtime or master) and return the whole answer."""
+def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: float = 5.0) -> str:
+    """Send one command (or several, run in order) to a HAProxy CLI socket and return the whole answer.
+
+    Only :class:`~haproxy_sync.commands.Command` values are sent: each is exactly one command of
+    the grammar, so the ``;`` that joins several here is the only separator on the line.
+    """
+    batch = command if isinstance(command, tuple) else (command,)
+    if not batch or not all(isinstance(c, Command) for c in batch):
+        raise TypeError("socket_command sends only Command values built by haproxy_sync.commands")
+    line = "; ".join(batch)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     chunks: list[bytes] = []
     try:
         sock.connect(str(path))
-        sock.sendall(command.encode() + b"\n")
+        sock.sendall(line.encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)  # non-interactive mode: HAProxy answers, then closes
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -187,7 +318,7 @@ def socket_command(path: Path, command: str, timeout: float = 5.0) -> str:
     except PermissionError:
         raise SocketError(f"permission denied on HAProxy socket {path}; check its mode and group") from None
     except TimeoutError:
-        raise SocketError(f"HAProxy socket {path} did not answer {command.split()[0]!r} in {timeout:g}s") from None
+        raise SocketError(f"HAProxy socket {path} did not answer {batch[0].verb!r} in {timeout:g}s") from None
     except OSError as exc:
         raise SocketError(f"HAProxy socket {path}: {exc.strerror or exc}") from None
     finally:
@@ -227,7 +358,7 @@ def parse_show_proc(text: str) -> ProcInfo:
 
 
 def show_proc(master_socket: Path) -> ProcInfo:
-    return parse_show_proc(socket_command(master_socket, "show proc"))
+    return parse_show_proc(socket_command(master_socket, commands.SHOW_PROC))
 
 
 def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: float = 10.0) -> ProcInfo:
@@ -247,7 +378,7 @@ def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: f
         if before is None:
             return ProcInfo(0, 0, 0, ())  # nothing to read back on hosts without a master socket
     else:
-        socket_command(master_socket, "reload", timeout=timeout)
+        socket_command(master_socket, commands.RELOAD, timeout=timeout)
     assert before is not None
     deadline = time.monotonic() + timeout
     while True:
@@ -344,33 +475,37 @@ def filter_server_state(text: str, keep: Callable[[ServerState], bool]) -> str:
     return "".join(kept)
 
 
-def runtime_commands(stats_socket: Path, commands: list[str] | tuple[str, ...], batch: int = 50) -> str:
+def runtime_commands(stats_socket: Path, sequence: list[Command] | tuple[Command, ...], batch: int = 50) -> str:
     """Send Runtime API commands, several per connection (``;``-separated, run in order).
 
     HAProxy answers informational text even on success, so the caller verifies the outcome by
     reading the state back rather than by parsing these answers; they are returned for the logs.
     """
     answers = []
-    for start in range(0, len(commands), batch):
-        answers.append(socket_command(stats_socket, "; ".join(commands[start:start + batch])))
+    for start in range(0, len(sequence), batch):
+        answers.append(socket_command(stats_socket, tuple(sequence[start:start + batch])))
     return " | ".join(" ".join(a.split()) for a in answers if a.strip())
 
 
 def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[ServerState, ...]:
-    command = f"show servers state {backend}" if backend else "show servers state"
-    return parse_servers_state(socket_command(stats_socket, command))
+    return parse_servers_state(socket_command(stats_socket, commands.show_servers_state(backend)))
 
 
 def show_map(stats_socket: Path, map_path: Path) -> dict[str, str]:
-    """The entries HAProxy runs for the map file ``map_path`` (``show map``)."""
-    text = socket_command(stats_socket, f"show map {map_path}")
+    """The entries HAProxy runs for the map file ``map_path`` (``show map``).
+
+    The answer is read like any other untrusted text: an entry whose key or backend is not of its
+    kind is left out, so it can never become part of a command.
+    """
+    text = socket_command(stats_socket, commands.show_map(str(map_path)))
     if text.lstrip().startswith(("Unknown map", "Missing map")):
         raise SocketError(f"HAProxy has no map {map_path}: {text.strip()[:120]}")
     entries: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0].startswith("0x"):
-            entries[parts[1]] = parts[2]
+            with contextlib.suppress(rules.Refused):
+                entries[rules.map_key(parts[1])] = rules.name(parts[2])
     return entries
 
 
@@ -383,14 +518,14 @@ def save_server_state(
     wait on it, it only loses health state that the new worker's checks rebuild.
     """
     try:
-        text = socket_command(stats_socket, "show servers state")
+        text = socket_command(stats_socket, commands.show_servers_state())
         parse_servers_state(text)
     except SocketError:
         return False
     if keep is not None:
         text = filter_server_state(text, keep)
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(state_file, text, mode=0o644)
+    atomic_write(state_file, text, mode=0o644, setting="haproxy.server_state_file")
     return True
 
 

@@ -1,5 +1,9 @@
 """Logging: one line per event on stderr, as key=value text or JSON, journald-aware.
 
+In the text format every line break and control character in a message is escaped (``\\n``), so no
+value from Consul, a file or a socket answer can start a line of its own; values from Consul are
+logged quoted (``%r``) where they are not already checked names. JSON escapes them by itself.
+
 Under journald (``JOURNAL_STREAM`` set) lines carry no timestamp of their own and start with the
 ``<N>`` priority prefix that journald turns into the entry's priority.
 """
@@ -13,6 +17,15 @@ import sys
 import time
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+#: Every character that could end or forge a text log line (C0 and C1 controls, DEL, Unicode line and
+#: paragraph separators), written as the escape Python would print for it.
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character escaped: a value from Consul, a file or
+    HAProxy can never start a log line of its own."""
+    return text.translate(_ESCAPES)
 
 
 class _Formatter(logging.Formatter):
@@ -32,6 +45,7 @@ class _Formatter(logging.Formatter):
                 payload = {"ts": self._timestamp(record), **payload}
             line = json.dumps(payload, ensure_ascii=False)
         else:
+            message = one_line(message)
             line = f"level={level} {message}" if self.journald else f"{self._timestamp(record)} level={level} {message}"
         if self.journald:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{line}"

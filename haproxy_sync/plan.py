@@ -19,12 +19,13 @@ haproxy.cfg: the file on disk always describes what runs, so a restart gives the
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from haproxy_sync import commands, rules
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
+from haproxy_sync.commands import Command
 
 FREE_ADDRESS = "127.0.0.1"
 FREE_PORT = 1  # a free slot is in maintenance; the placeholder only has to be a valid address
@@ -207,7 +208,7 @@ def slots_from_config(text: str, snapshot: Snapshot, backends: Iterable[tuple[st
 class Plan:
     """Runtime API commands to send, or the reason a reload is needed instead."""
 
-    commands: tuple[str, ...] = ()
+    commands: tuple[Command, ...] = ()
     reload_reason: str | None = None
 
     @property
@@ -215,28 +216,19 @@ class Plan:
         return self.reload_reason is not None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def slot_commands(backend: str, old: Slot, new: Slot) -> list[str]:
+def slot_commands(backend: str, old: Slot, new: Slot) -> list[Command]:
     """Commands taking one slot from ``old`` to ``new``; maintenance first, ready last, so no request
     ever reaches a half-changed server."""
-    target = f"{backend}/{new.name}"
-    commands: list[str] = []
+    sequence: list[Command] = []
     if new.maint and not old.maint:
-        commands.append(f"set server {target} state maint")
+        sequence.append(commands.set_server_state(backend, new.name, commands.ServerState.MAINT))
     if (new.address, new.port) != (old.address, old.port):
-        commands.append(f"set server {target} addr {new.address} port {new.port}")
+        sequence.append(commands.set_server_addr(backend, new.name, new.address, new.port))
     if new.weight != old.weight:
-        commands.append(f"set server {target} weight {new.weight}")
+        sequence.append(commands.set_server_weight(backend, new.name, new.weight))
     if old.maint and not new.maint:
-        commands.append(f"set server {target} state ready")
-    return commands
+        sequence.append(commands.set_server_state(backend, new.name, commands.ServerState.READY))
+    return sequence
 
 
 def structure(text: str) -> list[str]:
@@ -263,7 +255,7 @@ def plan_runtime(
         added = sorted(new.keys() - old.keys())
         removed = sorted(old.keys() - new.keys())
         return Plan(reload_reason=f"backends changed (+{','.join(added) or '-'} -{','.join(removed) or '-'})")
-    commands: list[str] = []
+    sequence: list[Command] = []
     for backend, table in new.items():
         before = old[backend]
         if len(before.slots) != len(table.slots):
@@ -271,14 +263,14 @@ def plan_runtime(
         for previous, slot in zip(before.slots, table.slots, strict=True):
             if previous.runtime == slot.runtime:
                 continue
-            if not _is_ip(slot.address):
+            if not rules.is_ip(slot.address):
                 return Plan(reload_reason=f"{backend}/{slot.name} address {slot.address} is a host name")
-            commands.extend(slot_commands(backend, previous, slot))
+            sequence.extend(slot_commands(backend, previous, slot))
     old_shape, new_shape = structure(old_text), structure(new_text)
     if old_shape != new_shape:
         line = next((n for o, n in zip(old_shape, new_shape, strict=False) if o != n), "(length)")
         return Plan(reload_reason=f"config structure changed at {line[:80]!r}")
-    return Plan(commands=tuple(commands))
+    return Plan(commands=tuple(sequence))
 
 
 # --- one sentence per apply ---
@@ -346,11 +338,11 @@ def _same_endpoint(running: str, planned: str) -> bool:
     only a planned IP address can be compared."""
     if running == planned:  # the common case, without parsing (a reconcile compares every slot)
         return True
-    if not _is_ip(planned):
+    if not rules.is_ip(planned):
         return True
-    try:
-        return ipaddress.ip_address(running) == ipaddress.ip_address(planned)
-    except ValueError:
+    try:  # what HAProxy answers is untrusted text: its allowlist first, then the canonical form
+        return rules.address(running) == rules.address(planned)
+    except rules.Refused:
         return False
 
 
@@ -363,10 +355,11 @@ def _fmt(run: Running) -> str:
 class Drift:
     """Servers that run something other than planned, and the commands that put them right.
 
-    ``missing`` names slots HAProxy does not have at all: only a reload can bring those back.
+    ``missing`` names slots only a reload can put right: HAProxy does not have them at all, or they
+    hold a host name whose endpoint drifted (the Runtime API takes IP addresses only).
     """
 
-    commands: tuple[str, ...] = ()
+    commands: tuple[Command, ...] = ()
     found: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
 
@@ -376,7 +369,7 @@ class Drift:
 
 
 def find_drift(desired: Mapping[str, BackendSlots], running: Mapping[tuple[str, str], Running]) -> Drift:
-    commands: list[str] = []
+    fixes: list[Command] = []
     found: list[str] = []
     missing: list[str] = []
     for backend, table in desired.items():
@@ -389,9 +382,12 @@ def find_drift(desired: Mapping[str, BackendSlots], running: Mapping[tuple[str, 
             if _same_endpoint(address, slot.address) and (port, weight, maint) == (slot.port, slot.weight, slot.maint):
                 continue
             found.append(f"{backend}/{slot.name} runs {_fmt(actual)}, planned {_fmt(slot.runtime)}")
+            if not rules.is_ip(slot.address):  # the Runtime API takes IP addresses only: a reload resolves it
+                missing.append(f"{backend}/{slot.name}")
+                continue
             as_running = replace(slot, address=address, port=port, weight=weight, maint=maint)
-            commands.extend(slot_commands(backend, as_running, slot))
-    return Drift(tuple(commands), tuple(found), tuple(missing))
+            fixes.extend(slot_commands(backend, as_running, slot))
+    return Drift(tuple(fixes), tuple(found), tuple(missing))
 
 
 def summarize(old: Mapping[str, BackendSlots], new: Mapping[str, BackendSlots], snapshot: Snapshot) -> list[str]:

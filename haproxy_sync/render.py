@@ -16,8 +16,7 @@ from typing import Any
 
 import jinja2
 
-from haproxy_sync import __version__
-from haproxy_sync.catalog import server_name_for
+from haproxy_sync import __version__, rules
 from haproxy_sync.config import ServiceSettings, Settings
 from haproxy_sync.plan import BackendSlots, Slot
 from haproxy_sync.routing import Routing, routing_for
@@ -29,20 +28,20 @@ class TemplateError(Exception):
 
 @dataclass(frozen=True)
 class ServerView:
-    """What a template needs of one server slot; ``state`` is ``enabled``, ``drain`` or ``disabled``."""
+    """What a template needs of one server slot; ``state`` is ``enabled``, ``drain`` or ``disabled``.
+
+    Consul's IDs and node names may hold anything, so the template never sees them raw:
+    ``instance_id`` and ``node`` are their safe labels (:func:`haproxy_sync.rules.label`).
+    """
 
     name: str
     address: str
     port: int
     weight: int
     state: str
-    instance_id: str  # empty for a free slot
+    instance_id: str  # the instance's label; empty for a free slot
     node: str
-
-    @property
-    def label(self) -> str:
-        """The instance as a name that is safe anywhere in a config line (IDs may hold anything)."""
-        return server_name_for(self.instance_id, self.node) if self.instance_id else "free"
+    label: str  # the label of the server name: ``free`` for a free slot
 
     @property
     def endpoint(self) -> str:
@@ -52,8 +51,11 @@ class ServerView:
 
     @classmethod
     def of(cls, slot: Slot) -> ServerView:
-        node, instance_id = slot.owner or ("", "")
-        return cls(slot.name, slot.address, slot.port, slot.weight, slot.state, instance_id, node)
+        if slot.owner is None:
+            return cls(slot.name, slot.address, slot.port, slot.weight, slot.state, "", "", "free")
+        node, instance_id = slot.owner
+        return cls(slot.name, slot.address, slot.port, slot.weight, slot.state, rules.label(instance_id, node),
+                   rules.label(node), rules.label(instance_id, node))
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,21 @@ def template_context(tables: Mapping[str, BackendSlots], settings: Settings, rou
     }
 
 
+def _printable(value: object) -> object:
+    """Every value a template prints: checked, a number, or one line of printable ASCII (rules.config_text).
+
+    An undefined name is left to StrictUndefined, whose error names it.
+    """
+    return value if isinstance(value, jinja2.Undefined) else rules.config_text(value)
+
+
 def load_template(path: Path) -> jinja2.Template:
     """Compile the template at ``path``; syntax errors become :class:`TemplateError` with file:line."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(path.parent)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # the output is haproxy.cfg, not HTML
+        finalize=_printable,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -20,18 +20,14 @@ irrelevant, which is what lets the daemon change routes at runtime with ``add ma
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from haproxy_sync.catalog import SAFE_NAME, Service
-from haproxy_sync.config import (
-    BALANCE_ALGORITHMS,
-    ServiceSettings,
-    Settings,
-    parse_health_path,
-    parse_host,
-    parse_route_path,
-)
+from haproxy_sync import commands, rules
+from haproxy_sync.catalog import Service
+from haproxy_sync.commands import Command
+from haproxy_sync.config import ServiceSettings, Settings
 
 META_HOST = "haproxy-sync-host"
 META_PATH = "haproxy-sync-path"
@@ -99,30 +95,21 @@ def meta_value(service: Service, key: str) -> str:
 
 def discovered_settings(service: Service, filter_expression: str = "") -> ServiceSettings:
     """The backend a discovered service asks for in its meta; raises ``ValueError`` saying what is wrong."""
-    if not SAFE_NAME.match(service.name):
-        raise ValueError(f"service name {service.name[:80]!r} is not a safe backend name")
-    fields = {"host": META_HOST, "path": META_PATH, "balance": META_BALANCE, "health_path": META_HEALTH_PATH}
-    raw = {field: meta_value(service, key) for field, key in fields.items()}
-    try:
-        host = parse_host(raw["host"])
-    except ValueError as exc:
-        raise ValueError(f"meta {META_HOST}: {exc}") from None
-    try:
-        path = parse_route_path(raw["path"])
-    except ValueError as exc:
-        raise ValueError(f"meta {META_PATH}: {exc}") from None
-    if not host and not path:
+    name = rules.name(service.name)
+    checks = {META_HOST: rules.route_host, META_PATH: rules.route_path, META_BALANCE: rules.balance,
+              META_HEALTH_PATH: rules.health_path}
+    defaults = {META_BALANCE: DEFAULT_BALANCE, META_HEALTH_PATH: DEFAULT_HEALTH_PATH}
+    values = {}
+    for key, check in checks.items():
+        try:
+            values[key] = check(meta_value(service, key) or defaults.get(key, ""))
+        except rules.Refused as exc:
+            raise ValueError(f"meta {key}: {exc}") from None
+    if not values[META_HOST] and not values[META_PATH]:
         raise ValueError(f"no route: set meta {META_HOST} (and optionally {META_PATH})")
-    balance = raw["balance"].lower() or DEFAULT_BALANCE
-    if balance not in BALANCE_ALGORITHMS:
-        raise ValueError(f"meta {META_BALANCE}: {raw['balance'][:40]!r} is not one of {', '.join(BALANCE_ALGORITHMS)}")
-    try:
-        health_path = parse_health_path(raw["health_path"] or DEFAULT_HEALTH_PATH)
-    except ValueError as exc:
-        raise ValueError(f"meta {META_HEALTH_PATH}: {exc}") from None
     return ServiceSettings(
-        name=service.name, backend=service.name, balance=balance, health_path=health_path, host=host, path=path,
-        filter=filter_expression, discovered=True,
+        name=name, backend=name, balance=values[META_BALANCE], health_path=values[META_HEALTH_PATH],
+        host=values[META_HOST], path=values[META_PATH], filter=filter_expression, discovered=True,
     )
 
 
@@ -131,15 +118,20 @@ def routing_for(
     services: Mapping[str, Service],
     discovered: Iterable[str] = (),
     previous: Routing | None = None,
+    holders: Mapping[str, str] | None = None,
 ) -> Routing:
     """Backends and routes for the configured services plus the discovered ones Consul has answered for.
 
     A discovered service needs its first health answer (in ``services``) before it is routed: its
     meta says where it goes. Once routed, it keeps the route it had (``previous``) while it has no
     instances at all: whether it goes is for the catalog to say (and its guard), whether its servers
-    go for the empty-backend guard, not for an empty answer that happened to come first. Conflicts
-    are settled in order: configured services first (in config order), then discovered ones by
-    name; a later claim of a backend name or route is left out.
+    go for the empty-backend guard, not for an empty answer that happened to come first.
+
+    A route belongs to whoever holds it: configured services first (in config order), then the
+    discovered service that held the route before (``previous``, or at start ``holders``, the routes
+    HAProxy runs). A discovered service that newly claims a held route is left out; so is every
+    newcomer of a contested free route but the one registered first in Consul (lowest CreateIndex).
+    Names never decide: a registrant cannot win a route by choosing a name that sorts first.
     """
     chosen: list[ServiceSettings] = list(settings.services)
     unrouted: list[Unrouted] = []
@@ -164,11 +156,16 @@ def routing_for(
             continue
         taken_backends.add(candidate.backend)
         chosen.append(candidate)
+    held = {**(holders or {}), **(previous.map_entries if previous is not None else {})}
+    winners = _route_winners([s for s in chosen if s.discovered], services, held)
     routes: list[Route] = []
     owners: dict[str, str] = {}
     kept: list[ServiceSettings] = []
     for svc in chosen:
         route = Route(svc.host, svc.path, svc.backend) if svc.host or svc.path else None
+        if route is not None and svc.discovered and route.key not in owners and winners.get(route.key) != svc.name:
+            unrouted.append(Unrouted(svc.name, _lost_claim(route, winners.get(route.key), held.get(route.key))))
+            continue
         if route is not None and route.key in owners:
             reason = f"route {route.describe()} is already taken by backend {owners[route.key]}"
             if svc.discovered:
@@ -183,10 +180,49 @@ def routing_for(
     return Routing(tuple(kept), tuple(sorted(routes)), tuple(unrouted))
 
 
+def _registered(service: Service | None) -> int | None:
+    """When the service was first registered (its lowest CreateIndex), or None when Consul did not say."""
+    indexes = [inst.registered for inst in service.instances if inst.registered] if service else []
+    return min(indexes, default=None)
+
+
+def _route_winners(
+    claimants: Iterable[ServiceSettings], services: Mapping[str, Service], held: Mapping[str, str]
+) -> dict[str, str]:
+    """For each route key the discovered services claim, the one service that gets it (absent: none).
+
+    The holder keeps its route. A free route claimed by one service goes to it; claimed by several,
+    to the one registered strictly first, and to nobody when Consul's indexes cannot tell them apart.
+    """
+    by_key: dict[str, list[ServiceSettings]] = collections.defaultdict(list)
+    for svc in claimants:
+        by_key[Route(svc.host, svc.path, svc.backend).key].append(svc)
+    winners = {}
+    for key, claims in by_key.items():
+        holder = next((svc for svc in claims if held.get(key) == svc.backend), None)
+        if holder is not None or len(claims) == 1:
+            winners[key] = (holder or claims[0]).name
+            continue
+        ranked = sorted((_registered(services.get(svc.name)), svc.name) for svc in claims)
+        first, second = ranked[0][0], ranked[1][0]
+        if first is not None and (second is None or first < second):
+            winners[key] = ranked[0][1]
+    return winners
+
+
+def _lost_claim(route: Route, winner: str | None, holder: str | None) -> str:
+    if holder is not None and winner == holder:
+        return f"route {route.describe()} is held by backend {holder}; a newcomer cannot take it"
+    if winner is not None:
+        return f"route {route.describe()} is claimed by {winner} too, registered in Consul before it"
+    return (f"route {route.describe()} is claimed by several services registered at once and held by none; "
+            "it is routed to none of them until one claim goes")
+
+
 def map_text(entries: Mapping[str, str]) -> str:
     """The map file: sorted, so the same routes always give the same bytes."""
     lines = ["# Generated by haproxy-sync: host[/path] -> backend. Changed at runtime too; edits are overwritten."]
-    lines += [f"{key} {backend}" for key, backend in sorted(entries.items())]
+    lines += [f"{rules.map_key(key)} {rules.name(backend)}" for key, backend in sorted(entries.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +232,8 @@ def parse_map_file(text: str) -> dict[str, str]:
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and not parts[0].startswith("#"):
-            entries[parts[0]] = parts[1]
+            with contextlib.suppress(rules.Refused):  # a hand edit or a damaged file: never a command
+                entries[rules.map_key(parts[0])] = rules.name(parts[1])
     return entries
 
 
@@ -206,10 +243,10 @@ def route_drift(running: Mapping[str, str], planned: Mapping[str, str], wanted: 
             for key in sorted(running.keys() | planned.keys()) if running.get(key) != planned.get(key)]
 
 
-def map_commands(map_path: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+def map_commands(map_path: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[Command]:
     """Runtime API commands taking HAProxy's map from ``old`` to ``new``: adds and sets, then deletes."""
-    commands = [f"add map {map_path} {key} {new[key]}" for key in sorted(new.keys() - old.keys())]
+    sequence = [commands.add_map(map_path, key, new[key]) for key in sorted(new.keys() - old.keys())]
     changed = sorted(key for key in new.keys() & old.keys() if old[key] != new[key])
-    commands += [f"set map {map_path} {key} {new[key]}" for key in changed]
-    commands += [f"del map {map_path} {key}" for key in sorted(old.keys() - new.keys())]
-    return commands
+    sequence += [commands.set_map(map_path, key, new[key]) for key in changed]
+    sequence += [commands.del_map(map_path, key) for key in sorted(old.keys() - new.keys())]
+    return sequence

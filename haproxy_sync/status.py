@@ -16,6 +16,7 @@ from haproxy_sync import haproxy
 from haproxy_sync.catalog import Snapshot, Status
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import ConsulError, read_routed
+from haproxy_sync.daemon import routes_on_disk
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
 from haproxy_sync.routing import route_drift, routing_for
 
@@ -102,7 +103,7 @@ def gather(settings: Settings) -> Report:
     try:
         read = asyncio.run(read_routed(settings, deadline=5))
         latest = {name: svc for name, (svc, _) in read.services.items()}
-        routing = routing_for(settings, latest, read.discovered)
+        routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
         snapshot = Snapshot.of(latest[s.name] for s in routing.services)
         report.unrouted = [f"{item.service}: {item.reason}" for item in routing.unrouted]
     except ConsulError as exc:

@@ -51,6 +51,19 @@ def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = No
         return exc.code, exc.read().decode()
 
 
+def operator_command(socket_path: Path, line: str) -> str:
+    """What an operator types on the admin socket (``disable server``...): raw text, not haproxy-sync's."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(socket_path))
+        sock.send(line.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def consul_put(base_url: str, path: str, body: Any = None) -> None:
     data = json.dumps(body).encode() if body is not None else b""
     request = urllib.request.Request(f"{base_url}{path}", data=data, method="PUT")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.soak.sampler import haproxy_footprint, parse_metrics
-from haproxy_sync import haproxy
+from haproxy_sync import commands, haproxy
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
@@ -80,7 +80,7 @@ def served_servers(stats_socket: Path, skip_backends: frozenset[str]) -> dict[tu
     maintenance and left out.
     """
     try:
-        text = haproxy.socket_command(stats_socket, "show servers state", timeout=15)
+        text = haproxy.socket_command(stats_socket, commands.show_servers_state(), timeout=15)
         states = haproxy.parse_servers_state(text)
     except haproxy.HAProxyError:
         return None

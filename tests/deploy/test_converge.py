@@ -207,14 +207,40 @@ def test_modes_and_owners(converge: Converge) -> None:
     expected = {
         config_dir: ("root", "haproxy-sync", 0o750),
         config_dir / "config.toml": ("root", "haproxy-sync", 0o640),
-        # haproxy-sync swaps haproxy.cfg by rename here: group-writable, setgid.
-        haproxy_dir: ("root", "haproxy", 0o2775),
+        # haproxy-sync swaps haproxy.cfg by rename here as the owner; never group-writable, setgid.
+        haproxy_dir: ("haproxy-sync", "haproxy", 0o2755),
+        converge.path("haproxy_sync_server_state_file").parent: ("haproxy-sync", "root", 0o755),
         haproxy_dir / "haproxy.cfg": ("root", "haproxy", 0o640),
         converge.path("haproxy_defaults_file"): ("root", "root", 0o644),
         converge.path("haproxy_sync_systemd_unit_dir") / "haproxy-sync.service": ("root", "root", 0o644),
         converge.path("haproxy_sync_server_state_file"): ("haproxy-sync", "haproxy", 0o640),
     }
     assert {path: _owner(path) for path in expected} == expected
+
+
+def _writable_by(path: Path, user: str) -> bool:
+    """Whether ``user``, with its groups, may write ``path`` by its owner, group and mode bits."""
+    account = pwd.getpwnam(user)
+    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    st = path.lstat()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == account.pw_uid:
+        return bool(mode & 0o200)
+    if st.st_gid in groups:
+        return bool(mode & 0o020)
+    return bool(mode & 0o002)
+
+
+def test_haproxy_workers_cannot_write_what_haproxy_sync_writes(converge: Converge) -> None:
+    """HAProxy's workers run as `haproxy`: a directory or file they could write would let them plant
+    the config (or a link) that the root master loads on its next reload."""
+    config_dir = converge.path("haproxy_config_dir")
+    state_file = converge.path("haproxy_sync_server_state_file")
+    paths = [config_dir, *sorted(config_dir.iterdir()), state_file.parent, state_file]
+    assert not [p for p in paths if _writable_by(p, "haproxy")], {p: _owner(p) for p in paths}
+    assert not [p for p in paths if p.is_symlink()]
+    # ... while haproxy-sync still replaces its files there by rename.
+    assert _writable_by(config_dir, "haproxy-sync") and _writable_by(state_file.parent, "haproxy-sync")
 
 
 def test_service_user_is_in_the_haproxy_group(converge: Converge) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.devconsul import DevConsulThread
-from tests.helpers import App, Stack, cli, consul_put, http_get, register, wait_until
+from tests.helpers import App, Stack, cli, consul_put, http_get, operator_command, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 TAG = "haproxy-sync"
@@ -95,7 +95,7 @@ def test_route_removed_by_hand_is_put_back(stack: Stack, make_apps) -> None:
     app = make_apps(1, prefix="hand")[0]
     register_branch(stack, app, "cabify-hand", **{"haproxy-sync-host": "hand.cabify.test"})
     wait_until(lambda: answer(stack, "hand.cabify.test") == app.instance_id, 10, what="routed")
-    haproxy.socket_command(stack.layout.stats_socket, f"del map {stack.layout.root / 'routes.map'} hand.cabify.test")
+    operator_command(stack.layout.stats_socket, f"del map {stack.layout.root / 'routes.map'} hand.cabify.test")
     assert answer(stack, "hand.cabify.test") != app.instance_id
     wait_until(lambda: answer(stack, "hand.cabify.test") == app.instance_id, 10, what="the reconcile's repair")
     stack.daemon.wait_for_log("route hand.cabify.test runs nothing, planned cabify-hand")

@@ -13,7 +13,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.devconsul import DevConsulThread
-from tests.helpers import HAProxyProcess_for, Stack, consul_put, register, wait_until
+from tests.helpers import HAProxyProcess_for, Stack, consul_put, operator_command, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 FAST = 'drain_timeout = "1s"\nreconcile_interval = "300ms"\n'
@@ -133,7 +133,7 @@ def test_weight_change_shows_without_reload(stack: Stack) -> None:
 def test_drift_made_by_hand_is_repaired(stack: Stack) -> None:
     app = stack.apps[0]
     (slot,) = [s.name for s in stack.layout.servers() if s.port == app.port]
-    haproxy.socket_command(stack.layout.stats_socket, f"disable server cabify/{slot}")
+    operator_command(stack.layout.stats_socket, f"disable server cabify/{slot}")
     stack.daemon.wait_for_log("reconcile: drift found", timeout=5)
     wait_until(lambda: app.instance_id in stack.serving(), 5, what="the server back in rotation")
     assert f"cabify/{slot} runs 127.0.0.1:{app.port} weight 1 maint" in stack.daemon.log()

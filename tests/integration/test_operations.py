@@ -15,7 +15,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.devconsul import DevConsulThread
-from tests.helpers import Stack, cli, consul_put, http_get, register, wait_until
+from tests.helpers import Stack, cli, consul_put, http_get, operator_command, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 
@@ -88,7 +88,7 @@ def test_status_shows_drift_made_by_hand_and_exits_1(stack: Stack) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert re.search(r"^cabify\s+3/0/0\s+3/0/0/0\s+none$", ok.stdout, re.M), ok.stdout
     assert "last apply: cabify: 3 servers" in ok.stdout and "daemon: ready" in ok.stdout
-    haproxy.socket_command(stack.layout.stats_socket, "disable server cabify/slot2")
+    operator_command(stack.layout.stats_socket, "disable server cabify/slot2")
     drift = cli("status", "--config", config)
     assert drift.returncode == 1
     assert "drift cabify: cabify/slot2 runs 127.0.0.1:" in drift.stdout and "maint, planned" in drift.stdout

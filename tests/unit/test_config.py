@@ -6,6 +6,7 @@ import pytest
 
 from haproxy_sync import config
 from haproxy_sync.config import ConfigError, load_settings, parse_consul_address, parse_duration
+from tests.helpers import cli
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -146,3 +147,39 @@ def test_consul_address_forms(raw: str, url: str) -> None:
 def test_readme_config_reference_matches_the_schema() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert config.reference_markdown() in readme, "regenerate the README table: scripts/update-readme-reference"
+
+
+@pytest.mark.parametrize(("content", "holds"), [
+    ("s3cret\nsecond-line\n", "more than one line"),
+    ("s3cret\rtoken\n", "more than one line"),
+    ("s3cr\x1bet\n", "a control character"),
+    ("\n  \n", "nothing (it is empty)"),
+    ("s3crét\n", "characters outside printable ASCII"),
+])
+def test_token_file_must_hold_one_token_on_one_line(tmp_path: Path, content: str, holds: str) -> None:
+    token = tmp_path / "token"
+    token.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, f'[consul]\ntoken_file = "{token}"\n'), env={})
+    assert err.value.problems == (
+        f"{tmp_path / 'config.toml'}: consul.token_file: {token} holds {holds}; "
+        "a token file holds one token on one line",
+    )
+    assert "s3cr" not in str(err.value), "the token itself is never shown"
+
+
+def test_check_refuses_a_token_file_with_an_inner_newline(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\nX-Injected: yes\n")
+    proc = cli("check", "--config", str(write(tmp_path, f'[consul]\ntoken_file = "{token}"\n')))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"haproxy-sync: config: {tmp_path / 'config.toml'}: consul.token_file: {token} holds more than one "
+        "line; a token file holds one token on one line"
+    ]
+
+
+@pytest.mark.parametrize("token", ["tök", "s3cret\nX-Injected: yes", "tab\there"])
+def test_token_from_any_source_must_be_printable_ascii(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ConfigError, match=r"^environment CONSUL_HTTP_TOKEN: the token holds .*X-Consul-Token"):
+        load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_TOKEN": token})

@@ -43,3 +43,19 @@ def test_journald_gets_priority_prefix_and_no_timestamp(capsys: pytest.CaptureFi
     assert emit(capsys, "text") == "<4>level=warning applied cabify: 7 servers\n"
     record = emit(capsys, "json")
     assert record.startswith("<4>{") and "ts" not in json.loads(record[3:])
+
+
+@pytest.mark.parametrize("forged", ["web-1\n2026-12-01T00:00:00.000Z level=error HAProxy is down",
+                                    "x\r\nlevel=info y", "a\u2028b", "a\x85b", "a\x1b[2Jb", "a\x00b"])
+def test_no_value_can_start_a_text_line_of_its_own(capsys: pytest.CaptureFixture[str], monkeypatch,
+                                                   forged: str) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    logs.configure("info", "text")
+    logging.getLogger("haproxy_sync.test").warning("skipped instance id=%s reason=%r", forged, forged)
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1 and out.endswith("\n")
+    assert not any(ch in out[:-1] for ch in "\r\x00\x1b\x85\u2028"), out
+    logs.configure("info", "json")
+    logging.getLogger("haproxy_sync.test").warning("skipped instance id=%s", forged)
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and json.loads(line)["msg"] == f"skipped instance id={forged}"

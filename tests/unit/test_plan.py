@@ -235,7 +235,9 @@ def test_a_host_name_slot_is_not_drift_once_haproxy_resolved_it() -> None:
     running[("web", "slot1")] = ("10.1.2.3", 80, 1, False)  # HAProxy shows what the name resolved to
     assert find_drift({"web": table}, running).empty
     running[("web", "slot1")] = ("10.1.2.3", 81, 1, False)
-    assert not find_drift({"web": table}, running).empty, "the port still counts"
+    drift = find_drift({"web": table}, running)
+    assert not drift.empty, "the port still counts"
+    assert drift.missing == ("web/slot1",) and drift.commands == (), "only a reload re-resolves a host name"
 
 
 def test_apply_sentence_stays_one_short_line_with_hundreds_of_services() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,17 +68,49 @@ def test_unsafe_or_missing_meta_leaves_the_service_unrouted_with_a_reason(settin
     assert len(routing.unrouted) == 1 and reason in routing.unrouted[0].reason
 
 
-def test_conflicts_go_to_the_configured_service_then_by_name(settings) -> None:
+def registered(svc: Service, index: int) -> Service:
+    """The service as Consul reports it after registering it at raft index ``index``."""
+    return Service(svc.name, tuple(replace(inst, registered=index) for inst in svc.instances))
+
+
+def test_conflicts_go_to_the_configured_service_then_to_who_registered_first(settings) -> None:
     latest = {
-        "b": service("b", {"haproxy-sync-host": "same.test"}),
-        "a": service("a", {"haproxy-sync-host": "same.test"}),
+        "b": registered(service("b", {"haproxy-sync-host": "same.test"}), 10),
+        "a": registered(service("a", {"haproxy-sync-host": "same.test"}), 20),
         "c": service("c", {"haproxy-sync-host": "cabify.test"}),
         "cabify": service("cabify"),
     }
     routing = routing_for(settings, latest, {"a", "b", "c", "cabify"})
-    assert routing.map_entries == {"cabify.test": "cabify", "same.test": "a"}
-    assert {u.service for u in routing.unrouted} == {"b", "c"}
-    assert all("already taken" in u.reason for u in routing.unrouted)
+    assert routing.map_entries == {"cabify.test": "cabify", "same.test": "b"}, "b registered first; names never decide"
+    assert {u.service for u in routing.unrouted} == {"a", "c"}
+    assert "registered in Consul before it" in next(u.reason for u in routing.unrouted if u.service == "a")
+    assert "already taken by backend cabify" in next(u.reason for u in routing.unrouted if u.service == "c")
+
+
+def test_a_route_stays_with_its_holder_whoever_registers_later(settings) -> None:
+    holder = registered(service("zeta", {"haproxy-sync-host": "shop.test"}), 50)
+    first = routing_for(settings, {"zeta": holder}, {"zeta"})
+    assert first.map_entries["shop.test"] == "zeta"
+    # A newcomer with an older registration index and a name that sorts first still cannot take it.
+    newcomer = registered(service("aaa", {"haproxy-sync-host": "shop.test"}), 5)
+    latest = {"zeta": holder, "aaa": newcomer}
+    again = routing_for(settings, latest, {"zeta", "aaa"}, previous=first)
+    assert again.map_entries["shop.test"] == "zeta"
+    assert [(u.service, "held by backend zeta" in u.reason) for u in again.unrouted] == [("aaa", True)]
+    # After a restart the routes HAProxy runs (the map) say who holds what.
+    restarted = routing_for(settings, latest, {"zeta", "aaa"}, holders={"shop.test": "zeta"})
+    assert restarted.map_entries["shop.test"] == "zeta"
+    # When the holder goes, the route is free for the newcomer.
+    gone = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=again)
+    assert gone.map_entries["shop.test"] == "aaa"
+
+
+def test_a_contested_free_route_with_no_registration_order_goes_to_nobody(settings) -> None:
+    latest = {name: service(name, {"haproxy-sync-host": "same.test"}) for name in ("a", "b")}
+    routing = routing_for(settings, latest, {"a", "b"})
+    assert "same.test" not in routing.map_entries
+    assert {u.service for u in routing.unrouted} == {"a", "b"}
+    assert all("routed to none of them" in u.reason for u in routing.unrouted)
 
 
 def test_map_commands_take_haproxy_from_old_to_new_and_the_file_reads_back() -> None:

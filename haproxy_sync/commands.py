@@ -1,0 +1,112 @@
+"""The one builder of Runtime API commands: typed arguments in, one checked command out.
+
+HAProxy's CLI splits what it reads on ``;`` and on newlines, so an argument that could hold either
+is a second command. Every command haproxy-sync sends on the admin or the master socket is made here,
+from arguments that each pass their allowlist in :mod:`haproxy_sync.rules`, and the finished text is
+matched once more against the grammar of the commands haproxy-sync means to send. A
+:class:`Command` that exists is one command; :func:`haproxy_sync.haproxy.runtime_commands` takes
+nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from haproxy_sync import rules
+
+
+class UnsafeCommand(ValueError):
+    """A command that would not be exactly one command of the grammar; it is never sent."""
+
+
+class ServerState(enum.Enum):
+    """The administrative states haproxy-sync sets (``set server ... state``)."""
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+_TOKEN = r"[A-Za-z0-9_.:/*+~-]+"
+#: Every command haproxy-sync sends, as a pattern over its whole text.
+GRAMMAR = re.compile(
+    r"set server [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5} "
+    r"(?:addr [0-9A-Fa-f:.]{2,45} port [1-9][0-9]{0,4}|weight [0-9]{1,3}|state (?:ready|drain|maint))"
+    rf"|(?:add|set) map /{_TOKEN} {_TOKEN} [A-Za-z0-9_.:-]{{1,100}}"
+    rf"|del map /{_TOKEN} {_TOKEN}"
+    rf"|show map /{_TOKEN}"
+    r"|show servers state(?: [A-Za-z0-9_.:-]{1,100})?"
+    r"|show proc|reload",
+    re.ASCII,
+)
+
+
+class Command(str):
+    """One Runtime API command that matches :data:`GRAMMAR`; the only thing the socket sender takes."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> Command:
+        if not isinstance(text, str) or not GRAMMAR.fullmatch(text):
+            raise UnsafeCommand(f"refused to build Runtime API command {str(text)[:120]!r}: not one command of the "
+                                "grammar haproxy-sync sends")
+        return super().__new__(cls, text)
+
+    @property
+    def verb(self) -> str:
+        """``set server``, ``add map``, ``show proc``...: the first two words."""
+        return " ".join(self.split()[:2])
+
+    @property
+    def backend(self) -> str | None:
+        """The backend a ``set server`` command changes."""
+        return self.split()[2].partition("/")[0] if self.startswith("set server ") else None
+
+    @property
+    def changes_map(self) -> bool:
+        return self.startswith(("add map ", "set map ", "del map "))
+
+
+def _target(backend: str, server: str) -> str:
+    return f"{rules.name(backend)}/{rules.server(server)}"
+
+
+def set_server_addr(backend: str, server: str, address: str, port: int) -> Command:
+    """Point a slot at an instance; only IP addresses (a host name needs a reload to be resolved)."""
+    if not rules.is_ip(address):
+        raise UnsafeCommand(f"address {address[:80]!r} is not an IP address; the Runtime API takes only those")
+    ip = rules.ipv6(address) if ":" in address else rules.ipv4(address)
+    return Command(f"set server {_target(backend, server)} addr {ip} port {rules.port(port)}")
+
+
+def set_server_weight(backend: str, server: str, weight: int) -> Command:
+    return Command(f"set server {_target(backend, server)} weight {rules.weight(weight)}")
+
+
+def set_server_state(backend: str, server: str, state: ServerState) -> Command:
+    return Command(f"set server {_target(backend, server)} state {ServerState(state).value}")
+
+
+def add_map(map_path: str, key: str, backend: str) -> Command:
+    return Command(f"add map {rules.file_path(map_path)} {rules.map_key(key)} {rules.name(backend)}")
+
+
+def set_map(map_path: str, key: str, backend: str) -> Command:
+    return Command(f"set map {rules.file_path(map_path)} {rules.map_key(key)} {rules.name(backend)}")
+
+
+def del_map(map_path: str, key: str) -> Command:
+    return Command(f"del map {rules.file_path(map_path)} {rules.map_key(key)}")
+
+
+def show_map(map_path: str) -> Command:
+    return Command(f"show map {rules.file_path(map_path)}")
+
+
+def show_servers_state(backend: str | None = None) -> Command:
+    return Command(f"show servers state {rules.name(backend)}" if backend else "show servers state")
+
+
+SHOW_PROC = Command("show proc")
+RELOAD = Command("reload")

@@ -1,0 +1,76 @@
+"""The grammar of the Runtime API commands haproxy-sync means to send, written apart from the product.
+
+The product builds its commands in ``haproxy_sync/commands.py``; this module checks what actually
+went out on the sockets (recorded by ``sitecustomize.py`` beside it) against its own patterns, so a
+mistake in the product's grammar is not also a mistake in the check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+_NAME = r"[A-Za-z0-9_.:-]{1,100}"
+_PATH = r"/[A-Za-z0-9._/+-]{1,1023}"
+_KEY = r"(?:\*|[a-z0-9.-]{1,253})(?:/[A-Za-z0-9._~-]{1,64}){0,3}"
+_IP = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-f:.]{2,45})"
+COMMANDS = [
+    re.compile(r"show proc"),
+    re.compile(r"reload"),
+    re.compile(rf"show servers state(?: (?P<backend>{_NAME}))?"),
+    re.compile(rf"show map (?P<path>{_PATH})"),
+    re.compile(rf"(?:add|set) map (?P<path>{_PATH}) {_KEY} (?P<backend>{_NAME})"),
+    re.compile(rf"del map (?P<path>{_PATH}) {_KEY}"),
+    re.compile(rf"set server (?P<backend>{_NAME})/slot[1-9][0-9]*"
+               rf" (?:addr {_IP} port [1-9][0-9]{{0,4}}|weight [0-9]{{1,3}}|state (?:ready|maint|drain))"),
+]
+
+
+def known_backends(root: Path, record: Path | None = None) -> set[str]:
+    """Every backend named in any HAProxy config under the test's directory (live, last-good, candidates),
+    and in every config written during the test (``<record>.backends``, see sitecustomize.py)."""
+    names: set[str] = set()
+    written = Path(f"{record}.backends") if record is not None else None
+    if written is not None and written.exists():
+        names.update(written.read_text().split())
+    for path in root.rglob("*.cfg*"):
+        if path.is_file():
+            names.update(re.findall(r"^backend (\S+)", path.read_text(errors="replace"), re.MULTILINE))
+    return names
+
+
+def known_maps(record: Path) -> set[str]:
+    """The map files named by the configs written during the test (``<record>.maps``)."""
+    written = Path(f"{record}.maps")
+    return set(written.read_text().split()) if written.exists() else set()
+
+
+def problems(sent: bytes, backends: Iterable[str], root: Path, maps: Iterable[str] = ()) -> list[str]:
+    """What in ``sent`` is not a line of one or more grammar commands for this test's own backends and files."""
+    known = set(backends)
+    known_map_paths = set(maps)
+    found: list[str] = []
+    if sent and not sent.endswith(b"\n"):
+        found.append(f"the last write does not end a line: {sent[-80:]!r}")
+    for raw in sent.split(b"\n")[:-1] if sent else []:
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            found.append(f"not ASCII: {raw[:120]!r}")
+            continue
+        if any(ch in line for ch in "\r\0\t#\\\"'") or "  " in line:
+            found.append(f"a separator HAProxy's CLI reads: {line[:120]!r}")
+            continue
+        for piece in line.split("; "):
+            match = next((m for pattern in COMMANDS if (m := pattern.fullmatch(piece))), None)
+            if match is None:
+                found.append(f"not one command of the grammar: {piece[:120]!r} (line {line[:120]!r})")
+                continue
+            backend = match.groupdict().get("backend")
+            if backend is not None and backend not in known:
+                found.append(f"backend {backend!r} is in no config of this test: {piece[:120]!r}")
+            path = match.groupdict().get("path")
+            if path is not None and not Path(path).is_relative_to(root) and path not in known_map_paths:
+                found.append(f"map {path!r} is not this test's: {piece[:120]!r}")
+    return found
