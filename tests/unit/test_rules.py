@@ -37,7 +37,7 @@ def test_addresses_come_back_canonical_and_typed() -> None:
     assert rules.address("App.Internal") == "app.internal"
     assert rules.address("::1").kind is rules.Kind.IPV6
     for bad in ["010.0.0.1", "10.0.0.1\n", "10.0.0.1 backup", "256.1.1.1", "[::1]", "::1]", "a..b", "-a.b",
-                "app.internal#", "app_internal", "ä.example.com", "１０.0.0.1"]:
+                "app.internal#", "app_internal", "\u00e4.example.com", "\uff11\uff10.0.0.1"]:
         with pytest.raises(rules.Refused):
             rules.address(bad)
 
