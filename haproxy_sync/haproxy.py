@@ -361,11 +361,50 @@ def show_proc(master_socket: Path) -> ProcInfo:
     return parse_show_proc(socket_command(master_socket, commands.SHOW_PROC))
 
 
+@dataclass(frozen=True)
+class ReloadAnswer:
+    """What the master CLI says of a ``reload`` from HAProxy 2.7 on: the result and the startup log."""
+
+    success: bool
+    messages: tuple[str, ...]  # the new process's startup lines, PIDs taken out
+
+    @property
+    def reason(self) -> str:
+        """HAProxy's own words for a failure: its alerts (else its last lines), on one line."""
+        alerts = [line for line in self.messages if line.startswith("[ALERT]")]
+        chosen = alerts[:3] or list(self.messages[-2:])
+        return "; ".join(_STARTUP_LEVEL.sub("", line) for line in chosen)[:500] or "no startup messages"
+
+
+_STARTUP_LINE = re.compile(r"^\[(NOTICE|WARNING|ALERT)\]\s*\(\d+\)\s*:\s*")
+_STARTUP_LEVEL = re.compile(r"^\[(NOTICE|WARNING|ALERT)\]\s*")
+
+
+def parse_reload_answer(text: str) -> ReloadAnswer | None:
+    """``Success=1`` or ``Success=0``, ``--``, then the startup log (HAProxy 2.7+); None when the master
+    answered nothing (2.6), so the version is told by the answer, never assumed.
+
+    The log is untrusted text: each line is kept printable and short, and the caller logs it escaped.
+    """
+    head, _, rest = text.strip().partition("\n")
+    match = re.fullmatch(r"Success=([01])", head.strip())
+    if match is None:
+        return None
+    lines = []
+    for raw in rest.splitlines():
+        line = "".join(ch if ch.isprintable() else "?" for ch in raw.strip())[:300]
+        if line and line != "--":
+            lines.append(_STARTUP_LINE.sub(lambda m: f"[{m.group(1)}] ", line))
+    return ReloadAnswer(match.group(1) == "1", tuple(lines))
+
+
 def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: float = 10.0) -> ProcInfo:
     """Reload HAProxy and wait until its master shows a new worker; raise :class:`ReloadError` if not.
 
-    HAProxy 2.6 gives no status for ``reload``, so success is read back from ``show proc``: the
-    reload counter moved, the failure counter did not, and the newest worker is a new process.
+    From HAProxy 2.7 on the master answers ``reload`` with its result and the new process's startup
+    log: a failure is reported with HAProxy's own alerts. HAProxy 2.6 answers nothing, so there the
+    result is read back from ``show proc`` alone: the reload counter moved, the failure counter did
+    not, and the newest worker is a new process (its log, not its CLI, says why one failed).
     """
     try:
         before = show_proc(master_socket)
@@ -378,7 +417,9 @@ def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: f
         if before is None:
             return ProcInfo(0, 0, 0, ())  # nothing to read back on hosts without a master socket
     else:
-        socket_command(master_socket, commands.RELOAD, timeout=timeout)
+        answer = parse_reload_answer(socket_command(master_socket, commands.RELOAD, timeout=timeout))
+        if answer is not None and not answer.success:
+            raise ReloadError(f"HAProxy rejected the reload: {answer.reason}; the old worker keeps serving")
     assert before is not None
     deadline = time.monotonic() + timeout
     while True:
@@ -390,7 +431,8 @@ def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: f
             if after.failed > before.failed:
                 raise ReloadError(
                     "HAProxy rejected the reload (failed reloads "
-                    f"{before.failed} -> {after.failed}); its log says why; the old worker keeps serving"
+                    f"{before.failed} -> {after.failed}); its master CLI gives no reason before HAProxy 2.7, "
+                    "its log says why; the old worker keeps serving"
                 )
             new_worker = after.current_worker
             if new_worker is not None and new_worker != before.current_worker:

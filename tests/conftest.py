@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -65,6 +67,28 @@ def haproxy_version_line(binary: str) -> str:
         return f"cannot run it: {exc}"
     lines = (result.stdout or result.stderr).strip().splitlines()
     return lines[0] if lines else f"no version; exit status {result.returncode}"
+
+
+@functools.lru_cache(maxsize=4)
+def _short_version(binary: str) -> str:
+    match = re.search(r"version (\d+\.\d+\.\d+)", haproxy_version_line(binary))
+    return match.group(1) if match else "unknown"
+
+
+@pytest.fixture(autouse=True)
+def haproxy_under_test(request: pytest.FixtureRequest) -> str | None:
+    """The HAProxy binary of this test's id (see pytest_generate_tests); None where no HAProxy runs."""
+    return getattr(request, "param", None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test that runs HAProxy says which one in its id (``test_x[haproxy-3.0.11]``), so the two
+    passes of the version matrix read apart in reports."""
+    binary = haproxy.find_binary("haproxy")
+    in_suite = any(part in ("integration", "property") for part in Path(str(metafunc.definition.path)).parts)
+    if binary is not None and in_suite and "haproxy_under_test" in metafunc.fixturenames:
+        metafunc.parametrize("haproxy_under_test", [binary], ids=[f"haproxy-{_short_version(binary)}"],
+                             indirect=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,16 @@ from typing import Any, TypeVar
 from haproxy_sync import haproxy
 
 T = TypeVar("T")
+
+
+def haproxy_version() -> tuple[int, int]:
+    """(major, minor) of the HAProxy the tests run (``haproxy -v``), for tests of version-specific answers."""
+    binary = haproxy.find_binary("haproxy")
+    assert binary, "haproxy is not installed"
+    first = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False).stdout
+    match = re.search(r"version (\d+)\.(\d+)", first)
+    assert match, f"cannot read the version from {first[:80]!r}"
+    return int(match.group(1)), int(match.group(2))
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
