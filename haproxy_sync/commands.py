@@ -37,6 +37,10 @@ GRAMMAR = re.compile(
     rf"|del map /{_TOKEN} {_TOKEN}"
     rf"|show map /{_TOKEN}"
     r"|show servers state(?: [A-Za-z0-9_.:-]{1,100})?"
+    r"|add server [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5} "
+    r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}"
+    r"(?: [a-z]{1,12}(?: [0-9]{1,9}(?:ms|s|m|h|d|us)?)?)* weight [0-9]{1,3} disabled"
+    r"|enable health [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5}"
     r"|show proc|reload",
     re.ASCII,
 )
@@ -60,8 +64,9 @@ class Command(str):
 
     @property
     def backend(self) -> str | None:
-        """The backend a ``set server`` command changes."""
-        return self.split()[2].partition("/")[0] if self.startswith("set server ") else None
+        """The backend a ``set server``, ``add server`` or ``enable health`` command changes."""
+        changes_server = self.startswith(("set server ", "add server ", "enable health "))
+        return self.split()[2].partition("/")[0] if changes_server else None
 
     @property
     def changes_map(self) -> bool:
@@ -86,6 +91,28 @@ def set_server_weight(backend: str, server: str, weight: int) -> Command:
 
 def set_server_state(backend: str, server: str, state: ServerState) -> Command:
     return Command(f"set server {_target(backend, server)} state {ServerState(state).value}")
+
+
+_OPTION_WORD = re.compile(r"[a-z]{1,12}|[0-9]{1,9}(?:ms|s|m|h|d|us)?", re.ASCII)
+
+
+def add_server(backend: str, server: str, address: str, port: int, options: tuple[str, ...], weight: int) -> Command:
+    """A dynamic server for a slot, in maintenance: ``options`` are server keywords and their numbers
+    (see :mod:`haproxy_sync.dynamic`), each word checked here too."""
+    if not rules.is_ip(address):
+        raise UnsafeCommand(f"address {address[:80]!r} is not an IP address; the Runtime API takes only those")
+    endpoint = f"[{rules.ipv6(address)}]" if ":" in address else rules.ipv4(address)
+    for word in options:
+        if not isinstance(word, str) or not _OPTION_WORD.fullmatch(word):
+            raise UnsafeCommand(f"server option {str(word)[:40]!r} is not a keyword or a number")
+    words = "".join(f" {word}" for word in options)
+    return Command(f"add server {_target(backend, server)} {endpoint}:{rules.port(port)}{words} "
+                   f"weight {rules.weight(weight)} disabled")
+
+
+def enable_health(backend: str, server: str) -> Command:
+    """Start the checks of a dynamic server (they start off, unlike a configured server's)."""
+    return Command(f"enable health {_target(backend, server)}")
 
 
 def add_map(map_path: str, key: str, backend: str) -> Command:

@@ -323,7 +323,8 @@ class DaemonError(Exception):
 
 def _reason_label(reason: str) -> str:
     """A bounded label for a reload reason (the full reason goes to the log line)."""
-    for needle, label in (("slots", "slots"), ("backends changed", "backends"), ("structure", "structure"),
+    for needle, label in (("dynamic servers", "slots_no_dynamic"), ("static balance", "static_weights"),
+                          ("slots", "slots"), ("backends changed", "backends"), ("structure", "structure"),
                           ("template or settings", "settings"), ("runtime API off", "runtime_off"),
                           ("runtime API path failed", "runtime_failed"), ("not yet confirmed", "unconfirmed"),
                           ("host name", "hostname"), ("no live config", "first")):

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from haproxy_sync import commands, rules
+from haproxy_sync import commands, dynamic, rules
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.commands import Command
 
@@ -231,18 +231,30 @@ def slot_commands(backend: str, old: Slot, new: Slot) -> list[Command]:
     return sequence
 
 
-def structure(text: str) -> list[str]:
+def structure(text: str, without: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> list[str]:
     """The config with what the Runtime API can change taken out: server lines keep only their name,
-    comments go. Two configs with the same structure differ only in what runtime commands can apply."""
+    comments go, and the servers in ``without`` (backend, name) go (they are added at runtime). Two
+    configs with the same structure differ only in what runtime commands can apply."""
     shape = []
+    backend = ""
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if not line[:1].isspace():
+            words = stripped.split()
+            backend = words[1] if words[0] == "backend" and len(words) > 1 else ""
         if stripped.startswith("server "):
             stripped = " ".join(stripped.split()[:2])
+            if (backend, stripped[7:]) in without:
+                continue
         shape.append(stripped)
     return shape
+
+
+def _static_balance(backend: str, text: str) -> bool:
+    shape = dynamic.shapes(text).get(backend)
+    return shape is not None and shape.balance in dynamic.STATIC_BALANCE
 
 
 def plan_runtime(
@@ -256,17 +268,26 @@ def plan_runtime(
         removed = sorted(old.keys() - new.keys())
         return Plan(reload_reason=f"backends changed (+{','.join(added) or '-'} -{','.join(removed) or '-'})")
     sequence: list[Command] = []
+    added: set[tuple[str, str]] = set()
     for backend, table in new.items():
         before = old[backend]
-        if len(before.slots) != len(table.slots):
-            return Plan(reload_reason=f"backend {backend} slots {len(before.slots)} -> {len(table.slots)}")
-        for previous, slot in zip(before.slots, table.slots, strict=True):
+        running = len(before.slots)
+        if running != len(table.slots):
+            grown = dynamic.grow(backend, table.slots, running, new_text) if running < len(table.slots) else "shrink"
+            if isinstance(grown, str):
+                return Plan(reload_reason=f"backend {backend} slots {running} -> {len(table.slots)} ({grown})")
+            sequence.extend(grown)
+            added.update((backend, slot.name) for slot in table.slots[running:])
+        for previous, slot in zip(before.slots, table.slots[:running], strict=True):
             if previous.runtime == slot.runtime:
                 continue
             if not rules.is_ip(slot.address):
                 return Plan(reload_reason=f"{backend}/{slot.name} address {slot.address} is a host name")
+            if slot.weight not in (0, previous.weight) and _static_balance(backend, new_text):
+                return Plan(reload_reason=f"backend {backend} uses a static balance algorithm: weights other "
+                                          "than 0 change only by a reload")
             sequence.extend(slot_commands(backend, previous, slot))
-    old_shape, new_shape = structure(old_text), structure(new_text)
+    old_shape, new_shape = structure(old_text), structure(new_text, without=added)
     if old_shape != new_shape:
         line = next((n for o, n in zip(old_shape, new_shape, strict=False) if o != n), "(length)")
         return Plan(reload_reason=f"config structure changed at {line[:80]!r}")

@@ -20,7 +20,7 @@ from haproxy_sync import haproxy
 from .changes import make_plan
 from .report import summarize, table, write_outputs
 from .runner import HARNESS_CPU, MODES, SCENARIOS, ModeRun, Params, pin_check, run_mode, shared_stack
-from .stack import REPO, StackError, find_consul_template, version_of
+from .stack import REPO, StackError, find_consul_template, use_haproxy, version_of
 
 # Warm-up: the load's rate still climbs for 6-7 s after its connections are up (the first 1-2 s after the old 5 s
 # warm-up were 20-30% low in 4 of the 6 modes of the last full run), and the first quiet block must not catch that.
@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "1/N, quiet, ..., churn N/N, quiet, then the settle."
         ),
     )
+    parser.add_argument("--haproxy", metavar="PATH", help="the HAProxy binary under test (default: the installed one; "
+                        "the report names its version)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of all modes in about a minute: short windows, few changes, scenario short")
     parser.add_argument("--duration", type=float, help="seconds of churn per mode, all blocks together [60; quick 8]")
@@ -136,6 +138,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    use_haproxy(args.haproxy)
     if haproxy.find_binary("haproxy") is None:
         print("HAProxy is not installed (apt-get install haproxy); nothing to measure", file=sys.stderr)
         return 1

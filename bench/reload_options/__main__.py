@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.churn.stack import use_haproxy
 from haproxy_sync import haproxy
 
 from .config import BASELINE, VARIANTS, Variant, long_lived_variants
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--quick", action="store_true", help="smoke run of every variant in about a minute")
+    parser.add_argument("--haproxy", metavar="PATH", help="the HAProxy binary under test (default: the installed one; "
+                        "the report names its version)")
     parser.add_argument("--repeats", type=int, help="runs per variant and schedule [3; quick 1]")
     parser.add_argument("--reloads", help="comma-separated reload counts, one schedule each [20,100; quick 10]")
     parser.add_argument("--rate", help="comma-separated reloads per second, paired with --reloads [2,5; quick 5]")
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         needed = LEAD + max(s.window for s in plan) + 1.0
         if args.duration < needed:
             raise SystemExit(f"--duration {args.duration:g} is shorter than the longest schedule needs ({needed:g}s)")
+    use_haproxy(args.haproxy)
     binary = haproxy.find_binary("haproxy")
     if binary is None:
         raise SystemExit("haproxy not found (Debian: apt-get install haproxy; it lives in /usr/sbin)")

@@ -22,6 +22,11 @@ COMMANDS = [
     re.compile(rf"show map (?P<path>{_PATH})"),
     re.compile(rf"(?:add|set) map (?P<path>{_PATH}) {_KEY} (?P<backend>{_NAME})"),
     re.compile(rf"del map (?P<path>{_PATH}) {_KEY}"),
+    re.compile(rf"add server (?P<backend>{_NAME})/slot[1-9][0-9]* "
+               r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-f:.]+\]):[1-9][0-9]{0,4}"
+               r"(?: (?:check|inter|fastinter|downinter|fall|rise|maxconn|minconn|maxqueue|slowstart)"
+               r"(?: [0-9]+(?:ms|s|m|h|d|us)?)?)* weight [0-9]{1,3} disabled"),
+    re.compile(rf"enable health (?P<backend>{_NAME})/slot[1-9][0-9]*"),
     re.compile(rf"set server (?P<backend>{_NAME})/slot[1-9][0-9]*"
                rf" (?:addr {_IP} port [1-9][0-9]{{0,4}}|weight [0-9]{{1,3}}|state (?:ready|maint|drain))"),
 ]

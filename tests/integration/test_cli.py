@@ -143,5 +143,7 @@ def test_render_plan_says_runtime_or_reload_and_touches_nothing(layout: Layout, 
     for app in make_apps(6, prefix="more"):
         register(consul.url, app)
     grown = cli("render", "--plan", "--config", str(layout.config_toml))
-    assert grown.stdout.splitlines()[0] == "reload: backend cabify slots 8 -> 16", grown.stdout
+    lines = grown.stdout.splitlines()
+    assert lines[0].startswith("runtime: ") and lines[0].endswith(" commands, no reload"), grown.stdout
+    assert "  cabify: slots 8 -> 16" in lines, "growth is add server, and the plan says so"
     assert layout.haproxy_cfg.read_text() == before

@@ -13,7 +13,16 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.devconsul import DevConsulThread
-from tests.helpers import HAProxyProcess_for, Stack, consul_put, operator_command, register, wait_until
+from tests.helpers import (
+    HAProxyProcess_for,
+    Stack,
+    consul_put,
+    http_get,
+    operator_command,
+    register,
+    running_haproxy,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 FAST = 'drain_timeout = "1s"\nreconcile_interval = "300ms"\n'
@@ -105,19 +114,46 @@ def test_slow_request_to_a_deregistered_instance_completes(tmp_path: Path, consu
         assert result == {"status": 200, "body": f"{stack.apps[0].instance_id}\n"}
 
 
-def test_slot_growth_is_exactly_one_reload(tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
+def test_slot_growth_adds_servers_at_runtime_without_a_reload(tmp_path: Path, consul: DevConsulThread,
+                                                              make_apps) -> None:
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(7), exits, extra=FAST)
         reloads = stack.layout.reloads()
+        workers = haproxy.show_proc(stack.layout.master_socket).workers
         assert len(stack.layout.servers()) == 14, "7 instances at start, room for twice as many"
         for app in make_apps(8):  # 15 instances do not fit in 14 slots
             register(consul.url, app)
             stack.apps.append(app)
         wait_until(lambda: len(stack.serving()) == 15, 10, what="15 servers serving")
         assert len(stack.layout.servers()) == 28
-        time.sleep(1.5)  # past the reload budget: a second reload would have shown by now
-        assert stack.layout.reloads() == reloads + 1
-        assert "slots 14 -> 28" in stack.daemon.log()
+        wait_until(lambda: stack.layout.haproxy_cfg.read_text().count("    server slot") == 28, 5,
+                   what="the grown backend on disk")
+        time.sleep(1.5)  # past the reload budget: a reload would have shown by now
+        assert stack.layout.reloads() == reloads, "growth is add server, not a reload"
+        assert haproxy.show_proc(stack.layout.master_socket).workers == workers, "the same worker throughout"
+        for _ in range(30):  # every new server takes traffic with its checks on
+            assert http_get(stack.layout.url("/"))[0] == 200
+        up = [s for s in stack.layout.servers() if s.up and s.weight > 0]
+        assert len(up) == 15
+    # What the file says is what ran: a fresh HAProxy from it runs the same 28 slots and 15 servers.
+    with ExitStack() as exits:
+        fresh = exits.enter_context(running_haproxy(stack.layout))
+        assert fresh and len(stack.layout.servers()) == 28
+
+
+def test_a_backend_whose_balance_takes_no_dynamic_servers_grows_by_one_reload(
+    tmp_path: Path, consul: DevConsulThread, make_apps
+) -> None:
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(4), exits, extra=FAST, service_options='balance = "static-rr"\n')
+        reloads = stack.layout.reloads()
+        for app in make_apps(5):
+            register(consul.url, app)
+            stack.apps.append(app)
+        log = stack.daemon.wait_for_log("slots 8 -> 16 (balance static-rr takes no dynamic servers)", timeout=10)
+        wait_until(lambda: len(stack.serving()) == 9, 10, what="9 servers serving")
+        assert "runtime API path failed" not in log, "the planner knows what static-rr refuses; it does not try"
+        assert stack.layout.reloads() > reloads
 
 
 def test_weight_change_shows_without_reload(stack: Stack) -> None:
