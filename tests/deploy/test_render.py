@@ -140,6 +140,7 @@ def test_cluster_prometheus_scrapes_every_component(cluster: Path) -> None:
     assert jobs["haproxy"]["static_configs"][0]["targets"] == ["10.0.0.31:8404", "10.0.0.32:8404"]
     assert len(jobs["node"]["static_configs"][0]["targets"]) == 9
     assert jobs["consul"]["params"] == {"format": ["prometheus"]}
+    assert jobs["haproxy"]["params"] == {"no-maint": [""]}, "free slots (in maintenance) are not scraped"
 
 
 def test_cluster_journals_are_bounded_and_shipped(cluster: Path) -> None:
