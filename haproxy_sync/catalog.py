@@ -30,11 +30,14 @@ class Status(enum.IntEnum):
 
     @classmethod
     def parse(cls, text: object) -> Status:
-        """Unknown or missing statuses count as critical: never route to what we cannot read."""
-        try:
-            return cls[str(text).upper()]
-        except KeyError:
-            return cls.CRITICAL
+        """Unknown or missing statuses count as critical: never route to what we cannot read.
+
+        Exact words only: ``str.upper`` folds non-ASCII letters (a dotless i would read as I).
+        """
+        return _STATUS_WORDS.get(text, cls.CRITICAL) if isinstance(text, str) else cls.CRITICAL
+
+
+_STATUS_WORDS = {"passing": Status.PASSING, "warning": Status.WARNING, "critical": Status.CRITICAL}
 
 
 class InvalidInstance(ValueError):
@@ -94,8 +97,11 @@ class Instance:
         return self.status is not Status.CRITICAL
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any]) -> Instance:
-        """Build an instance from one ``/v1/health/service`` entry, or raise :class:`InvalidInstance`."""
+    def from_entry(cls, entry: Mapping[str, Any], policy: rules.AddressPolicy = rules.STRICT) -> Instance:
+        """Build an instance from one ``/v1/health/service`` entry, or raise :class:`InvalidInstance`.
+
+        ``policy`` says which addresses the edge may send traffic to (``sync.networks``, ``sync.host_names``).
+        """
         if not isinstance(entry, Mapping):
             raise InvalidInstance("entry is not a JSON object")
         node = entry.get("Node") or {}
@@ -111,7 +117,7 @@ class Instance:
             raise InvalidInstance("Node.Node is missing or not a string", instance_id)
         try:
             # Consul's rule: an empty Service.Address means "the node's address".
-            address = rules.address(service.get("Address") or node.get("Address"))
+            address = policy.check(rules.address(service.get("Address") or node.get("Address")))
             port = rules.port(service.get("Port"))
             weights = service.get("Weights") or {}
             if not isinstance(weights, Mapping):
@@ -206,7 +212,9 @@ class Snapshot:
         return cls(tuple(services))
 
 
-def parse_health_entries(service_name: str, entries: object) -> tuple[Service, tuple[Skipped, ...]]:
+def parse_health_entries(
+    service_name: str, entries: object, policy: rules.AddressPolicy = rules.STRICT
+) -> tuple[Service, tuple[Skipped, ...]]:
     """Turn a ``/v1/health/service/<name>`` answer into a :class:`Service` plus what was skipped.
 
     A malformed answer as a whole (not a list) raises ``ValueError``: the caller keeps the last good
@@ -217,14 +225,13 @@ def parse_health_entries(service_name: str, entries: object) -> tuple[Service, t
         raise ValueError(f"health answer for {service_name!r} is not a JSON list")
     instances: dict[tuple[str, str], Instance] = {}
     skipped: list[Skipped] = []
-    wanted = service_name.lower()  # Consul's service names are case-insensitive in its lookups
     for entry in entries:
         named = _service_name(entry)
-        if named is not None and named.lower() != wanted:
+        if named is not None and not _same_service(named, service_name):
             raise ForeignEntry(f"health answer for {service_name!r} holds an entry of service {named[:80]!r}; "
                                "an answer of another service is not data for this one")
         try:
-            inst = Instance.from_entry(entry)
+            inst = Instance.from_entry(entry, policy)
         except InvalidInstance as exc:
             skipped.append(Skipped(service_name, exc.instance_id[:80], exc.reason))
             continue
@@ -237,3 +244,9 @@ def _service_name(entry: object) -> str | None:
     service = entry.get("Service") if isinstance(entry, Mapping) else None
     named = service.get("Service") if isinstance(service, Mapping) else None
     return named if isinstance(named, str) else None
+
+
+def _same_service(named: str, watched: str) -> bool:
+    """Consul looks service names up without ASCII case; other case folding (K and the Kelvin sign)
+    must not make another service's entries pass for this one's."""
+    return named == watched or (named.isascii() and named.lower() == watched.lower())

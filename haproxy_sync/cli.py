@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from haproxy_sync import __version__, haproxy, logs
+from haproxy_sync import __version__, haproxy, logs, rules
 from haproxy_sync.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, load_settings
 from haproxy_sync.consul import ConsulError
 from haproxy_sync.daemon import DaemonError
@@ -228,11 +228,11 @@ def check(**params: Any) -> int:
     _configure_logs(settings)
     template = load_template(settings.template_path())
     sample = [
-        {"Node": {"Node": "node-1", "Address": "127.0.0.1"},
+        {"Node": {"Node": "node-1", "Address": "192.0.2.10"},  # TEST-NET-1: passes any address policy but networks
          "Service": {"ID": f"sample-{i}", "Address": "", "Port": 8080 + i}, "Checks": []}
         for i in range(2)
     ]
-    snapshot = Snapshot.of(parse_health_entries(s.name, sample)[0] for s in settings.services)
+    snapshot = Snapshot.of(parse_health_entries(s.name, sample, rules.AddressPolicy())[0] for s in settings.services)
     tables = plan_tables(settings, snapshot, None, None)
     routing = routing_for(settings, {})
     render_text(tables, settings, template, routing)

@@ -9,6 +9,7 @@ value came from (file and key, environment variable, or flag) and what is allowe
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -169,6 +170,21 @@ def parse_consul_address(value: Any) -> str:
     return f"{parsed.scheme}://{host}:{port}"
 
 
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(value, str):  # from the environment: comma-separated
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list):
+        raise ValueError('expected a list of CIDR networks, e.g. ["10.0.0.0/8"]')
+    return tuple(rules.network(item) for item in value)
+
+
+def _host_patterns(value: Any) -> tuple[str, ...]:
+    """A list of host patterns (``*``, ``*.suffix``, or a host name), each checked by its allowlist."""
+    if not isinstance(value, list) or not value:
+        raise ValueError('expected a non-empty list of host patterns, e.g. ["*.branches.example.com"]')
+    return tuple(rules.host_pattern(item) for item in value)
+
+
 def _tag(value: Any) -> str:
     text = _string(value)
     if not text or len(text) > 100 or any(ch.isspace() for ch in text):
@@ -244,6 +260,15 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             _percent, "50%",
             "Guard: more than this share of tagged services gone at once is held and Consul read again; 100% is off.",
         ),
+        "hosts": Setting(
+            _host_patterns, ["*"],
+            "Hosts a discovered service may claim: exact names or `*.suffix`; `*` is any host and path-only routes. "
+            "Restrict it (`[\"*.branches.example.com\"]`): the default backend serves every host nobody claims.",
+        ),
+        "route_grace": Setting(
+            parse_duration, "5m",
+            "A route whose discovered holder left stays reserved for it this long, so no newcomer takes it in a gap.",
+        ),
     },
     "haproxy": {
         "binary": Setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`."),
@@ -278,7 +303,17 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "sync": {
         "wait_min": Setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change)."),
         "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
-        "slots": Setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (one reload) when full."),
+        "slots": Setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (add server) when full."),
+        "networks": Setting(
+            _networks, [],
+            "CIDR networks instance addresses must be in (`[\"10.0.0.0/8\"]`); empty: any unicast address. Loopback, "
+            "link-local, unspecified, multicast and reserved addresses are refused unless a listed network names them.",
+            "HAPROXY_SYNC_NETWORKS",
+        ),
+        "host_names": Setting(
+            _bool, False,
+            "Route instances addressed by a host name (HAProxy resolves it blocking at every check and reload).",
+        ),
         "drain_timeout": Setting(
             parse_duration, "10s", "How long a leaving or critical instance drains (weight 0) before maintenance.",
         ),
@@ -409,6 +444,13 @@ class SyncSettings:
     hold_down: float
     watch_files: bool
     runtime_api: bool
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    host_names: bool = False
+
+    @property
+    def address_policy(self) -> rules.AddressPolicy:
+        """Where a registrant may send the edge's traffic (see :class:`haproxy_sync.rules.AddressPolicy`)."""
+        return rules.AddressPolicy(self.networks, self.host_names)
 
 
 @dataclass(frozen=True)
@@ -417,6 +459,8 @@ class DiscoverySettings:
     tag: str
     filter: str
     max_drop: float
+    hosts: tuple[str, ...] = ("*",)
+    route_grace: float = 300.0
 
 
 @dataclass(frozen=True)

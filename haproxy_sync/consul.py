@@ -402,11 +402,13 @@ class ServiceWatch(BlockingWatch[Service]):
         *,
         tag: str = "",
         filter_expression: str = "",
+        policy: rules.AddressPolicy = rules.STRICT,
         **options: Any,
     ) -> None:
         super().__init__(client, service, **options)
         self.on_update = on_update
         self.query = health_query(tag, filter_expression)
+        self.policy = policy
 
     async def _fetch(self, index: int | None, wait: str) -> tuple[object, object]:
         return await self.client.health.service(
@@ -414,7 +416,7 @@ class ServiceWatch(BlockingWatch[Service]):
         )
 
     def _parse(self, raw: object) -> tuple[Service, tuple[Skipped, ...]]:
-        return parse_health_entries(self.service, raw if raw is not None else [])
+        return parse_health_entries(self.service, raw if raw is not None else [], self.policy)
 
     def _emit(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
         self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
@@ -468,7 +470,8 @@ class CatalogWatch(BlockingWatch[frozenset[str]]):
 
 
 async def _read_services(
-    client: consul.aio.Consul, services: Iterable[str], deadline: float, queries: Mapping[str, Mapping[str, str]]
+    client: consul.aio.Consul, services: Iterable[str], deadline: float, queries: Mapping[str, Mapping[str, str]],
+    policy: rules.AddressPolicy,
 ) -> dict[str, tuple[Service, tuple[Skipped, ...]]]:
     limit = asyncio.Semaphore(32)  # hundreds of services: a bounded number of reads at a time
 
@@ -476,7 +479,7 @@ async def _read_services(
         async with limit:
             try:
                 _, entries = await asyncio.wait_for(client.health.service(name, **queries.get(name, {})), deadline)
-                return name, parse_health_entries(name, entries if entries is not None else [])
+                return name, parse_health_entries(name, entries if entries is not None else [], policy)
             except Exception as exc:
                 raise classify(exc, name) from None
 
@@ -512,7 +515,7 @@ async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead
             for item in skipped:
                 log.warning("skipped service %r: %s", item.service, item.reason)
         queries = service_queries(settings, discovered)
-        services = await _read_services(client, list(queries), deadline, queries)
+        services = await _read_services(client, list(queries), deadline, queries, settings.sync.address_policy)
         return CatalogRead(services, discovered)
     finally:
         await client.close()

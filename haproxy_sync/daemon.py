@@ -356,6 +356,8 @@ class Daemon:
         self.catalog: tuple[CatalogWatch, asyncio.Task[None]] | None = None  # discovery by tag
         self.discovered: frozenset[str] = frozenset()  # services carrying the discovery tag
         self.routing: Routing | None = None  # the backends and routes HAProxy runs
+        self._disk_holders: dict[str, str] | None = None  # the map on disk at start: who held what
+        self._departed: dict[str, tuple[str, float]] = {}  # route key -> (backend that left it, when)
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
         self._changed = False
@@ -583,39 +585,46 @@ class Daemon:
     async def _loop(self, client: object) -> None:
         waiting_logged = False
         while not self._stop:
-            await self._sleep_until_woken()
-            if self._stop:
-                break
-            if self._hup:
-                self._hup = False
-                self._reread(client)
-            missing = self._waiting_for()
-            if missing:
-                if not waiting_logged:
-                    log.info("waiting for a first good read from Consul of services=%s",
-                             ",".join(sorted(missing)[:20]))
-                    waiting_logged = True
-                continue
-            now = time.monotonic()
-            due = [name for name, at in self._guard_due.items() if at <= now]
-            if due:
-                await self._reread_guarded(client, due)
-            if self._catalog_guard_at is not None and self._catalog_guard_at <= now:
-                await self._reread_catalog(client)
-            if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
-                await self._reconcile()
-                continue
-            timer_due = any(t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
-            if not (self._changed or timer_due):
-                continue
-            if self._changed:
-                await self._settle()
+            try:
+                await self._sleep_until_woken()
                 if self._stop:
                     break
-            self._changed = False
-            self._retry_at = None
-            outcome = await self._apply_once()
-            self._after(outcome)
+                if self._hup:
+                    self._hup = False
+                    self._reread(client)
+                missing = self._waiting_for()
+                if missing:
+                    if not waiting_logged:
+                        log.info("waiting for a first good read from Consul of services=%s",
+                                 ",".join(sorted(missing)[:20]))
+                        waiting_logged = True
+                    continue
+                now = time.monotonic()
+                due = [name for name, at in self._guard_due.items() if at <= now]
+                if due:
+                    await self._reread_guarded(client, due)
+                if self._catalog_guard_at is not None and self._catalog_guard_at <= now:
+                    await self._reread_catalog(client)
+                if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
+                    await self._reconcile()
+                    continue
+                timer_due = any(t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
+                if not (self._changed or timer_due):
+                    continue
+                if self._changed:
+                    await self._settle()
+                    if self._stop:
+                        break
+                self._changed = False
+                self._retry_at = None
+                outcome = await self._apply_once()
+                self._after(outcome)
+            except Exception as exc:  # last resort: one cycle's bug or unforeseen answer must not end the daemon
+                # One error line with the type and message, counted (apply_failures, stage "unexpected"),
+                # and the next cycle after the same backoff as a failed apply; the traceback at debug.
+                self._after(Outcome(False, f"unexpected {type(exc).__name__} in this cycle: {str(exc)[:300]}",
+                                    stage="unexpected"))
+                log.debug("traceback of the cycle that failed", exc_info=exc)
 
     def _waiting_for(self) -> list[str]:
         """What the first apply still waits for: every configured service, the catalog, and a first
@@ -655,8 +664,7 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        routing = routing_for(settings, self.latest, self.discovered, self.routing,
-                              holders=routes_on_disk(settings) if self.routing is None else None)
+        routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders())
         self._note_routing(routing)
         observed = Snapshot.of(self.latest[s.name] for s in routing.services)
         snapshot, self._seen, self._hold_at = damp(
@@ -750,7 +758,8 @@ class Daemon:
             query = watch[0].query if watch else {}
             try:
                 _, entries = await asyncio.wait_for(client.health.service(name, **query), 15)  # type: ignore[attr-defined]
-                service, _ = parse_health_entries(name, entries if entries is not None else [])
+                service, _ = parse_health_entries(name, entries if entries is not None else [],
+                                                  self.settings.sync.address_policy)
             except Exception as exc:  # a failed re-read keeps the hold and tries again
                 error = classify(exc, name)
                 log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
@@ -809,7 +818,31 @@ class Daemon:
         path = "reload" if report.reloaded else "none"
         return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
 
+    def _holders(self) -> dict[str, str]:
+        """Who holds which route for ``routing_for`` beyond the routes applied last: before the first
+        apply, the routes HAProxy runs (the map on disk); after it, the discovered holders that left
+        less than ``discovery.route_grace`` ago (their routes stay reserved for them through a gap)."""
+        if self.routing is None:
+            if self._disk_holders is None:
+                self._disk_holders = routes_on_disk(self.settings)
+            return dict(self._disk_holders)
+        now, grace = time.monotonic(), self.settings.discovery.route_grace
+        self._departed = {key: held for key, held in self._departed.items() if now - held[1] < grace}
+        return {key: backend for key, (backend, _) in self._departed.items()}
+
+    def _note_departures(self, routing: Routing) -> None:
+        """Remember the routes a discovered holder lost (it left, or stopped claiming) and since when."""
+        before = self.routing.map_entries if self.routing is not None else (self._disk_holders or {})
+        after = routing.map_entries
+        now = time.monotonic()
+        for key, backend in before.items():
+            if after.get(key) != backend:
+                self._departed.setdefault(key, (backend, now))
+        for key in after:
+            self._departed.pop(key, None)
+
     def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
+        self._note_departures(routing)
         self.applied = snapshot
         self.tables = tables
         self.routing = routing
@@ -949,8 +982,7 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            routing = routing_for(settings, self.latest, self.discovered, self.routing,
-                                  holders=routes_on_disk(settings) if self.routing is None else None)
+            routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders())
             snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
             render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
         except (ConfigError, TemplateError) as exc:
@@ -1000,6 +1032,10 @@ class Daemon:
                 self.latest.pop(name, None)
                 self._guard_due.pop(name, None)  # a service no longer watched has nothing to re-read
                 self._guard_reread.discard(name)
+                if name not in wanted and not (name == "catalog" and self.catalog is not None):
+                    # Gone, not restarted: its series go too, or names cycling through Consul would
+                    # pile up series without bound ("catalog" is also the discovery watch's label).
+                    self.metrics.forget_service(name)
         new = sorted(wanted.keys() - self.watches.keys())
         spread = min(self.settings.consul.start_spread, START_SPREAD_EACH * len(new)) if len(new) > 1 else 0.0
         if len(wanted) > self.settings.consul.max_connections:
@@ -1010,6 +1046,7 @@ class Daemon:
             watch = ServiceWatch(
                 client, name, self._on_update,  # type: ignore[arg-type]
                 tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
+                policy=self.settings.sync.address_policy,
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
                 on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
                 start_delay=random.uniform(0, spread), gate=self._first_reads,

@@ -485,20 +485,41 @@ class ServerState:
         return self.operational == 2 and not self.in_maintenance
 
 
-def _state_line(cols: list[str]) -> ServerState | None:
-    if len(cols) < 19:
+#: A numeric column of ``show servers state``: ASCII digits only (``int()`` also takes '٢', '+7', ' 7').
+_STATE_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
+#: A line of that answer as HAProxy writes it: printable ASCII, fields apart by spaces or tabs.
+_STATE_TEXT = re.compile(r"[\x20-\x7e\t]*", re.ASCII)
+#: The columns read (be_id .. srv_port); HAProxy writes more, and newer versions may add some at the end.
+_STATE_COLUMNS = 19
+_STATE_NUMERIC = (5, 6, 7, 18)  # srv_op_state, srv_admin_state, srv_uweight, srv_port (0 when none)
+
+
+def _state_line(line: str) -> ServerState | None:
+    """One server line of ``show servers state``; None for a server that is not ours (a backend or
+    server name haproxy-sync never renders). Raises :class:`SocketError` naming a line that does not
+    parse: the answer is untrusted, and nothing in it is converted before it passed its allowlist."""
+    cols = line.split() if _STATE_TEXT.fullmatch(line) else []
+    if len(cols) < _STATE_COLUMNS or not all(_STATE_NUMBER.fullmatch(cols[i]) for i in _STATE_NUMERIC):
+        raise SocketError(f"unexpected `show servers state` answer: cannot read server line {line[:120]!r}")
+    if not (rules.is_name(cols[1]) and rules.is_name(cols[3])):
         return None
     return ServerState(
-        backend=cols[1], name=cols[3], address=cols[4], port=int(cols[18]) if cols[18].isdigit() else 0,
+        backend=cols[1], name=cols[3], address=cols[4], port=int(cols[18]),
         operational=int(cols[5]), admin=int(cols[6]), weight=int(cols[7]),
     )
 
 
 def parse_servers_state(text: str) -> tuple[ServerState, ...]:
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines or not lines[0].strip().isdigit():
+    """Every server of a ``show servers state`` answer, or :class:`SocketError` for the whole answer.
+
+    The first line is the format version; ``#`` lines are comments. One server line that does not
+    parse makes the whole answer unusable: a half-read state must not drive repairs or reloads.
+    Lines are split on ``\\n`` only, as HAProxy reads its state file.
+    """
+    lines = [line for line in text.split("\n") if line.strip(" \t")]
+    if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
         raise SocketError(f"unexpected `show servers state` answer: {text.strip()[:200]!r}")
-    states = (_state_line(line.split()) for line in lines[1:] if not line.startswith("#"))
+    states = (_state_line(line) for line in lines[1:] if not line.startswith("#"))
     return tuple(state for state in states if state is not None)
 
 
@@ -508,13 +529,26 @@ def filter_server_state(text: str, keep: Callable[[ServerState], bool]) -> str:
     A new worker applies a server's saved state over what the config says. For a slot the reload
     gives to another instance (or puts in maintenance), the old worker's state is wrong: without its
     line, the new worker takes the server as the config describes it.
+
+    Only what parses is written (HAProxy loads this file): the version line, comment lines of plain
+    text, and server lines of ours that ``keep`` accepts. A line that does not parse is dropped.
     """
-    kept = []
-    for line in text.splitlines(keepends=True):
-        state = None if line.startswith("#") or line.strip().isdigit() else _state_line(line.split())
-        if state is None or keep(state):
+    lines = [line for line in text.split("\n") if line.strip(" \t")]
+    if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
+        return ""
+    kept = [lines[0].strip(" \t")]
+    for line in lines[1:]:
+        if line.startswith("#"):
+            if _STATE_TEXT.fullmatch(line):
+                kept.append(line)
+            continue
+        try:
+            state = _state_line(line)
+        except SocketError:
+            continue
+        if state is not None and keep(state):
             kept.append(line)
-    return "".join(kept)
+    return "".join(f"{line}\n" for line in kept)
 
 
 def runtime_commands(stats_socket: Path, sequence: list[Command] | tuple[Command, ...], batch: int = 50) -> str:

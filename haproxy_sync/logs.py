@@ -19,7 +19,9 @@ import time
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 #: Every character that could end or forge a text log line (C0 and C1 controls, DEL, Unicode line and
 #: paragraph separators), written as the escape Python would print for it.
-_ESCAPES = {code: repr(chr(code))[1:-1] for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+_ESCAPES = {code: repr(chr(code))[1:-1] if code < 0x2000 else f"\\u{code:04x}"
+            for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029,
+                         0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]}  # and bidi controls
 
 
 def one_line(text: str) -> str:

@@ -110,7 +110,20 @@ class Metrics:
             registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
+        #: The labelled metrics with a ``service`` label kept in this registry (the scrape-time series
+        #: of _StateCollector follow the watches by themselves); a new one must be listed here.
+        self.per_service: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
+            (self.consul_errors, ("service", "kind")), (self.guard, ("service", "outcome")))
         reg.register(_StateCollector(view))
+
+    def forget_service(self, service: str) -> None:
+        """Remove every series of ``service`` (a discovered service that left, its watch stopped), so
+        that service names coming and going in Consul cannot grow the exposition without bound."""
+        for metric, names in self.per_service:
+            children = {tuple(sample.labels[n] for n in names) for family in metric.collect()
+                        for sample in family.samples if sample.labels.get("service") == service}
+            for values in children:
+                metric.remove(*values)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

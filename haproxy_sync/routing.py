@@ -156,28 +156,59 @@ def routing_for(
             continue
         taken_backends.add(candidate.backend)
         chosen.append(candidate)
-    held = {**(holders or {}), **(previous.map_entries if previous is not None else {})}
-    winners = _route_winners([s for s in chosen if s.discovered], services, held)
     routes: list[Route] = []
     owners: dict[str, str] = {}
     kept: list[ServiceSettings] = []
-    for svc in chosen:
+    for svc in (s for s in chosen if not s.discovered):  # the operator's: settled in config order
         route = Route(svc.host, svc.path, svc.backend) if svc.host or svc.path else None
-        if route is not None and svc.discovered and route.key not in owners and winners.get(route.key) != svc.name:
-            unrouted.append(Unrouted(svc.name, _lost_claim(route, winners.get(route.key), held.get(route.key))))
-            continue
         if route is not None and route.key in owners:
             reason = f"route {route.describe()} is already taken by backend {owners[route.key]}"
-            if svc.discovered:
-                unrouted.append(Unrouted(svc.name, reason))
-                continue
             unrouted.append(Unrouted(svc.name, f"{reason}; this backend keeps no route of its own"))
             svc, route = replace(svc, host="", path=""), None
         if route is not None:
             owners[route.key] = svc.backend
             routes.append(route)
         kept.append(svc)
-    return Routing(tuple(kept), tuple(sorted(routes)), tuple(unrouted))
+    held = {**(holders or {}), **(previous.map_entries if previous is not None else {})}
+    granted = [_Grant(_territory(r), r.backend, "configured") for r in routes]
+    routed = []
+    for svc, reason in _settle([s for s in chosen if s.discovered], services, held, granted, settings.discovery.hosts):
+        if reason is not None:
+            unrouted.append(Unrouted(svc.name, reason))
+            continue
+        routes.append(Route(svc.host, svc.path, svc.backend))
+        routed.append(svc)
+    # Discovered backends by name: the config's order must not move when claims are settled differently.
+    kept += sorted(routed, key=lambda s: s.name)
+    return Routing(tuple(kept), tuple(sorted(routes)), tuple(sorted(unrouted, key=lambda u: u.service)))
+
+
+@dataclass(frozen=True)
+class _Grant:
+    """A territory given to a backend, and on what ground: configured, held before, registered first."""
+
+    territory: tuple[str, str]
+    backend: str
+    ground: str
+
+
+def _territory(route: Route) -> tuple[str, str]:
+    """What a route takes from the others: a whole host (every path on it), or a path and all below it
+    on the hosts nobody routes (a path on any host)."""
+    return (route.host, "") if route.host else ("*", route.path)
+
+
+def _key_territory(key: str) -> tuple[str, str]:
+    host, slash, path = key.partition("/")
+    return (host, "") if host != "*" else ("*", slash + path)
+
+
+def _overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] != "*":
+        return True
+    return f"{a[1]}/".startswith(f"{b[1]}/") or f"{b[1]}/".startswith(f"{a[1]}/")
 
 
 def _registered(service: Service | None) -> int | None:
@@ -186,37 +217,66 @@ def _registered(service: Service | None) -> int | None:
     return min(indexes, default=None)
 
 
-def _route_winners(
-    claimants: Iterable[ServiceSettings], services: Mapping[str, Service], held: Mapping[str, str]
-) -> dict[str, str]:
-    """For each route key the discovered services claim, the one service that gets it (absent: none).
+def _settle(
+    claimants: list[ServiceSettings], services: Mapping[str, Service], held: Mapping[str, str],
+    granted: list[_Grant], allowed_hosts: tuple[str, ...],
+) -> list[tuple[ServiceSettings, str | None]]:
+    """Which discovered claims are routed (None) and why each other one is not.
 
-    The holder keeps its route. A free route claimed by one service goes to it; claimed by several,
-    to the one registered strictly first, and to nobody when Consul's indexes cannot tell them apart.
+    A route belongs to whoever holds it, and so does everything it covers: a host with all its paths,
+    a path on any host with the paths below it. Configured routes come first; then a discovered service
+    that held (part of) the territory before; then, for free territory, the claimant registered first
+    in Consul (lowest CreateIndex), and nobody when Consul's indexes cannot tell claimants apart. A
+    territory whose holder left (``held`` names a backend no longer claiming) stays reserved for it.
+    Names never decide.
     """
-    by_key: dict[str, list[ServiceSettings]] = collections.defaultdict(list)
-    for svc in claimants:
-        by_key[Route(svc.host, svc.path, svc.backend).key].append(svc)
-    winners = {}
-    for key, claims in by_key.items():
-        holder = next((svc for svc in claims if held.get(key) == svc.backend), None)
-        if holder is not None or len(claims) == 1:
-            winners[key] = (holder or claims[0]).name
-            continue
-        ranked = sorted((_registered(services.get(svc.name)), svc.name) for svc in claims)
-        first, second = ranked[0][0], ranked[1][0]
-        if first is not None and (second is None or first < second):
-            winners[key] = ranked[0][1]
-    return winners
+    claiming = {svc.backend for svc in claimants} | {grant.backend for grant in granted}
+    reserved = [(_key_territory(key), backend) for key, backend in held.items() if backend not in claiming]
+
+    def rank(svc: ServiceSettings) -> tuple[int, float]:
+        mine = _territory(Route(svc.host, svc.path, svc.backend))
+        holder = any(b == svc.backend and _overlap(_key_territory(k), mine) for k, b in held.items())
+        registered = _registered(services.get(svc.name))
+        return (0 if holder else 1, float(registered) if registered is not None else float("inf"))
+
+    ranks = {svc.name: rank(svc) for svc in claimants}
+    settled: list[tuple[ServiceSettings, str | None]] = []
+    for svc in sorted(claimants, key=lambda s: (ranks[s.name], s.name)):
+        route = Route(svc.host, svc.path, svc.backend)
+        mine = _territory(route)
+        owner = next((g for g in granted if _overlap(g.territory, mine)), None)
+        gone = next((backend for t, backend in reserved if _overlap(t, mine)), None)
+        ties = sorted(o.name for o in claimants if o is not svc and ranks[o.name] == ranks[svc.name]
+                      and _overlap(_territory(Route(o.host, o.path, o.backend)), mine))
+        reason: str | None
+        if not rules.host_allowed(svc.host, allowed_hosts):
+            where = f"host {svc.host}" if svc.host else "a path on any host"
+            reason = f"route {route.describe()} claims {where}, which discovery.hosts does not allow"
+        elif owner is not None:
+            reason = _taken(route, owner)
+        elif gone is not None:
+            reason = (f"route {route.describe()} is held by backend {gone}, which left; it stays reserved for it "
+                      "for discovery.route_grace")
+        elif ties:  # Consul cannot tell who came first: nobody gets it, nor anything it covers
+            granted.append(_Grant(mine, ", ".join([svc.name, *ties]), "contested"))
+            reason = _taken(route, granted[-1])
+        else:
+            reason = None
+            granted.append(_Grant(mine, svc.backend, "held" if ranks[svc.name][0] == 0 else "first"))
+        settled.append((svc, reason))
+    return settled
 
 
-def _lost_claim(route: Route, winner: str | None, holder: str | None) -> str:
-    if holder is not None and winner == holder:
-        return f"route {route.describe()} is held by backend {holder}; a newcomer cannot take it"
-    if winner is not None:
-        return f"route {route.describe()} is claimed by {winner} too, registered in Consul before it"
-    return (f"route {route.describe()} is claimed by several services registered at once and held by none; "
-            "it is routed to none of them until one claim goes")
+def _taken(route: Route, owner: _Grant) -> str:
+    covers = f"host {owner.territory[0]}" if owner.territory[0] != "*" else f"path {owner.territory[1]} on any host"
+    if owner.ground == "configured":
+        return f"route {route.describe()} is already taken by backend {owner.backend} (it routes {covers})"
+    if owner.ground == "contested":
+        return (f"route {route.describe()} is claimed by several services registered at once ({owner.backend}) and "
+                "held by none; it is routed to none of them until one claim goes")
+    if owner.ground == "held":
+        return f"route {route.describe()} is held by backend {owner.backend} ({covers}); a newcomer cannot take it"
+    return f"route {route.describe()} is claimed by {owner.backend} too ({covers}), registered in Consul before it"
 
 
 def map_text(entries: Mapping[str, str]) -> str:

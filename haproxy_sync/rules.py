@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -44,6 +45,8 @@ class Kind(enum.Enum):
     LABEL = "label"
     CONFIG_TEXT = "value printed by the template"
     FILE_PATH = "file path"
+    HOST_PATTERN = "host pattern"
+    NETWORK = "network"
 
 
 class Refused(ValueError):
@@ -83,7 +86,8 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}", re.ASCII)
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
-_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}", re.ASCII)
+# Not "." or "..": a name is also a path segment of Consul's URLs (/v1/health/service/<name>).
+_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,100}", re.ASCII)
 _SERVER = re.compile(r"slot[1-9][0-9]{0,5}", re.ASCII)
 #: A route's path prefix: whole segments, at most :data:`MAX_PATH_SEGMENTS` (the template looks up that many).
 MAX_PATH_SEGMENTS = 3
@@ -92,6 +96,7 @@ _SEGMENT = r"/(?!\.\.?(?:/|\Z))[A-Za-z0-9._~-]{1,64}"
 _ROUTE_PATH = re.compile(rf"(?:{_SEGMENT}){{1,{MAX_PATH_SEGMENTS}}}/?", re.ASCII)
 # A URL path and query for HAProxy's own check: no space, quote, backslash, '#', '$', ';' or parenthesis.
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/%?&=+,:@-]{0,199}", re.ASCII)
+_NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}", re.ASCII)
 _FILE_PATH = re.compile(r"(?!.*/\.\.(?:/|\Z))/[A-Za-z0-9._/+-]{0,1023}", re.ASCII)
 _HOST_KEY = r"(?:\*|[a-z0-9.-]{1,253})"
 _MAP_KEY = re.compile(rf"(?=.{{1,500}}\Z){_HOST_KEY}(?:{_SEGMENT}){{0,{MAX_PATH_SEGMENTS}}}", re.ASCII)
@@ -200,6 +205,69 @@ def _parses_as_ipv6(text: str) -> bool:
     return True
 
 
+# --- where a registrant may send the edge's traffic ---
+
+#: Addresses that are never a backend of a public edge unless a network in ``sync.networks`` names them:
+#: the edge itself (unspecified, loopback: HAProxy connects "0.0.0.0" to the client's destination, the
+#: edge), link-local (cloud metadata at 169.254.169.254), multicast, broadcast and reserved space.
+SPECIAL_NETWORKS: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = tuple(
+    (what, ipaddress.ip_network(net)) for what, net in (
+        ("unspecified", "0.0.0.0/8"), ("loopback", "127.0.0.0/8"), ("link-local", "169.254.0.0/16"),
+        ("multicast", "224.0.0.0/4"), ("reserved or broadcast", "240.0.0.0/4"),
+        ("unspecified", "::/128"), ("loopback", "::1/128"), ("link-local", "fe80::/10"), ("multicast", "ff00::/8"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which checked addresses an instance may have: the operator's networks, and whether host names count.
+
+    Host names are off by default: HAProxy resolves them through blocking libc at every check and reload,
+    so one name whose DNS never answers stalls every apply of every service.
+    """
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    host_names: bool = False
+
+    def check(self, address: Checked) -> Checked:
+        """``address`` when the policy allows it, else :class:`Refused` saying which rule and setting."""
+        if address.kind is Kind.HOST_NAME:
+            if not self.host_names:
+                raise Refused(Kind.HOST_NAME, address, "is a host name; HAProxy resolves names blocking at every "
+                                                       "check and reload (set sync.host_names = true to allow them)")
+            return address
+        ip = ipaddress.ip_address(address)  # checked text: the allowlist has passed
+        targets = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            targets.append(ip.ipv4_mapped)  # HAProxy connects to the embedded IPv4 address
+        listed = [net for net in self.networks for t in targets if t.version == net.version and t in net]
+        if self.networks and not listed:
+            raise Refused(address.kind, address, "is in none of sync.networks")
+        for what, special in SPECIAL_NETWORKS:
+            hit = any(t.version == special.version and t in special for t in targets)
+            if hit and not any(net.prefixlen > 0 for net in listed):
+                article = "an" if what[0] in "aeiou" else "a"
+                raise Refused(address.kind, address, f"is {article} {what} address, never a backend of the edge unless "
+                                                     "a network in sync.networks names it")
+        return address
+
+
+#: The policy of a caller that names none: every special address refused, host names off.
+STRICT = AddressPolicy()
+
+
+def network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR network for ``sync.networks`` (``10.0.0.0/8``, ``fd00::/8``)."""
+    text = _string(Kind.NETWORK, value)
+    if not _NETWORK.fullmatch(text):
+        raise Refused(Kind.NETWORK, text, "is not a CIDR network such as 10.0.0.0/8 or fd00::/8")
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise Refused(Kind.NETWORK, text, str(exc)) from None
+
+
 # --- numbers ---
 
 
@@ -278,6 +346,25 @@ map_key = _matching(Kind.MAP_KEY, _MAP_KEY, "is not a lowercase host or * follow
                     "A key of the routes map: ``host``, ``host/seg``, ``*/seg`` (what the frontend looks up).")
 
 
+def host_pattern(value: object) -> Checked:
+    """``*`` (any host, and routes on a path of any host), ``*.suffix`` (hosts under it), or one host name."""
+    text = _string(Kind.HOST_PATTERN, value)
+    try:
+        if text == "*":
+            return _checked(Kind.HOST_PATTERN, text)
+        host = route_host(text.removeprefix("*."))
+    except Refused as exc:
+        raise Refused(Kind.HOST_PATTERN, text, exc.why) from None
+    return _checked(Kind.HOST_PATTERN, f"*.{host}" if text.startswith("*.") else host)
+
+
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a route on ``host`` ("" for a path on any host) is one ``patterns`` let a registrant claim."""
+    if "*" in patterns:
+        return True
+    return bool(host) and any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
+
+
 # --- backend options ---
 
 
@@ -339,6 +426,8 @@ REFUSED_EXAMPLES: dict[Kind, tuple[object, ...]] = {
     Kind.LABEL: ("cabify 1",),
     Kind.CONFIG_TEXT: ("a\nb",),
     Kind.FILE_PATH: ("/etc/haproxy/routes map",),
+    Kind.HOST_PATTERN: ("*example.com",),
+    Kind.NETWORK: ("10.0.0.0/8;",),
 }
 
 #: The check of each kind, for the same test and the docs.
@@ -346,6 +435,6 @@ CHECKS = {
     Kind.IPV4: ipv4, Kind.IPV6: ipv6, Kind.HOST_NAME: host_name, Kind.PORT: port, Kind.WEIGHT: weight,
     Kind.NAME: name, Kind.SERVER: server, Kind.ROUTE_HOST: route_host, Kind.ROUTE_PATH: route_path,
     Kind.MAP_KEY: map_key, Kind.BALANCE: balance, Kind.HEALTH_PATH: health_path, Kind.LABEL: label_text,
-    Kind.CONFIG_TEXT: config_text,
+    Kind.CONFIG_TEXT: config_text, Kind.HOST_PATTERN: host_pattern, Kind.NETWORK: network,
     Kind.FILE_PATH: file_path,
 }

@@ -111,6 +111,7 @@ class Sandbox:
             f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
             'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
             f'[log]\nlevel = "{self.log_level}"\n'
+            '[sync]\nnetworks = ["127.0.0.0/8"]\n'  # the sandbox's apps run on this machine
             f'[metrics]\nlisten = "{f"127.0.0.1:{self.metrics_port}" if self.metrics_port else ""}"\n'
             f'[[services]]\nname = "{SERVICE}"\n'
         )

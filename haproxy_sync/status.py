@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from haproxy_sync import haproxy
-from haproxy_sync.catalog import Snapshot, Status
+from haproxy_sync import haproxy, rules
+from haproxy_sync.catalog import Instance, Snapshot, Status
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import ConsulError, read_routed
 from haproxy_sync.daemon import routes_on_disk
+from haproxy_sync.logs import one_line
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
 from haproxy_sync.routing import route_drift, routing_for
 
@@ -88,11 +90,36 @@ def build_report(
             drift = find_drift({backend: table}, running)
             status.drift = [*drift.found, *(f"{name} missing in HAProxy" for name in drift.missing)]
         if snapshot is not None and table is not None:
-            placed = {slot.owner for slot in table.slots if slot.owner}
-            routable = [i for i in snapshot.get(service).instances if i.status is not Status.CRITICAL]
-            status.drift += [f"{i.id} is in Consul but not in haproxy.cfg" for i in routable if i.key not in placed]
+            status.drift += [f"{rules.label(i.id, i.node)} is in Consul but not in haproxy.cfg"
+                             for i in _not_in_config(snapshot.get(service).instances, table)]
         result.append(status)
     return result
+
+
+def _not_in_config(instances: tuple[Instance, ...], table: BackendSlots) -> list[Instance]:
+    """The routable instances the live config has no server line for.
+
+    :func:`slots_from_config` matches slots to instances by address and port, so of two instances on
+    one endpoint only one is adopted, and the other slot at that endpoint is left to nobody in
+    Consul. Per endpoint, an instance not adopted is counted as in the config while the config has
+    more server lines at that endpoint than adopted routable instances there: duplicates are not
+    reported as missing forever, and an instance beyond the endpoint's lines still is.
+    """
+    placed = {slot.owner for slot in table.slots if slot.owner}
+    lines = Counter((slot.address, slot.port) for slot in table.slots if slot.owner)
+    routable = [i for i in instances if i.status is not Status.CRITICAL]
+    for inst in routable:
+        if inst.key in placed:
+            lines[(inst.address, inst.port)] -= 1
+    missing = []
+    for inst in routable:
+        if inst.key in placed:
+            continue
+        if lines[(inst.address, inst.port)] > 0:
+            lines[(inst.address, inst.port)] -= 1
+        else:
+            missing.append(inst)
+    return missing
 
 
 def gather(settings: Settings) -> Report:
@@ -135,11 +162,13 @@ def to_json(report: Report) -> str:
 
 
 def to_table(report: Report) -> str:
+    """The text table; every line is passed through :func:`one_line`, so no text from Consul, a socket
+    answer or the daemon's /status (IDs, addresses, error messages) can break a line or forge a row."""
     rows = [("BACKEND", "CONSUL pass/warn/crit", "HAPROXY up/down/drain/maint", "DRIFT")]
     for b in report.backends:
         c, h = b.consul, b.haproxy
         rows.append((
-            b.backend,
+            one_line(b.backend),
             f"{c['passing']}/{c['warning']}/{c['critical']}",
             f"{h['UP']}/{h['DOWN']}/{h['DRAIN']}/{h['MAINT']}",
             f"{len(b.drift)}" if b.drift else "none",
@@ -168,4 +197,4 @@ def to_table(report: Report) -> str:
                          f"index {w['last_index']}, data {fresh}")
     elif report.daemon_error:
         lines.append(report.daemon_error)
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)

@@ -191,7 +191,7 @@ class Layout:
             f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
             f'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n{template}'
             f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\nstale_after = "2s"\n'
-            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\n'
+            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\nnetworks = ["127.0.0.0/8"]\n'
             f"{self.extra}{services}"
         )
         return self.config_toml

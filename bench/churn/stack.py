@@ -353,7 +353,8 @@ class HaproxySync(Syncer):
                 f'http_bind = "{HOST}:{target.http_port}"', f'stats_bind = "{HOST}:{target.stats_port}"',
                 'user = ""', 'group = ""', 'log_target = "stderr format short local0 notice"',
             ],
-            "sync": [f"runtime_api = {'true' if runtime_api else 'false'}", f"slots = {SLOTS}"],
+            "sync": [f"runtime_api = {'true' if runtime_api else 'false'}", f"slots = {SLOTS}",
+                     'networks = ["127.0.0.0/8"]'],
         }
         for section, key, value in extra:  # --haproxy-sync-set: experiments only, recorded in the JSON
             lines = sections.setdefault(section, [])

@@ -250,6 +250,7 @@ class HaproxySync(Tool):
             "discovery": ["enabled = true", f'tag = "{TAG}"'],
             "haproxy": hap,
             "metrics": [f'listen = "{HOST}:{self.metrics_port}"'],
+            "sync": ['networks = ["127.0.0.0/8"]'],  # the bench's backends run on this machine
         }
         for section, key, value in extra:  # --haproxy-sync-set: experiments only, recorded in the JSON
             lines = sections.setdefault(section, [])

@@ -208,7 +208,7 @@ class Layout:
             f'http_bind = "{HOST}:{self.http_port}"\nstats_bind = "{HOST}:{self.stats_port}"\n'
             f'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
             f'[metrics]\nlisten = "{HOST}:{self.metrics_port}"\nstale_after = "30s"\n'
-            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\n'
+            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\nnetworks = ["127.0.0.0/8"]\n'
             + "".join(f"{line}\n" for line in self.sync_extra)
             + services
         )

@@ -176,7 +176,7 @@ def test_second_converge_changes_nothing(converge: Converge) -> None:
 def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     path = converge.path("haproxy_sync_config_dir") / "config.toml"
     config = tomllib.loads(path.read_text())
-    assert set(config) == {"log", "consul", "haproxy", "sync", "metrics", "services"}
+    assert set(config) == {"log", "consul", "haproxy", "sync", "discovery", "metrics", "services"}
     assert config["log"] == {"level": "info", "format": "text"}
     consul = config["consul"]
     assert consul["address"] == "http://127.0.0.1:8500"
@@ -189,7 +189,8 @@ def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     assert haproxy["stats_socket"] == "/run/haproxy/admin.sock"
     assert haproxy["reload_command"] == []
     assert (haproxy["http_bind"], haproxy["stats_bind"], haproxy["maxconn"]) == ("*:80", "127.0.0.1:8404", 2000)
-    assert config["sync"] == {"wait_min": "10ms", "wait_max": "1s"}
+    assert config["sync"] == {"wait_min": "10ms", "wait_max": "1s", "networks": []}
+    assert config["discovery"] == {"hosts": ["*.cabify.internal"]}, "registrants claim branch hosts only"
     assert config["metrics"] == {"listen": "127.0.0.1:9725"}
     assert config["services"] == [{"name": "cabify", "balance": "roundrobin", "health_path": "/health"}]
     assert TOKEN not in path.read_text()

@@ -61,7 +61,8 @@ def test_render_flags_work_without_a_config_file(consul: DevConsulThread, make_a
     (app,) = make_apps(1, prefix="api")
     register(consul.url, app, service="api")
     result = cli("render", "--dry-run", "--consul", consul.url, "--service", "api", "--output",
-                 str(tmp_path / "x.cfg"), env={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+                 str(tmp_path / "x.cfg"),
+                 env={"CONSUL_HTTP_ADDR": "127.0.0.1:1", "HAPROXY_SYNC_NETWORKS": "127.0.0.0/8"})
     assert result.returncode == 0, result.stderr
     assert "backend api" in result.stdout and "server slot1 127.0.0.1:" in result.stdout and "# api-1" in result.stdout
 

@@ -7,6 +7,7 @@ tests/integration/conftest.py checks every command the daemon sent during each t
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -79,11 +80,27 @@ def test_a_newcomer_cannot_take_a_route_another_service_holds(stack: Stack, make
     for _ in range(20):
         assert http_get(stack.layout.url("/"), headers={"Host": "shop.test"})[1].strip() == shop.instance_id
     assert "haproxy_sync_services_unrouted 1.0" in metrics(stack)
+    # Nor can it take a part of it: a path under the held host.
+    register(stack.consul.url, thief, service="aaa-shop-api", Tags=[TAG],
+             Meta={"haproxy-sync-host": "shop.test", "haproxy-sync-path": "/login"})
+    log = stack.daemon.wait_for_log("service aaa-shop-api is not routed", timeout=10)
+    assert "held by backend shop (host shop.test)" in log
+    assert http_get(stack.layout.url("/login"), headers={"Host": "shop.test"})[1].strip() == shop.instance_id
+    # The holder leaves for a moment (a redeploy): its route stays reserved, and it gets it back.
+    consul_put(stack.consul.url, f"/v1/agent/service/deregister/{shop.instance_id}")
+    stack.daemon.wait_for_log("which left; it stays reserved for it", timeout=10)
+    wait_until(lambda: "shop.test" not in haproxy.show_map(stack.layout.stats_socket, stack.layout.root / "routes.map"),
+               5, what="the route gone with its holder")
+    time.sleep(1)  # applies meanwhile must not hand it to the thief
+    assert "shop.test" not in haproxy.show_map(stack.layout.stats_socket, stack.layout.root / "routes.map")
+    register(stack.consul.url, shop, service="shop", Tags=[TAG], Meta={"haproxy-sync-host": "shop.test"})
+    wait_until(lambda: http_get(stack.layout.url("/"), headers={"Host": "shop.test"})[1].strip() == shop.instance_id,
+               10, what="shop routed again after the gap")
     # A restart reads who holds what from the routes HAProxy runs: the holder still keeps it.
     stack.daemon.stop()
     restarted = DaemonProcess(stack.layout.config_toml, stack.layout.root / "daemon2.log")
     try:
-        restarted.wait_for_log("service aaa-shop is not routed", timeout=10)
+        restarted.wait_for_log("service aaa-shop-api is not routed", timeout=10)
         assert haproxy.show_map(stack.layout.stats_socket, stack.layout.root / "routes.map")["shop.test"] == "shop"
     finally:
         restarted.stop()

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from haproxy_sync import rules
 from haproxy_sync.catalog import Instance, InvalidInstance, Snapshot, Status, parse_health_entries
 
 
@@ -109,8 +110,30 @@ def test_addresses_with_a_trailing_newline_or_out_of_range_are_refused(address: 
 
 
 @pytest.mark.parametrize(("address", "seen"), [
-    ("10.0.0.1", "10.0.0.1"), ("0.0.0.0", "0.0.0.0"), ("::FFFF:1.2.3.4", "::ffff:102:304"),
-    ("Web-1.Example", "web-1.example"),
+    ("10.0.0.1", "10.0.0.1"), ("::FFFF:1.2.3.4", "::ffff:102:304"), ("Web-1.Example", "web-1.example"),
 ])
 def test_addresses_reach_haproxy_in_one_form(address: str, seen: str) -> None:
-    assert Instance.from_entry(entry(addr=address)).address == seen
+    names_allowed = rules.AddressPolicy(host_names=True)
+    assert Instance.from_entry(entry(addr=address), names_allowed).address == seen
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("127.0.0.1", "loopback"), ("0.0.0.0", "unspecified"), ("169.254.169.254", "link-local"),
+    ("::ffff:127.0.0.1", "loopback"), ("::1", "loopback"), ("fe80::1", "link-local"), ("224.0.0.1", "multicast"),
+    ("255.255.255.255", "broadcast"), ("localhost", "host name"), ("0x7f000001", "host name"),
+])
+def test_the_edge_never_proxies_to_itself_or_its_metadata_unless_a_network_names_it(address: str, why: str) -> None:
+    with pytest.raises(InvalidInstance, match=why):
+        Instance.from_entry(entry(addr=address))
+    if why != "host name":
+        listed = rules.AddressPolicy(networks=(rules.network("127.0.0.0/8"), rules.network("::/0"),
+                                               rules.network("0.0.0.0/0")))
+        if address.startswith("127.") or address == "::ffff:127.0.0.1":
+            assert Instance.from_entry(entry(addr=address), listed).address
+
+
+def test_networks_limit_instances_to_the_operators_own() -> None:
+    ours = rules.AddressPolicy(networks=(rules.network("10.0.0.0/8"),))
+    assert Instance.from_entry(entry(addr="10.1.2.3"), ours).address == "10.1.2.3"
+    with pytest.raises(InvalidInstance, match=r"none of sync\.networks"):
+        Instance.from_entry(entry(addr="192.0.2.1"), ours)

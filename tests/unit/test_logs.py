@@ -59,3 +59,11 @@ def test_no_value_can_start_a_text_line_of_its_own(capsys: pytest.CaptureFixture
     logging.getLogger("haproxy_sync.test").warning("skipped instance id=%s", forged)
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and json.loads(line)["msg"] == f"skipped instance id={forged}"
+
+
+def test_bidi_controls_are_escaped_in_text_lines(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    logs.configure("info", "text")
+    logging.getLogger("haproxy_sync.test").warning("id=%s", "evil\u202egnp.exe")
+    out = capsys.readouterr().err
+    assert "\u202e" not in out and "\\u202e" in out

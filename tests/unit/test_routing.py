@@ -37,17 +37,52 @@ def test_meta_follows_the_majority_of_instances_ties_to_the_smallest() -> None:
 
 def test_discovered_services_get_backends_and_routes_after_the_configured_ones(settings) -> None:
     latest = {
-        "web": service("web", {"haproxy-sync-host": "Web.Test", "haproxy-sync-balance": "leastconn"}),
-        "api": service("api", {"haproxy-sync-host": "web.test", "haproxy-sync-path": "/api/v2/"}),
-        "assets": service("assets", {"haproxy-sync-path": "/static"}),
+        "web": registered(service("web", {"haproxy-sync-host": "Web.Test", "haproxy-sync-balance": "leastconn"}), 1),
+        "api": registered(service("api", {"haproxy-sync-host": "api.test", "haproxy-sync-path": "/v2/"}), 2),
+        "assets": registered(service("assets", {"haproxy-sync-path": "/static"}), 3),
     }
     routing = routing_for(settings, latest, {"web", "api", "assets", "not-read-yet"})
     assert [s.name for s in routing.services] == ["cabify", "api", "assets", "web"]
     assert routing.services[3].balance == "leastconn" and routing.services[3].discovered
     assert routing.map_entries == {
-        "cabify.test": "cabify", "web.test": "web", "web.test/api/v2": "api", "*/static": "assets",
+        "cabify.test": "cabify", "web.test": "web", "api.test/v2": "api", "*/static": "assets",
     }
     assert routing.unrouted == ()
+
+
+@pytest.mark.parametrize(("claim", "why"), [
+    ({"haproxy-sync-host": "cabify.test", "haproxy-sync-path": "/login"}, "already taken by backend cabify"),
+    ({"haproxy-sync-host": "web.test", "haproxy-sync-path": "/api/v2"}, "registered in Consul before it"),
+    ({"haproxy-sync-host": "web.test"}, "registered in Consul before it"),
+    ({"haproxy-sync-path": "/static/img"}, "registered in Consul before it"),
+    ({"haproxy-sync-path": "/"}, "no route"),
+])
+def test_a_newcomer_takes_no_part_of_a_route_another_backend_holds(settings, claim: dict, why: str) -> None:
+    latest = {
+        "web": registered(service("web", {"haproxy-sync-host": "web.test"}), 1),
+        "assets": registered(service("assets", {"haproxy-sync-path": "/static"}), 2),
+        "aaa-evil": registered(service("aaa-evil", claim), 3),
+    }
+    routing = routing_for(settings, latest, {"web", "assets", "aaa-evil"})
+    assert "aaa-evil" not in routing.map_entries.values()
+    assert [u.service for u in routing.unrouted] == ["aaa-evil"] and why in routing.unrouted[0].reason
+    assert routing.map_entries == {"cabify.test": "cabify", "web.test": "web", "*/static": "assets"}
+
+
+def test_discovery_hosts_limit_what_registrants_may_claim(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[discovery]\nhosts = ["*.branches.test"]\n[[services]]\nname = "cabify"\n')
+    settings = load_settings(path, env={})
+    latest = {
+        "feature": registered(service("feature", {"haproxy-sync-host": "feature.branches.test"}), 1),
+        "prod": registered(service("prod", {"haproxy-sync-host": "cabify.internal"}), 2),
+        "login": registered(service("login", {"haproxy-sync-path": "/login"}), 3),
+    }
+    routing = routing_for(settings, latest, set(latest))
+    assert routing.map_entries == {"feature.branches.test": "feature"}
+    reasons = {u.service: u.reason for u in routing.unrouted}
+    assert "which discovery.hosts does not allow" in reasons["prod"]
+    assert "a path on any host" in reasons["login"]
 
 
 @pytest.mark.parametrize(("meta", "reason"), [
@@ -100,8 +135,14 @@ def test_a_route_stays_with_its_holder_whoever_registers_later(settings) -> None
     # After a restart the routes HAProxy runs (the map) say who holds what.
     restarted = routing_for(settings, latest, {"zeta", "aaa"}, holders={"shop.test": "zeta"})
     assert restarted.map_entries["shop.test"] == "zeta"
-    # When the holder goes, the route is free for the newcomer.
-    gone = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=again)
+    # When the holder goes, its route stays reserved for it while the caller still names it a holder
+    # (the daemon does for discovery.route_grace); then it is free for the newcomer.
+    gap = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=again)
+    assert "shop.test" not in gap.map_entries
+    assert "held by backend zeta, which left" in gap.unrouted[0].reason
+    back = routing_for(settings, latest, {"zeta", "aaa"}, previous=gap, holders={"shop.test": "zeta"})
+    assert back.map_entries["shop.test"] == "zeta", "the holder gets its route back after a gap"
+    gone = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=gap)
     assert gone.map_entries["shop.test"] == "aaa"
 
 

@@ -123,3 +123,21 @@ def test_a_template_cannot_print_a_line_break_or_an_unchecked_object(tmp_path: P
     template.write_text(f"global\n  {{{{ {expression} }}}}\n")
     with pytest.raises(TemplateError, match=r"t\.j2:2: Refused: value printed by the template"):
         render(_tables(settings), settings, load_template(template), routing_for(settings, {}))
+
+
+def test_unicode_folding_never_passes_for_ascii() -> None:
+    from haproxy_sync.catalog import Status
+
+    assert Status.parse("passing") is Status.PASSING
+    assert Status.parse("pass\u0131ng") is Status.CRITICAL, "a dotless i uppercases to I: exact words only"
+    entry = {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+             "Service": {"ID": "x", "Service": "\u212aafka", "Address": "", "Port": 80}, "Checks": []}
+    with pytest.raises(ForeignEntry):
+        parse_health_entries("kafka", [entry])  # the Kelvin sign lowercases to k
+
+
+def test_names_that_are_path_segments_of_consuls_urls_are_refused() -> None:
+    for dots in (".", ".."):
+        with pytest.raises(rules.Refused):
+            rules.name(dots)
+    assert rules.name("a.b") == "a.b"
