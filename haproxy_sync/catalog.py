@@ -117,8 +117,8 @@ class Instance:
             raise InvalidInstance("Node.Node is missing or not a string", instance_id)
         try:
             # Consul's rule: an empty Service.Address means "the node's address".
-            address = policy.check(rules.address(service.get("Address") or node.get("Address")))
             port = rules.port(service.get("Port"))
+            address = policy.check_endpoint(rules.address(service.get("Address") or node.get("Address")), port)
             weights = service.get("Weights") or {}
             if not isinstance(weights, Mapping):
                 raise ValueError("Weights is not an object")

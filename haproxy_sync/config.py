@@ -8,17 +8,22 @@ value came from (file and key, environment variable, or flag) and what is allowe
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import grp
 import ipaddress
 import os
 import pwd
 import re
+import socket
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from haproxy_sync import haproxy, rules
 
@@ -447,10 +452,6 @@ class SyncSettings:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     host_names: bool = False
 
-    @property
-    def address_policy(self) -> rules.AddressPolicy:
-        """Where a registrant may send the edge's traffic (see :class:`haproxy_sync.rules.AddressPolicy`)."""
-        return rules.AddressPolicy(self.networks, self.host_names)
 
 
 @dataclass(frozen=True)
@@ -477,6 +478,8 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything haproxy-sync is told, validated: one immutable value per run (re-read on SIGHUP)."""
+
     log: LogSettings
     consul: ConsulSettings
     haproxy: HAProxySettings
@@ -489,6 +492,26 @@ class Settings:
 
     def template_path(self) -> Path:
         return self.haproxy.template or default_template_path()
+
+    @property
+    def address_policy(self) -> rules.AddressPolicy:
+        """Where a registrant may send the edge's traffic: ``sync.networks``, ``sync.host_names``, and never
+        the edge's own frontends (its addresses with a port HAProxy binds)."""
+        ports = frozenset(int(bind.rpartition(":")[2]) for bind in (self.haproxy.http_bind, self.haproxy.stats_bind)
+                          if bind.rpartition(":")[2].isdigit())
+        return rules.AddressPolicy(self.sync.networks, self.sync.host_names, local_addresses(), ports)
+
+
+@functools.cache
+def local_addresses() -> frozenset[str]:
+    """The addresses of this machine's interfaces, as ``rules.address`` writes them (read once)."""
+    found = set()
+    for addresses in psutil.net_if_addrs().values():
+        for item in addresses:
+            if item.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(ValueError):
+                    found.add(str(ipaddress.ip_address(item.address.split("%")[0])))
+    return frozenset(found)
 
 
 def default_template_path() -> Path:
@@ -604,6 +627,9 @@ def load_settings(
         problems.extend(haproxy.refuse_symlinks(haproxy.owned_files(HAProxySettings(**parsed["haproxy"]))))
         if parsed["sync"]["wait_max"] < parsed["sync"]["wait_min"]:
             problems.append(f"{values['sync']['wait_max'].origin}: must not be shorter than sync.wait_min")
+    if parsed.get("sync", {}).get("networks") and parsed.get("sync", {}).get("host_names"):
+        problems.append("sync.host_names = true with sync.networks: haproxy-sync does not resolve names, so the "
+                        "networks cannot confine them; use addresses, or drop sync.networks")
     if problems:
         raise ConfigError(problems)
     return Settings(

@@ -515,7 +515,7 @@ async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead
             for item in skipped:
                 log.warning("skipped service %r: %s", item.service, item.reason)
         queries = service_queries(settings, discovered)
-        services = await _read_services(client, list(queries), deadline, queries, settings.sync.address_policy)
+        services = await _read_services(client, list(queries), deadline, queries, settings.address_policy)
         return CatalogRead(services, discovered)
     finally:
         await client.close()

@@ -664,7 +664,8 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders())
+        routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders(),
+                              reserved=self._reserved())
         self._note_routing(routing)
         observed = Snapshot.of(self.latest[s.name] for s in routing.services)
         snapshot, self._seen, self._hold_at = damp(
@@ -759,7 +760,7 @@ class Daemon:
             try:
                 _, entries = await asyncio.wait_for(client.health.service(name, **query), 15)  # type: ignore[attr-defined]
                 service, _ = parse_health_entries(name, entries if entries is not None else [],
-                                                  self.settings.sync.address_policy)
+                                                  self.settings.address_policy)
             except Exception as exc:  # a failed re-read keeps the hold and tries again
                 error = classify(exc, name)
                 log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
@@ -818,28 +819,33 @@ class Daemon:
         path = "reload" if report.reloaded else "none"
         return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
 
-    def _holders(self) -> dict[str, str]:
-        """Who holds which route for ``routing_for`` beyond the routes applied last: before the first
-        apply, the routes HAProxy runs (the map on disk); after it, the discovered holders that left
-        less than ``discovery.route_grace`` ago (their routes stay reserved for them through a gap)."""
-        if self.routing is None:
-            if self._disk_holders is None:
-                self._disk_holders = routes_on_disk(self.settings)
-            return dict(self._disk_holders)
+    def _holders(self) -> dict[str, str] | None:
+        """Before the first apply, who holds which route: the routes HAProxy runs (the map on disk)."""
+        if self.routing is not None:
+            return None
+        if self._disk_holders is None:
+            self._disk_holders = routes_on_disk(self.settings)
+        return dict(self._disk_holders)
+
+    def _reserved(self) -> dict[str, str]:
+        """The routes of holders that left less than ``discovery.route_grace`` ago: kept for them."""
         now, grace = time.monotonic(), self.settings.discovery.route_grace
         self._departed = {key: held for key, held in self._departed.items() if now - held[1] < grace}
         return {key: backend for key, (backend, _) in self._departed.items()}
 
     def _note_departures(self, routing: Routing) -> None:
-        """Remember the routes a discovered holder lost (it left, or stopped claiming) and since when."""
+        """Remember the routes of holders that left (hold no route at all any more) and since when; a
+        holder that moves to another route reserves nothing, and a route given to someone is no longer
+        reserved."""
         before = self.routing.map_entries if self.routing is not None else (self._disk_holders or {})
         after = routing.map_entries
+        still_holding = set(after.values())
         now = time.monotonic()
         for key, backend in before.items():
-            if after.get(key) != backend:
+            if backend not in still_holding:
                 self._departed.setdefault(key, (backend, now))
-        for key in after:
-            self._departed.pop(key, None)
+        self._departed = {key: held for key, held in self._departed.items()
+                          if key not in after and held[0] not in still_holding}
 
     def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
         self._note_departures(routing)
@@ -982,7 +988,8 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders())
+            routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders(),
+                                  reserved=self._reserved())
             snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
             render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
         except (ConfigError, TemplateError) as exc:
@@ -1027,7 +1034,8 @@ class Daemon:
         """
         wanted = service_queries(self.settings, self.discovered)
         for name in list(self.watches):
-            if name not in wanted or self.watches[name][0].query != wanted[name]:
+            watch = self.watches[name][0]
+            if name not in wanted or watch.query != wanted[name] or watch.policy != self.settings.address_policy:
                 self.watches.pop(name)[1].cancel()
                 self.latest.pop(name, None)
                 self._guard_due.pop(name, None)  # a service no longer watched has nothing to re-read
@@ -1046,7 +1054,7 @@ class Daemon:
             watch = ServiceWatch(
                 client, name, self._on_update,  # type: ignore[arg-type]
                 tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
-                policy=self.settings.sync.address_policy,
+                policy=self.settings.address_policy,
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
                 on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
                 start_delay=random.uniform(0, spread), gate=self._first_reads,

@@ -119,6 +119,7 @@ def routing_for(
     discovered: Iterable[str] = (),
     previous: Routing | None = None,
     holders: Mapping[str, str] | None = None,
+    reserved: Mapping[str, str] | None = None,
 ) -> Routing:
     """Backends and routes for the configured services plus the discovered ones Consul has answered for.
 
@@ -129,9 +130,10 @@ def routing_for(
 
     A route belongs to whoever holds it: configured services first (in config order), then the
     discovered service that held the route before (``previous``, or at start ``holders``, the routes
-    HAProxy runs). A discovered service that newly claims a held route is left out; so is every
-    newcomer of a contested free route but the one registered first in Consul (lowest CreateIndex).
-    Names never decide: a registrant cannot win a route by choosing a name that sorts first.
+    HAProxy runs); ``reserved`` names routes whose holder left, kept for it and for nobody else. A
+    discovered service that newly claims a held route (or a part of it) is left out; so is every newcomer
+    of a contested free route but the one registered first in Consul (lowest CreateIndex). Names never
+    decide: a registrant cannot win a route by choosing a name that sorts first.
     """
     chosen: list[ServiceSettings] = list(settings.services)
     unrouted: list[Unrouted] = []
@@ -169,10 +171,11 @@ def routing_for(
             owners[route.key] = svc.backend
             routes.append(route)
         kept.append(svc)
-    held = {**(holders or {}), **(previous.map_entries if previous is not None else {})}
+    held = previous.map_entries if previous is not None else dict(holders or {})
     granted = [_Grant(_territory(r), r.backend, "configured") for r in routes]
     routed = []
-    for svc, reason in _settle([s for s in chosen if s.discovered], services, held, granted, settings.discovery.hosts):
+    claims = [s for s in chosen if s.discovered]
+    for svc, reason in _settle(claims, services, held, reserved or {}, granted, settings.discovery.hosts):
         if reason is not None:
             unrouted.append(Unrouted(svc.name, reason))
             continue
@@ -180,6 +183,11 @@ def routing_for(
         routed.append(svc)
     # Discovered backends by name: the config's order must not move when claims are settled differently.
     kept += sorted(routed, key=lambda s: s.name)
+    # A host routed only on some paths gets its other paths sent to the default backend by a host entry
+    # of its own: without it the frontend would fall through to the routes on a path of any host (`*/x`),
+    # and a registrant could take paths on a host someone else holds.
+    bare = {route.host for route in routes if route.host and not route.path}
+    routes += [Route(host, "", kept[0].backend) for host in sorted({r.host for r in routes if r.host} - bare)]
     return Routing(tuple(kept), tuple(sorted(routes)), tuple(sorted(unrouted, key=lambda u: u.service)))
 
 
@@ -219,7 +227,7 @@ def _registered(service: Service | None) -> int | None:
 
 def _settle(
     claimants: list[ServiceSettings], services: Mapping[str, Service], held: Mapping[str, str],
-    granted: list[_Grant], allowed_hosts: tuple[str, ...],
+    reserved_for: Mapping[str, str], granted: list[_Grant], allowed_hosts: tuple[str, ...],
 ) -> list[tuple[ServiceSettings, str | None]]:
     """Which discovered claims are routed (None) and why each other one is not.
 
@@ -231,11 +239,14 @@ def _settle(
     Names never decide.
     """
     claiming = {svc.backend for svc in claimants} | {grant.backend for grant in granted}
-    reserved = [(_key_territory(key), backend) for key, backend in held.items() if backend not in claiming]
+    # Only a holder that stopped claiming altogether reserves its routes; a move is no reservation.
+    reserved = [(_key_territory(key), backend) for key, backend in [*held.items(), *reserved_for.items()]
+                if backend not in claiming]
 
     def rank(svc: ServiceSettings) -> tuple[int, float]:
         mine = _territory(Route(svc.host, svc.path, svc.backend))
-        holder = any(b == svc.backend and _overlap(_key_territory(k), mine) for k, b in held.items())
+        holder = any(b == svc.backend and _overlap(_key_territory(k), mine)
+                     for k, b in [*held.items(), *reserved_for.items()])
         registered = _registered(services.get(svc.name))
         return (0 if holder else 1, float(registered) if registered is not None else float("inf"))
 

@@ -214,7 +214,10 @@ SPECIAL_NETWORKS: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network
     (what, ipaddress.ip_network(net)) for what, net in (
         ("unspecified", "0.0.0.0/8"), ("loopback", "127.0.0.0/8"), ("link-local", "169.254.0.0/16"),
         ("multicast", "224.0.0.0/4"), ("reserved or broadcast", "240.0.0.0/4"),
+        ("shared (carrier-grade NAT; cloud metadata)", "100.64.0.0/10"),
         ("unspecified", "::/128"), ("loopback", "::1/128"), ("link-local", "fe80::/10"), ("multicast", "ff00::/8"),
+        ("IPv4-compatible", "::/96"), ("NAT64", "64:ff9b::/96"), ("NAT64", "64:ff9b:1::/48"), ("6to4", "2002::/16"),
+        ("site-local", "fec0::/10"), ("cloud metadata", "fd00:ec2::254/128"),
     )
 )
 
@@ -229,6 +232,15 @@ class AddressPolicy:
 
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     host_names: bool = False
+    #: The edge's own addresses and the ports its frontends bind: never a backend (a loop to itself).
+    local: frozenset[str] = frozenset()
+    own_ports: frozenset[int] = frozenset()
+
+    def check_endpoint(self, address: Checked, port: int) -> Checked:
+        """:meth:`check`, and never the edge's own frontends (its address and a port HAProxy binds)."""
+        if port in self.own_ports and (address in self.local or address.kind is Kind.HOST_NAME):
+            raise Refused(address.kind, f"{address}:{port}", "is one of the edge's own frontends")
+        return self.check(address)
 
     def check(self, address: Checked) -> Checked:
         """``address`` when the policy allows it, else :class:`Refused` saying which rule and setting."""
@@ -246,7 +258,9 @@ class AddressPolicy:
             raise Refused(address.kind, address, "is in none of sync.networks")
         for what, special in SPECIAL_NETWORKS:
             hit = any(t.version == special.version and t in special for t in targets)
-            if hit and not any(net.prefixlen > 0 for net in listed):
+            # Only a listed network inside the special range lets it through (127.0.0.0/8 for loopback);
+            # a broad one (0.0.0.0/1) that merely contains it does not.
+            if hit and not any(net.version == special.version and net.subnet_of(special) for net in listed):
                 article = "an" if what[0] in "aeiou" else "a"
                 raise Refused(address.kind, address, f"is {article} {what} address, never a backend of the edge unless "
                                                      "a network in sync.networks names it")
@@ -350,6 +364,8 @@ def host_pattern(value: object) -> Checked:
     """``*`` (any host, and routes on a path of any host), ``*.suffix`` (hosts under it), or one host name."""
     text = _string(Kind.HOST_PATTERN, value)
     try:
+        if text == "*.":
+            raise Refused(Kind.HOST_PATTERN, text, "names no host")
         if text == "*":
             return _checked(Kind.HOST_PATTERN, text)
         host = route_host(text.removeprefix("*."))

@@ -79,6 +79,8 @@ def test_a_newcomer_cannot_take_a_route_another_service_holds(stack: Stack, make
     assert haproxy.show_map(stack.layout.stats_socket, stack.layout.root / "routes.map")["shop.test"] == "shop"
     for _ in range(20):
         assert http_get(stack.layout.url("/"), headers={"Host": "shop.test"})[1].strip() == shop.instance_id
+    assert http_get(stack.layout.url("/"), headers={"Host": "Shop.Test.:80"})[1].strip() == shop.instance_id, \
+        "case, port and a trailing dot do not make another host"
     assert "haproxy_sync_services_unrouted 1.0" in metrics(stack)
     # Nor can it take a part of it: a path under the held host.
     register(stack.consul.url, thief, service="aaa-shop-api", Tags=[TAG],

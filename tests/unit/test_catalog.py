@@ -137,3 +137,26 @@ def test_networks_limit_instances_to_the_operators_own() -> None:
     assert Instance.from_entry(entry(addr="10.1.2.3"), ours).address == "10.1.2.3"
     with pytest.raises(InvalidInstance, match=r"none of sync\.networks"):
         Instance.from_entry(entry(addr="192.0.2.1"), ours)
+
+
+@pytest.mark.parametrize("address", ["100.100.100.200", "fd00:ec2::254", "::7f00:1", "64:ff9b::a9fe:a9fe",
+                                     "64:ff9b:1::a9fe:a9fe", "2002:7f00:1::1", "fec0::1"])
+def test_metadata_and_ipv4_embedding_forms_are_refused_by_default(address: str) -> None:
+    with pytest.raises(InvalidInstance, match="refused"):
+        Instance.from_entry(entry(addr=address))
+
+
+def test_a_broad_network_does_not_let_special_addresses_through() -> None:
+    halves = rules.AddressPolicy(networks=(rules.network("0.0.0.0/1"), rules.network("128.0.0.0/1")))
+    for special in ("127.0.0.1", "0.0.0.0", "169.254.169.254"):
+        with pytest.raises(InvalidInstance, match="never a backend"):
+            Instance.from_entry(entry(addr=special), halves)
+    assert Instance.from_entry(entry(addr="10.0.0.1"), halves).address == "10.0.0.1"
+
+
+def test_the_edges_own_frontends_are_never_a_backend() -> None:
+    policy = rules.AddressPolicy(networks=(rules.network("10.0.0.0/8"),), local=frozenset({"10.0.0.5"}),
+                                 own_ports=frozenset({80, 8404}))
+    with pytest.raises(InvalidInstance, match="own frontends"):
+        Instance.from_entry(entry(addr="10.0.0.5", port=80), policy)
+    assert Instance.from_entry(entry(addr="10.0.0.5", port=8080), policy).port == 8080, "an app on the edge is fine"

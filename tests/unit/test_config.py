@@ -183,3 +183,10 @@ def test_check_refuses_a_token_file_with_an_inner_newline(tmp_path: Path) -> Non
 def test_token_from_any_source_must_be_printable_ascii(tmp_path: Path, token: str) -> None:
     with pytest.raises(ConfigError, match=r"^environment CONSUL_HTTP_TOKEN: the token holds .*X-Consul-Token"):
         load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_TOKEN": token})
+
+
+def test_host_names_cannot_be_confined_by_networks(tmp_path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[sync]\nnetworks = ["10.0.0.0/8"]\nhost_names = true\n[[services]]\nname = "web"\n')
+    with pytest.raises(ConfigError, match="networks cannot confine them"):
+        load_settings(path, env={})

@@ -46,6 +46,7 @@ def test_discovered_services_get_backends_and_routes_after_the_configured_ones(s
     assert routing.services[3].balance == "leastconn" and routing.services[3].discovered
     assert routing.map_entries == {
         "cabify.test": "cabify", "web.test": "web", "api.test/v2": "api", "*/static": "assets",
+        "api.test": "cabify",  # api's host, on its other paths: the default backend, not `*/...`
     }
     assert routing.unrouted == ()
 
@@ -140,7 +141,7 @@ def test_a_route_stays_with_its_holder_whoever_registers_later(settings) -> None
     gap = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=again)
     assert "shop.test" not in gap.map_entries
     assert "held by backend zeta, which left" in gap.unrouted[0].reason
-    back = routing_for(settings, latest, {"zeta", "aaa"}, previous=gap, holders={"shop.test": "zeta"})
+    back = routing_for(settings, latest, {"zeta", "aaa"}, previous=gap, reserved={"shop.test": "zeta"})
     assert back.map_entries["shop.test"] == "zeta", "the holder gets its route back after a gap"
     gone = routing_for(settings, {"aaa": newcomer}, {"aaa"}, previous=gap)
     assert gone.map_entries["shop.test"] == "aaa"
@@ -185,3 +186,30 @@ def test_a_routed_service_keeps_its_route_while_it_has_no_instances(settings) ->
     moved = {"x": service("x", {"haproxy-sync-host": "y.test"})}
     assert routing_for(settings, moved, {"x"}, before).map_entries["y.test"] == "x", "instances back: their meta rules"
     assert "x.test" not in routing_for(settings, empty, set(), before).map_entries, "gone from the catalog: gone"
+
+
+def frontend(entries: dict[str, str], host: str, path: str, default: str = "cabify") -> str:
+    """The template's lookup: a path on any host, the host, a path on the host (1-3 segments), last hit wins."""
+    segments = [s for s in path.split("/")[1:4]]
+    chosen = default
+    for start in ("*", host):
+        if start == host and host in entries:
+            chosen = entries[host]
+        for n in range(1, 4):
+            key = start + "".join(f"/{s}" for s in segments[:n])
+            if key in entries:
+                chosen = entries[key]
+    return chosen
+
+
+def test_a_path_on_any_host_takes_no_path_of_a_host_someone_routes(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[[services]]\nname = "cabify"\n[[services]]\nname = "app"\nhost = "app.test"\npath = "/admin"\n')
+    settings = load_settings(path, env={})
+    latest = {"evil": registered(service("evil", {"haproxy-sync-path": "/account"}), 1),
+              "shop": registered(service("shop", {"haproxy-sync-host": "shop.test", "haproxy-sync-path": "/cart"}), 2)}
+    entries = routing_for(settings, latest, set(latest)).map_entries
+    assert frontend(entries, "app.test", "/admin/x") == "app"
+    assert frontend(entries, "app.test", "/account/login") == "cabify", "not evil: app.test is someone's host"
+    assert frontend(entries, "shop.test", "/account") == "cabify" and frontend(entries, "shop.test", "/cart") == "shop"
+    assert frontend(entries, "other.test", "/account") == "evil", "a host nobody routes: discovery.hosts decides"

@@ -259,8 +259,8 @@ class FakeWatch:
     """Stands in for consul.ServiceWatch: never talks to Consul; the test plays its errors."""
 
     def __init__(self, client: object, service: str, on_update: object, *, tag: str = "",
-                 filter_expression: str = "", on_error: Any = None, **_: object) -> None:
-        self.service, self.on_error = service, on_error
+                 filter_expression: str = "", on_error: Any = None, policy: Any = None, **_: object) -> None:
+        self.service, self.on_error, self.policy = service, on_error, policy
         self.query = health_query(tag, filter_expression)
         self.status, self.skipped = WatchStatus(), ()
 
