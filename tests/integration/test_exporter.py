@@ -40,5 +40,8 @@ def test_no_maint_leaves_the_free_slots_out_of_the_exporter(stack: Stack) -> Non
     everything, scraped = server_series(stack), server_series(stack, "?no-maint=")
     assert len(everything) == 8 and len(held) == 3
     assert set(scraped) == held, "only the slots that take traffic"
-    per_slot = everything["slot1"]
-    assert sum(scraped.values()) == per_slot * len(held) < sum(everything.values())
+    # A slot's series count moves by one or two as checks and requests add timings, so compare slot by slot.
+    assert all(abs(scraped[slot] - everything[slot]) <= 2 for slot in held)
+    free = set(everything) - held
+    assert sum(everything[slot] for slot in free) >= 5 * 50, "each free slot costs about 55 series"
+    assert sum(scraped.values()) < sum(everything.values()) - 5 * 50
