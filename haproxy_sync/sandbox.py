@@ -37,10 +37,14 @@ BRANCH_SERVICE = "cabify-feature-x"
 BRANCH_HOST = "feature-x.localhost"  # *.localhost resolves to 127.0.0.1 (RFC 6761), so curl reaches it
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
+    """A port the kernel has free now, never one of ``avoid`` (ports the sandbox binds later itself)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 @dataclass
@@ -155,11 +159,13 @@ class Sandbox:
                 consul.stop()
 
     def _start_apps(self, consul_url: str) -> None:
+        # HAProxy binds its ports after the apps start: an app must not take one of them first.
+        taken = frozenset({self.http_port, self.stats_port, self.metrics_port, self.consul_port})
         for number in range(1, self.instances + 1):
-            app = AppInstance(f"{SERVICE}-{number}", free_port())
+            app = AppInstance(f"{SERVICE}-{number}", free_port(avoid=taken))
             app.start()
             self.apps.append(app)
-        branch = AppInstance(f"{BRANCH_SERVICE}-1", free_port())
+        branch = AppInstance(f"{BRANCH_SERVICE}-1", free_port(avoid=taken))
         branch.start()
         self.apps.append(branch)
         deadline = time.monotonic() + 10
