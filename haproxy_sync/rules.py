@@ -166,14 +166,6 @@ def host_name(value: object) -> Checked:
     return _checked(Kind.HOST_NAME, text.lower())
 
 
-def is_host_name(text: str) -> bool:
-    try:
-        host_name(text)
-    except Refused:
-        return False
-    return True
-
-
 def address(value: object) -> Checked:
     """A server address as HAProxy should see it: an IPv4 or IPv6 address, or a host name.
 
