@@ -36,12 +36,13 @@ GRAMMAR = re.compile(
     rf"|(?:add|set) map /{_TOKEN} {_TOKEN} [A-Za-z0-9_.:-]{{1,100}}"
     rf"|del map /{_TOKEN} {_TOKEN}"
     rf"|show map /{_TOKEN}"
-    r"|show servers state(?: [A-Za-z0-9_.:-]{1,100})?"
+    r"|show servers (?:state|conn)(?: [A-Za-z0-9_.:-]{1,100})?"
+    r"|show stat [A-Za-z0-9_.:-]{1,100} 4 -1"
     r"|add server [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5} "
     r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}"
     r"(?: [a-z]{1,12}(?: [0-9]{1,9}(?:ms|s|m|h|d|us)?)?)* weight [0-9]{1,3} disabled"
     r"|enable health [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5}"
-    r"|show proc|reload",
+    r"|show proc|reload|wait -h",
     re.ASCII,
 )
 
@@ -135,5 +136,18 @@ def show_servers_state(backend: str | None = None) -> Command:
     return Command(f"show servers state {rules.name(backend)}" if backend else "show servers state")
 
 
+def show_servers_conn(backend: str) -> Command:
+    """Connections in use and idle per server of one backend (``used_cur`` is what a drain waits on)."""
+    return Command(f"show servers conn {rules.name(backend)}")
+
+
+def show_stat_servers(backend: str) -> Command:
+    """The stats CSV of one backend's servers only (type 4), for their sessions and queue."""
+    return Command(f"show stat {rules.name(backend)} 4 -1")
+
+
 SHOW_PROC = Command("show proc")
+#: ``wait``'s usage: lists ``srv-removable`` on an HAProxy that defines when a server has no
+#: connections left (3.0); "Unknown command" on 2.6. A probe that changes nothing.
+WAIT_USAGE = Command("wait -h")
 RELOAD = Command("reload")

@@ -320,7 +320,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             "Route instances addressed by a host name (HAProxy resolves it blocking at every check and reload).",
         ),
         "drain_timeout": Setting(
-            parse_duration, "10s", "How long a leaving or critical instance drains (weight 0) before maintenance.",
+            parse_duration, "10s", (
+                "The longest a leaving or critical instance drains (weight 0)"
+                " before maintenance; on HAProxy 3.0 the drain ends sooner, once HAProxy reports the server idle."
+            ),
         ),
         "reload_min_interval": Setting(
             parse_duration, "1s", "Least time between two reloads; changes meanwhile fold into the next.",

@@ -51,6 +51,8 @@ from haproxy_sync.consul import (
     read_tagged_services,
     service_queries,
 )
+from haproxy_sync.drains import POLL_INTERVAL as DRAIN_POLL_INTERVAL
+from haproxy_sync.drains import DrainWatch
 from haproxy_sync.metrics import Metrics, StateView, WatchView, skip_reason_kind, start_server
 from haproxy_sync.plan import (
     BackendSlots,
@@ -64,6 +66,7 @@ from haproxy_sync.plan import (
     damp,
     describe,
     diff_snapshots,
+    draining,
     find_drift,
     next_deadline,
     plan_runtime,
@@ -296,18 +299,20 @@ def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing
 
 def plan_tables(
     settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None,
-    backends: Iterable[tuple[str, str]] | None = None,
+    backends: Iterable[tuple[str, str]] | None = None, idle: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, BackendSlots]:
     """Slot tables for ``snapshot``; without previous tables, the live config says who holds which slot.
 
     ``backends`` are the (backend, service) pairs routed; by default the configured services.
+    ``idle``: draining slots HAProxy reported as carrying nothing (their drain ends now).
     """
     pairs = list(backends) if backends is not None else [(s.backend, s.name) for s in settings.services]
     if previous is None:
         previous = slots_from_config(live_text or "", snapshot, pairs)
     sync = settings.sync
     return assign_all(
-        previous, snapshot, pairs, base=sync.slots, now=time.monotonic(), drain_timeout=sync.drain_timeout
+        previous, snapshot, pairs, base=sync.slots, now=time.monotonic(), drain_timeout=sync.drain_timeout,
+        idle=idle,
     )
 
 
@@ -367,6 +372,9 @@ class Daemon:
         self._structure_changed = False  # template or settings changed: the next apply reloads
         self._retry_at: float | None = None  # after a failed apply
         self._drain_at: float | None = None  # when the earliest drain ends
+        self.drains = DrainWatch(settings.haproxy.stats_socket)
+        self._drain_poll_at: float | None = None  # next reading of what draining servers still carry
+        self._idle: dict[str, frozenset[str]] = {}  # draining slots HAProxy reported idle: the next plan frees them
         self._hold_at: float | None = None  # when the earliest held (damped) status change matures
         self._seen: dict[tuple[str, str], Seen] = {}
         self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
@@ -578,7 +586,8 @@ class Daemon:
             ) from None
 
     def _timers(self) -> list[float]:
-        timers = [self._retry_at, self._drain_at, self._hold_at, self._reconcile_at, self._catalog_guard_at,
+        timers = [self._retry_at, self._drain_at, self._drain_poll_at, self._hold_at, self._reconcile_at,
+                  self._catalog_guard_at,
                   *self._guard_due.values()]
         return [t for t in timers if t is not None]
 
@@ -608,7 +617,10 @@ class Daemon:
                 if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                     await self._reconcile()
                     continue
-                timer_due = any(t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
+                if self._drain_poll_at is not None and now >= self._drain_poll_at:
+                    await self._poll_drains()
+                timer_due = bool(self._idle) or any(
+                    t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
                 if not (self._changed or timer_due):
                     continue
                 if self._changed:
@@ -678,8 +690,12 @@ class Daemon:
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
         live = self._running_text if self._confirmed else haproxy.read_text(settings.haproxy.config_path)
-        tables = plan_tables(settings, snapshot, self.tables, live, routing.backends)
+        tables = plan_tables(settings, snapshot, self.tables, live, routing.backends, self._idle)
+        self._idle = {}
         self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
+        self._drain_poll_at = None
+        if draining(tables) and await asyncio.to_thread(self.drains.supported):
+            self._drain_poll_at = time.monotonic() + DRAIN_POLL_INTERVAL
         assert self.template is not None
         try:
             text = render(tables, settings, self.template, routing)
@@ -801,6 +817,7 @@ class Daemon:
             return Outcome(False, f"{change}; {exc}", stage="reload")
         action = report.sentence()
         if report.reloaded:
+            self.drains.forget_version()
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
         self._structure_changed = False
@@ -818,6 +835,16 @@ class Daemon:
                             len(drift.found), "; ".join(drift.found[:5]))
         path = "reload" if report.reloaded else "none"
         return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
+
+    async def _poll_drains(self) -> None:
+        """Read what the draining servers still carry; an idle one makes the loop plan (and free it) now."""
+        self._drain_poll_at = None
+        pending = draining(self.tables or {})
+        if not pending:
+            return
+        self._idle = await asyncio.to_thread(self.drains.idle, pending, time.monotonic())
+        if not self._idle:
+            self._drain_poll_at = time.monotonic() + DRAIN_POLL_INTERVAL
 
     def _holders(self) -> dict[str, str] | None:
         """Before the first apply, who holds which route: the routes HAProxy runs (the map on disk)."""

@@ -567,6 +567,98 @@ def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[Serve
     return parse_servers_state(socket_command(stats_socket, commands.show_servers_state(backend)))
 
 
+# --- drains: does a leaving server still carry anything? ---
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What one server still carries. The counters are the ones HAProxy 3.0's own removability rule
+    (``wait srv-removable``) reads: connections in use, queued requests and streams on the server."""
+
+    weight: int  # effective weight: 0 means the balancer sends it nothing new
+    queued: int
+    sessions: int
+    connections: int  # ``used_cur``: connections in use, idle pooled ones not counted
+
+    @property
+    def idle(self) -> bool:
+        """Nothing new can reach it and nothing is on it: its drain is over."""
+        return self.weight == 0 and self.queued == 0 and self.sessions == 0 and self.connections == 0
+
+
+def _header(line: str, prefix: str, separator: str | None, wanted: tuple[str, ...], what: str) -> list[int]:
+    """The positions of ``wanted`` in a ``# name name ...`` header line, or :class:`SocketError`."""
+    if not line.startswith(prefix) or not _STATE_TEXT.fullmatch(line):
+        raise SocketError(f"unexpected `{what}` answer: {line[:120]!r}")
+    names = [name.strip() for name in line[len(prefix):].split(separator)]
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise SocketError(f"unexpected `{what}` answer: no column {', '.join(missing)} in {line[:120]!r}")
+    return [names.index(name) for name in wanted]
+
+
+def _data_lines(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line.strip(" \t")]
+
+
+def _counts(cols: list[str], positions: list[int], line: str, what: str) -> list[int]:
+    """The numeric columns of one answer line; digits only, checked before any is converted."""
+    if len(cols) <= max(positions) or not all(_STATE_NUMBER.fullmatch(cols[i]) for i in positions):
+        raise SocketError(f"unexpected `{what}` answer: cannot read line {line[:120]!r}")
+    return [int(cols[i]) for i in positions]
+
+
+def parse_stat_servers(text: str, backend: str) -> dict[str, tuple[int, int, int]]:
+    """``show stat <backend> 4 -1`` (CSV): server name -> (weight, queued, sessions) for ``backend``."""
+    lines = _data_lines(text)
+    if not lines:
+        raise SocketError("unexpected `show stat` answer: empty")
+    px, sv, weight, qcur, scur = _header(lines[0], "# ", ",", ("pxname", "svname", "weight", "qcur", "scur"),
+                                         "show stat")
+    found: dict[str, tuple[int, int, int]] = {}
+    for line in lines[1:]:
+        cols = line.split(",") if _STATE_TEXT.fullmatch(line) else []
+        if len(cols) <= max(px, sv):
+            raise SocketError(f"unexpected `show stat` answer: cannot read line {line[:120]!r}")
+        if cols[px] != backend or not rules.is_name(cols[sv]):
+            continue
+        w, q, s = _counts(cols, [weight, qcur, scur], line, "show stat")
+        found[cols[sv]] = (w, q, s)
+    return found
+
+
+def parse_servers_conn(text: str, backend: str) -> dict[str, int]:
+    """``show servers conn <backend>``: server name -> connections in use (``used_cur``)."""
+    lines = _data_lines(text)
+    if not lines:
+        raise SocketError("unexpected `show servers conn` answer: empty")
+    target, used = _header(lines[0], "#", None, ("bkname/svname", "used_cur"), "show servers conn")
+    found: dict[str, int] = {}
+    for line in lines[1:]:
+        cols = line.split() if _STATE_TEXT.fullmatch(line) else []
+        if len(cols) <= target:
+            raise SocketError(f"unexpected `show servers conn` answer: cannot read line {line[:120]!r}")
+        be, _, server = cols[target].partition("/")
+        if be != backend or not rules.is_name(server):
+            continue
+        found[server] = _counts(cols, [used], line, "show servers conn")[0]
+    return found
+
+
+def server_loads(stats_socket: Path, backend: str) -> dict[str, ServerLoad]:
+    """What each server of ``backend`` still carries; a server missing from either answer is left out."""
+    stats = parse_stat_servers(socket_command(stats_socket, commands.show_stat_servers(backend)), backend)
+    conns = parse_servers_conn(socket_command(stats_socket, commands.show_servers_conn(backend)), backend)
+    return {name: ServerLoad(weight, queued, sessions, conns[name])
+            for name, (weight, queued, sessions) in stats.items() if name in conns}
+
+
+def knows_when_servers_are_idle(stats_socket: Path) -> bool:
+    """Whether this HAProxy defines when a server has no connections left (``wait srv-removable``,
+    3.0), told by its own answer to ``wait -h``: 2.6 answers "Unknown command"."""
+    return "srv-removable" in socket_command(stats_socket, commands.WAIT_USAGE)
+
+
 def show_map(stats_socket: Path, map_path: Path) -> dict[str, str]:
     """The entries HAProxy runs for the map file ``map_path`` (``show map``).
 

@@ -10,8 +10,11 @@ what the Runtime API cannot express: a new backend, a template or settings chang
 Lifecycle of a slot, driven by Consul's status (passing < warning < critical):
 
     free (maint) --instance appears--> ready, weight Passing (or Warning; 0 drains)
-    ready --critical or gone--> draining (weight 0: in-flight requests finish) --drain_timeout--> maint
+    ready --critical or gone--> draining (weight 0: in-flight requests finish) --idle or drain_timeout--> maint
     maint --instance gone--> free            maint/draining --passing again--> ready
+
+A drain ends at ``drain_timeout``, or earlier when HAProxy says the server carries nothing any more
+(``idle``: read by the daemon where HAProxy defines it, 3.0; see :func:`haproxy.server_loads`).
 
 Drain is expressed as weight 0, not the runtime ``drain`` state, because weight 0 can be written in
 haproxy.cfg: the file on disk always describes what runs, so a restart gives the same state.
@@ -73,7 +76,7 @@ def _free(index: int) -> Slot:
     return Slot(index)
 
 
-def _slot_for(instance: Instance, slot: Slot, now: float, drain_timeout: float) -> Slot:
+def _slot_for(instance: Instance, slot: Slot, now: float, drain_timeout: float, idle: frozenset[str]) -> Slot:
     """The slot an existing holder should be in, given the instance's status now.
 
     Built directly rather than with ``dataclasses.replace``, and the same object returned when
@@ -81,7 +84,7 @@ def _slot_for(instance: Instance, slot: Slot, now: float, drain_timeout: float) 
     """
     if instance.status is Status.CRITICAL:
         return _drain(replace(slot, owner=instance.key, address=instance.address, port=instance.port), now,
-                      drain_timeout)
+                      drain_timeout, idle)
     weight = instance.weight_passing if instance.status is Status.PASSING else instance.weight_warning
     if (slot.owner == instance.key and slot.address == instance.address and slot.port == instance.port
             and slot.weight == weight and not slot.maint and slot.draining_since is None):
@@ -89,17 +92,20 @@ def _slot_for(instance: Instance, slot: Slot, now: float, drain_timeout: float) 
     return Slot(slot.index, instance.key, instance.address, instance.port, weight, False, None)
 
 
-def _drain(slot: Slot, now: float, drain_timeout: float) -> Slot:
+def _drain(slot: Slot, now: float, drain_timeout: float, idle: frozenset[str]) -> Slot:
+    """Weight 0 until the drain is over. ``idle`` counts only for a slot already draining: HAProxy's
+    reading then was of the server at weight 0, with nothing new able to reach it."""
     if slot.maint:
         return replace(slot, weight=0, draining_since=None)
     since = slot.draining_since if slot.draining_since is not None else now
-    if now - since >= drain_timeout:
+    if now - since >= drain_timeout or (slot.draining_since is not None and slot.name in idle):
         return replace(slot, weight=0, maint=True, draining_since=None)
     return replace(slot, weight=0, draining_since=since)
 
 
 def assign(
-    previous: BackendSlots | None, backend: str, service: Service, *, base: int, now: float, drain_timeout: float
+    previous: BackendSlots | None, backend: str, service: Service, *, base: int, now: float, drain_timeout: float,
+    idle: frozenset[str] = frozenset(),
 ) -> BackendSlots:
     """The new slot table of one backend; pure, so that the same inputs always plan the same."""
     instances = {inst.key: inst for inst in service.instances}
@@ -108,9 +114,9 @@ def assign(
         if slot.owner is None:
             slots.append(slot)
         elif slot.owner in instances:
-            slots.append(_slot_for(instances[slot.owner], slot, now, drain_timeout))
+            slots.append(_slot_for(instances[slot.owner], slot, now, drain_timeout, idle))
         else:
-            gone = _drain(slot, now, drain_timeout)
+            gone = _drain(slot, now, drain_timeout, idle)
             slots.append(_free(slot.index) if gone.maint else gone)
     held = {slot.owner for slot in slots if slot.owner is not None}
     newcomers = [inst for inst in service.instances if inst.key not in held]
@@ -127,7 +133,7 @@ def assign(
         if inst.status is Status.CRITICAL:  # never had traffic: straight to maintenance
             slots[position] = Slot(slots[position].index, inst.key, inst.address, inst.port, 0, True, None)
         else:
-            slots[position] = _slot_for(inst, slots[position], now, drain_timeout)
+            slots[position] = _slot_for(inst, slots[position], now, drain_timeout, idle)
     return BackendSlots(backend, tuple(slots))
 
 
@@ -139,11 +145,14 @@ def assign_all(
     base: int,
     now: float,
     drain_timeout: float,
+    idle: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, BackendSlots]:
-    """Slot tables for every (backend, service) pair."""
+    """Slot tables for every (backend, service) pair; ``idle``: per backend, the draining slots HAProxy
+    reported as carrying nothing."""
+    idle = idle or {}
     return {
         backend: assign(previous.get(backend), backend, snapshot.get(service), base=base, now=now,
-                        drain_timeout=drain_timeout)
+                        drain_timeout=drain_timeout, idle=idle.get(backend, frozenset()))
         for backend, service in backends
     }
 
@@ -152,6 +161,12 @@ def next_deadline(tables: Mapping[str, BackendSlots], drain_timeout: float) -> f
     """When the earliest drain ends, so the daemon can wake up and move that slot on."""
     ends = [s.draining_since + drain_timeout for t in tables.values() for s in t.slots if s.draining_since is not None]
     return min(ends, default=None)
+
+
+def draining(tables: Mapping[str, BackendSlots]) -> dict[str, tuple[Slot, ...]]:
+    """Per backend, the slots in a drain (weight 0, waiting for their connections to finish)."""
+    found = {name: tuple(s for s in table.slots if s.draining_since is not None) for name, table in tables.items()}
+    return {name: slots for name, slots in found.items() if slots}
 
 
 # --- from the live config back to slot tables (after a restart) ---

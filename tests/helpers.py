@@ -103,6 +103,16 @@ class App:
             def do_GET(self) -> None:
                 status = app.health_status if self.path == "/health" else 200
                 body = f"{app.instance_id}\n".encode()
+                if self.path.startswith("/stream="):  # a long-lived stream: one line every 0.1 s
+                    lines = [b"%s %d\n" % (body.strip(), i) for i in range(int(float(self.path[8:]) * 10))]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(sum(map(len, lines))))
+                    self.end_headers()
+                    for piece in lines:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                    return
                 if self.path.startswith("/slow"):  # an in-flight request that outlives a change
                     time.sleep(float(self.path.rpartition("=")[2] or 2))
                 if self.path == "/health":  # check output that changes every time, as real apps' do

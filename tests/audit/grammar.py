@@ -18,7 +18,9 @@ _IP = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-f:.]{2,45})"
 COMMANDS = [
     re.compile(r"show proc"),
     re.compile(r"reload"),
-    re.compile(rf"show servers state(?: (?P<backend>{_NAME}))?"),
+    re.compile(rf"show servers (?:state|conn)(?: (?P<backend>{_NAME}))?"),
+    re.compile(rf"show stat (?P<backend>{_NAME}) 4 -1"),
+    re.compile(r"wait -h"),
     re.compile(rf"show map (?P<path>{_PATH})"),
     re.compile(rf"(?:add|set) map (?P<path>{_PATH}) {_KEY} (?P<backend>{_NAME})"),
     re.compile(rf"del map (?P<path>{_PATH}) {_KEY}"),

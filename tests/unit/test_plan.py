@@ -10,6 +10,7 @@ from haproxy_sync.plan import (
     BackendSlots,
     assign,
     big_catalog_drop,
+    draining,
     find_drift,
     next_deadline,
     plan_runtime,
@@ -61,6 +62,24 @@ def test_leaving_instance_drains_then_frees_its_slot() -> None:
     freed = step(still, svc(), now=110)
     assert freed.slots[0].owner is None and freed.slots[0].maint
     assert next_deadline({"web": freed}, 10.0) is None
+
+
+def test_a_drain_ends_early_when_haproxy_reports_the_server_idle() -> None:
+    table = step(None, svc(inst(1), inst(2)))
+    # HAProxy's reading of slot1 from before its drain began counts for nothing: it had weight > 0.
+    started = assign(table, "web", svc(inst(2)), base=4, now=100, drain_timeout=60, idle=frozenset({"slot1"}))
+    assert started.slots[0].draining_since == 100 and draining({"web": started}) == {"web": (started.slots[0],)}
+    # Draining, and idle at the next reading: freed at once, 59 s before drain_timeout.
+    freed = assign(started, "web", svc(inst(2)), base=4, now=101, drain_timeout=60, idle=frozenset({"slot1"}))
+    assert freed.slots[0].owner is None and freed.slots[0].maint and draining({"web": freed}) == {}
+    # A critical instance idle in its drain goes to maintenance (and keeps its slot for a comeback).
+    critical = assign(table, "web", svc(inst(1), inst(2, Status.CRITICAL)), base=4, now=5, drain_timeout=60)
+    maint = assign(critical, "web", svc(inst(1), inst(2, Status.CRITICAL)), base=4, now=6, drain_timeout=60,
+                   idle=frozenset({"slot2"}))
+    assert by_owner(maint)["web-2"] == ("slot2", 0, True)
+    # Idle names another slot: this one's drain goes on.
+    other = assign(started, "web", svc(inst(2)), base=4, now=101, drain_timeout=60, idle=frozenset({"slot2"}))
+    assert other.slots[0].draining_since == 100
 
 
 def test_critical_drains_then_maint_and_comes_back_to_the_same_slot() -> None:

@@ -292,3 +292,46 @@ def test_series_of_discovered_services_go_when_their_watch_stops(settings: Setti
     assert metrics.registry.get_sample_value(
         "haproxy_sync_consul_errors_total", {"service": "web", "kind": "timeout"}) == 100, "web keeps its series"
     assert metrics.registry.get_sample_value("haproxy_sync_guard_total", {"service": "web", "outcome": "held"}) == 100
+
+
+STAT_HEADER = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
+               "status,weight,act")
+CONN_HEADER = ("# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb "
+               "idle_lim idle_cur idle_per_thr[2]")
+
+
+def test_drain_readings_are_allowlisted_and_name_only_the_asked_backend() -> None:
+    stats = (f"{STAT_HEADER}\nweb,slot1,0,0,2,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\n"
+             "web,slot2,0,0,0,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\nother,slot1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,0,1,\n"
+             "web,bad name!,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,0,1,\n\n")
+    assert haproxy.parse_stat_servers(stats, "web") == {"slot1": (0, 0, 2), "slot2": (0, 0, 0)}
+    conns = (f"{CONN_HEADER}\nweb/slot1 3/1 10.0.0.1 9001 - 5000 1 1 0 0 0 -1 0 0 0\n"
+             "web/slot2 3/2 10.0.0.2 9002 - 5000 0 1 0 0 0 -1 2 1 1\n"
+             "other/slot1 4/1 10.0.0.3 1 - 5000 7 0 0 0 0 -1 0 0 0\n")
+    assert haproxy.parse_servers_conn(conns, "web") == {"slot1": 1, "slot2": 0}
+    assert not haproxy.ServerLoad(0, 0, 2, 1).idle and haproxy.ServerLoad(0, 0, 0, 0).idle
+    assert not haproxy.ServerLoad(1, 0, 0, 0).idle, "weight above 0: new requests can still come"
+    assert not haproxy.ServerLoad(0, 1, 0, 0).idle, "a queued request is still to be served"
+
+
+@pytest.mark.parametrize("text", [
+    "", "Unknown command\n", "# pxname,svname\nweb,slot1\n",
+    f"{STAT_HEADER}\nweb,slot1,0,0,\u0662,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\n",
+    f"{STAT_HEADER}\nweb,slot1,0,0,+2,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\n",
+    f"{STAT_HEADER}\nweb,slot1,0,0,0,3,,9,0,0,,0,,0,0,0,0,UP\n",
+    f"{STAT_HEADER}\nweb,slot1,0,0,0,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\x1b[2J\n",
+])
+def test_a_stat_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
+    with pytest.raises(haproxy.SocketError, match="show stat"):
+        haproxy.parse_stat_servers(text, "web")
+
+
+@pytest.mark.parametrize("text", [
+    "", "# bkname/svname bkid/svid addr port\nweb/slot1 3/1 1.2.3.4 1\n",
+    f"{CONN_HEADER}\nweb/slot1 3/1 10.0.0.1 9001 - 5000 -1 1 0 0 0 -1 0 0 0\n",
+    f"{CONN_HEADER}\nweb/slot1 3/1 10.0.0.1 9001 - 5000\n",
+    f"{CONN_HEADER}\nweb/slot1\u00a03/1 10.0.0.1 9001 - 5000 0 1 0 0 0 -1 0 0 0\n",
+])
+def test_a_servers_conn_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
+    with pytest.raises(haproxy.SocketError, match="show servers conn"):
+        haproxy.parse_servers_conn(text, "web")
