@@ -40,9 +40,9 @@ GRAMMAR = re.compile(
     r"|show stat [A-Za-z0-9_.:-]{1,100} 4 -1"
     r"|add server [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5} "
     r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}"
-    r"(?: [a-z]{1,12}(?: [0-9]{1,9}(?:ms|s|m|h|d|us)?)?)* weight [0-9]{1,3} disabled"
+    r"(?: [a-z]{1,12}(?: [0-9]{1,9}(?:ms|s|m|h|d|us)?)?)*(?: guid [A-Za-z0-9_.:-]{1,127})? weight [0-9]{1,3} disabled"
     r"|enable health [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5}"
-    r"|show proc|reload|wait -h",
+    r"|show proc|reload|wait -h|dump stats-file",
     re.ASCII,
 )
 
@@ -97,9 +97,11 @@ def set_server_state(backend: str, server: str, state: ServerState) -> Command:
 _OPTION_WORD = re.compile(r"[a-z]{1,12}|[0-9]{1,9}(?:ms|s|m|h|d|us)?", re.ASCII)
 
 
-def add_server(backend: str, server: str, address: str, port: int, options: tuple[str, ...], weight: int) -> Command:
+def add_server(backend: str, server: str, address: str, port: int, options: tuple[str, ...], weight: int,
+               guid: str = "") -> Command:
     """A dynamic server for a slot, in maintenance: ``options`` are server keywords and their numbers
-    (see :mod:`haproxy_sync.dynamic`), each word checked here too."""
+    (see :mod:`haproxy_sync.dynamic`), each word checked here too; ``guid`` keeps its counters across
+    reloads on HAProxy 3.0 (the same the rendered config gives the slot)."""
     if not rules.is_ip(address):
         raise UnsafeCommand(f"address {address[:80]!r} is not an IP address; the Runtime API takes only those")
     endpoint = f"[{rules.ipv6(address)}]" if ":" in address else rules.ipv4(address)
@@ -107,6 +109,8 @@ def add_server(backend: str, server: str, address: str, port: int, options: tupl
         if not isinstance(word, str) or not _OPTION_WORD.fullmatch(word):
             raise UnsafeCommand(f"server option {str(word)[:40]!r} is not a keyword or a number")
     words = "".join(f" {word}" for word in options)
+    if guid:
+        words += f" guid {rules.guid(guid)}"
     return Command(f"add server {_target(backend, server)} {endpoint}:{rules.port(port)}{words} "
                    f"weight {rules.weight(weight)} disabled")
 
@@ -147,6 +151,8 @@ def show_stat_servers(backend: str) -> Command:
 
 
 SHOW_PROC = Command("show proc")
+#: The counters of every object with a ``guid``, in the format ``stats-file`` loads (HAProxy 3.0).
+DUMP_STATS_FILE = Command("dump stats-file")
 #: ``wait``'s usage: lists ``srv-removable`` on an HAProxy that defines when a server has no
 #: connections left (3.0); "Unknown command" on 2.6. A probe that changes nothing.
 WAIT_USAGE = Command("wait -h")

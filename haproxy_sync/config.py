@@ -287,6 +287,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "server_state_file": Setting(
             _path, "/var/lib/haproxy/server-state", "Server state carried across reloads.",
         ),
+        "stats_file": Setting(
+            _path_or_none, "", "HAProxy 3.0: counters carried across reloads (dump stats-file); empty: "
+            "stats-file beside server_state_file. Unused on 2.6.",
+        ),
         "reload_command": Setting(
             _argv, [], "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
         ),
@@ -422,6 +426,7 @@ class HAProxySettings:
     master_socket: Path
     stats_socket: Path
     server_state_file: Path
+    stats_file: Path | None
     reload_command: tuple[str, ...]
     reload_timeout: float
     http_bind: str
@@ -438,6 +443,11 @@ class HAProxySettings:
     def routes_map_path(self) -> Path:
         """Routes live in a map file so that HAProxy can change them at runtime (``add/set/del map``)."""
         return self.routes_map or self.config_path.parent / "routes.map"
+
+    @property
+    def stats_file_path(self) -> Path:
+        """Where HAProxy 3.0 preloads counters from at a reload (``stats-file``); haproxy-sync fills it."""
+        return self.stats_file or self.server_state_file.parent / "stats-file"
 
 
 @dataclass(frozen=True)

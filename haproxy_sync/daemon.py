@@ -118,6 +118,8 @@ def write_live(settings: Settings, text: str, routes: str | None = None) -> None
     haproxy.atomic_write(hap.config_path, text, binary=hap.binary, mode=hap.config_mode, group=hap.config_group)
     if routes is not None:
         write_routes(settings, routes)
+    if haproxy.features(hap.binary).stats_file and haproxy.read_text(hap.stats_file_path) is None:
+        haproxy.clear_stats_file(hap.stats_file_path)  # HAProxy 3.0 warns at every start without one
 
 
 def write_routes(settings: Settings, routes: str) -> None:
@@ -201,6 +203,10 @@ def apply_config(
         action = "written"
     keep = None if tables is None else functools.partial(_state_fits, tables)
     haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
+    carry_counters = haproxy.features(hap.binary).stats_file
+    if carry_counters and not haproxy.save_stats_file(hap.stats_socket, hap.stats_file_path):
+        log.warning("could not save HAProxy's counters to %s before the reload (dump stats-file); the new "
+                    "worker's counters start from zero", hap.stats_file_path)
     started = time.monotonic()
     try:
         info = haproxy.reload(hap.master_socket, hap.reload_command, hap.reload_timeout)
@@ -210,6 +216,8 @@ def apply_config(
             raise haproxy.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}") from None
         raise
     haproxy.remember_last_good(path)
+    if carry_counters:
+        haproxy.clear_stats_file(hap.stats_file_path)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
     return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
 

@@ -32,7 +32,7 @@ DYNAMIC_BALANCE = frozenset({"roundrobin", "leastconn", "first", "random"})
 DYNAMIC_OPTIONS = {"check": 0, "inter": 1, "fastinter": 1, "downinter": 1, "fall": 1, "rise": 1, "maxconn": 1,
                    "minconn": 1, "maxqueue": 1, "slowstart": 1}
 #: Options of a server line that haproxy-sync sets itself on a dynamic server, or that do not apply.
-_OWN_OPTIONS = {"weight": 1, "disabled": 0, "enabled": 0, "init-addr": 1}
+_OWN_OPTIONS = {"weight": 1, "disabled": 0, "enabled": 0, "init-addr": 1, "guid": 1}
 _ARGUMENT = re.compile(r"[0-9]{1,9}(?:ms|s|m|h|d|us)?", re.ASCII)
 
 
@@ -106,11 +106,17 @@ def dynamic_options(options: Sequence[str]) -> list[str] | str:
         if arity is None:
             return f"server option {word!r} is not one haproxy-sync passes to dynamic servers"
         arguments, words = words[:arity], words[arity:]
-        if len(arguments) != arity or (word != "init-addr" and not all(_ARGUMENT.fullmatch(a) for a in arguments)):
+        if len(arguments) != arity or (word not in ("init-addr", "guid")
+                                       and not all(_ARGUMENT.fullmatch(a) for a in arguments)):
             return f"server option {word!r} {' '.join(arguments)!r} is not one haproxy-sync passes to dynamic servers"
         if word in DYNAMIC_OPTIONS:
             kept += [word, *arguments]
     return kept
+
+
+def _guid(line: Sequence[str]) -> str:
+    """The ``guid`` a server line gives its slot ("" for none): the dynamic server gets the same one."""
+    return next((line[i + 1] for i, word in enumerate(line[:-1]) if word == "guid"), "")
 
 
 def grow(backend: str, slots: Sequence[SlotLike], running: int, text: str) -> list[Command] | str:
@@ -132,7 +138,10 @@ def grow(backend: str, slots: Sequence[SlotLike], running: int, text: str) -> li
         options = dynamic_options([*shape.default_options, *line])
         if isinstance(options, str):
             return options
-        sequence.append(commands.add_server(backend, name, address, slot.port, tuple(options), slot.weight))
+        guid = _guid(line)
+        if guid and not rules.is_guid(guid):
+            return f"{backend}/{name} guid {guid[:40]!r} is not one HAProxy takes"
+        sequence.append(commands.add_server(backend, name, address, slot.port, tuple(options), slot.weight, guid))
         if "check" in options:
             sequence.append(commands.enable_health(backend, name))
         if not slot.maint:

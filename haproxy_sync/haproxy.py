@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import grp
 import os
 import re
@@ -78,6 +79,52 @@ def validate(binary: str, path: Path, timeout: float = 30.0) -> None:
         alerts = [_strip_pid(line) for line in output.splitlines() if "ALERT" in line]
         summary = "; ".join(alerts[:3]) or (output.splitlines() or ["no output"])[-1]
         raise ValidationError(f"haproxy -c rejected {path}: {summary}", output)
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the HAProxy binary can do that the template and the daemon use, told by ``haproxy -v``."""
+
+    version: tuple[int, int, int] | None = None  # None: the binary did not say (or is missing)
+
+    @property
+    def stats_file(self) -> bool:
+        """``stats-file`` and ``dump stats-file`` (3.0): counters preloaded across a reload."""
+        return self.version is not None and self.version >= (3, 0, 0)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version)) if self.version else "unknown"
+
+
+_VERSION_LINE = re.compile(r"HA-?Proxy version ([0-9]{1,3})\.([0-9]{1,3})(?:\.([0-9]{1,4}))?", re.ASCII)
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``HAProxy version 3.0.11-9e587df 2025/06/02 ...`` -> (3, 0, 11); None when no such line."""
+    match = _VERSION_LINE.search(text[:4096])
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+@functools.lru_cache(maxsize=8)
+def _features(binary: str, _identity: tuple[int, int]) -> Features:
+    try:
+        result = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return Features()
+    return Features(parse_version(result.stdout + result.stderr))
+
+
+def features(binary: str) -> Features:
+    """The features of ``binary`` (a name on PATH or a path); asked again when the file changes (an upgrade)."""
+    found = find_binary(binary)
+    if found is None:
+        return Features()
+    try:
+        info = os.stat(found)
+    except OSError:
+        return Features()
+    return _features(found, (info.st_mtime_ns, info.st_size))
 
 
 def _strip_pid(line: str) -> str:
@@ -235,6 +282,9 @@ class FileSettings(Protocol):
     @property
     def server_state_file(self) -> Path: ...
 
+    @property
+    def stats_file_path(self) -> Path: ...
+
 
 def owned_files(hap: FileSettings) -> dict[Path, str]:
     """Every file haproxy-sync replaces, with the setting an operator changes to move it."""
@@ -243,6 +293,7 @@ def owned_files(hap: FileSettings) -> dict[Path, str]:
         last_good_path(hap.config_path): "haproxy.config_path",
         hap.routes_map_path: "haproxy.routes_map",
         hap.server_state_file: "haproxy.server_state_file",
+        hap.stats_file_path: "haproxy.stats_file",
     }
 
 
@@ -695,6 +746,48 @@ def save_server_state(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(state_file, text, mode=0o644, setting="haproxy.server_state_file")
     return True
+
+
+#: A line of ``dump stats-file``: a header (``#fe guid,stot,...``), an object's guid and its counters, or blank.
+_STATS_HEADER = re.compile(r"#[a-z]{2,8} guid(?:,[a-z0-9_]{1,40}){1,200},?", re.ASCII)
+_STATS_VALUES = re.compile(r"[A-Za-z0-9_.:-]{1,127}(?:,-?[0-9]{0,20}){1,200},?", re.ASCII)
+#: What a stats-file holds between reloads: nothing (one newline is what HAProxy 3.0 loads silently).
+EMPTY_STATS_FILE = "\n"
+
+
+def stats_dump_problem(text: str) -> str | None:
+    """Why ``dump stats-file``'s answer is not a file HAProxy should load, or None when every line is
+    one of its three kinds. HAProxy reads this file at startup: nothing else may get into it."""
+    if not text.strip():
+        return "the answer is empty"
+    for line in text.split("\n"):
+        if line and not (_STATS_HEADER.fullmatch(line) or _STATS_VALUES.fullmatch(line)):
+            return f"cannot read line {line[:120]!r}"
+    return None
+
+
+def save_stats_file(stats_socket: Path, path: Path) -> bool:
+    """Before a reload on 3.0: HAProxy's counters where its next worker's ``stats-file`` reads them.
+
+    Returns False (and leaves the file as it was) when the socket does not answer or the answer does
+    not read: the reload goes on, its counters start from zero as on 2.6.
+    """
+    try:
+        text = socket_command(stats_socket, commands.DUMP_STATS_FILE, timeout=10.0)
+    except SocketError:
+        return False
+    if stats_dump_problem(text) is not None:
+        return False
+    atomic_write(path, text, mode=0o644, setting="haproxy.stats_file")
+    return True
+
+
+def clear_stats_file(path: Path) -> None:
+    """After the reload: an empty stats-file, so a later cold start does not load counters of the past
+    (a counter that goes back reads as a reset and a burst to ``rate()``)."""
+    if read_text(path) != EMPTY_STATS_FILE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, EMPTY_STATS_FILE, mode=0o644, setting="haproxy.stats_file")
 
 
 # --- running HAProxy ourselves (sandbox, tests, benchmarks) ---

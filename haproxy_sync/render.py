@@ -16,8 +16,9 @@ from typing import Any
 
 import jinja2
 
-from haproxy_sync import __version__, rules
+from haproxy_sync import __version__, haproxy, rules
 from haproxy_sync.config import ServiceSettings, Settings
+from haproxy_sync.haproxy import Features
 from haproxy_sync.plan import BackendSlots, Slot
 from haproxy_sync.routing import Routing, routing_for
 
@@ -101,9 +102,13 @@ def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSet
     )
 
 
-def template_context(tables: Mapping[str, BackendSlots], settings: Settings, routing: Routing) -> dict[str, Any]:
+def template_context(
+    tables: Mapping[str, BackendSlots], settings: Settings, routing: Routing, features: Features
+) -> dict[str, Any]:
     hap = settings.haproxy
     return {
+        "features": features,
+        "stats_file": str(hap.stats_file_path),
         "backends": backend_views(tables, routing.services),
         "routes": routing.routes,
         "routes_map": str(hap.routes_map_path),
@@ -144,15 +149,18 @@ def load_template(path: Path) -> jinja2.Template:
 
 
 def render(
-    tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing | None = None
+    tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing | None = None,
+    features: Features | None = None,
 ) -> str:
     """Render the config text; any error inside the template is reported with its file and line.
 
-    ``routing`` defaults to the configured services alone (no discovered ones).
+    ``routing`` defaults to the configured services alone (no discovered ones); ``features`` to what
+    ``haproxy.binary`` says of itself (``haproxy -v``, asked once per binary file).
     """
     routing = routing if routing is not None else routing_for(settings, {})
+    features = features if features is not None else haproxy.features(settings.haproxy.binary)
     try:
-        return template.render(template_context(tables, settings, routing))
+        return template.render(template_context(tables, settings, routing, features))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.message}") from None
     except Exception as exc:  # a template may raise anything from a filter or a method it calls

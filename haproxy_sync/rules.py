@@ -47,6 +47,7 @@ class Kind(enum.Enum):
     FILE_PATH = "file path"
     HOST_PATTERN = "host pattern"
     NETWORK = "network"
+    GUID = "HAProxy guid"
 
 
 class Refused(ValueError):
@@ -98,6 +99,7 @@ _ROUTE_PATH = re.compile(rf"(?:{_SEGMENT}){{1,{MAX_PATH_SEGMENTS}}}/?", re.ASCII
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/%?&=+,:@-]{0,199}", re.ASCII)
 _NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}", re.ASCII)
 _FILE_PATH = re.compile(r"(?!.*/\.\.(?:/|\Z))/[A-Za-z0-9._/+-]{0,1023}", re.ASCII)
+_GUID = re.compile(r"[A-Za-z0-9_.:-]{1,127}", re.ASCII)  # HAProxy's own rule for guid values
 _HOST_KEY = r"(?:\*|[a-z0-9.-]{1,253})"
 _MAP_KEY = re.compile(rf"(?=.{{1,500}}\Z){_HOST_KEY}(?:{_SEGMENT}){{0,{MAX_PATH_SEGMENTS}}}", re.ASCII)
 BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
@@ -297,10 +299,16 @@ name = _matching(Kind.NAME, _NAME, "is not 1-100 characters of A-Z a-z 0-9 _ . :
                  "A backend or service name: what HAProxy accepts in proxy names, at most 100 characters.")
 
 
+def is_guid(text: object) -> bool:
+    return isinstance(text, str) and bool(_GUID.fullmatch(text))
+
+
 def is_name(text: object) -> bool:
     return isinstance(text, str) and bool(_NAME.fullmatch(text))
 
 
+guid = _matching(Kind.GUID, _GUID, "is not 1-127 characters of A-Z a-z 0-9 _ . : -",
+                 "A guid for ``add server`` (HAProxy 3.0 keeps a server's counters across reloads by it).")
 server = _matching(Kind.SERVER, _SERVER, "is not slotN",
                    "A server slot's name as haproxy-sync renders it: ``slot1`` .. ``slot999999``.")
 label_text = _matching(Kind.LABEL, _NAME, "is not 1-100 characters of A-Z a-z 0-9 _ . : -",
@@ -436,6 +444,7 @@ REFUSED_EXAMPLES: dict[Kind, tuple[object, ...]] = {
     Kind.FILE_PATH: ("/etc/haproxy/routes map",),
     Kind.HOST_PATTERN: ("*example.com",),
     Kind.NETWORK: ("10.0.0.0/8;",),
+    Kind.GUID: ("srv:web:slot1 weight 100",),
 }
 
 #: The check of each kind, for the same test and the docs.
@@ -444,5 +453,5 @@ CHECKS = {
     Kind.NAME: name, Kind.SERVER: server, Kind.ROUTE_HOST: route_host, Kind.ROUTE_PATH: route_path,
     Kind.MAP_KEY: map_key, Kind.BALANCE: balance, Kind.HEALTH_PATH: health_path, Kind.LABEL: label_text,
     Kind.CONFIG_TEXT: config_text, Kind.HOST_PATTERN: host_pattern, Kind.NETWORK: network,
-    Kind.FILE_PATH: file_path,
+    Kind.FILE_PATH: file_path, Kind.GUID: guid,
 }

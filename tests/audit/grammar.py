@@ -21,13 +21,15 @@ COMMANDS = [
     re.compile(rf"show servers (?:state|conn)(?: (?P<backend>{_NAME}))?"),
     re.compile(rf"show stat (?P<backend>{_NAME}) 4 -1"),
     re.compile(r"wait -h"),
+    re.compile(r"dump stats-file"),
     re.compile(rf"show map (?P<path>{_PATH})"),
     re.compile(rf"(?:add|set) map (?P<path>{_PATH}) {_KEY} (?P<backend>{_NAME})"),
     re.compile(rf"del map (?P<path>{_PATH}) {_KEY}"),
     re.compile(rf"add server (?P<backend>{_NAME})/slot[1-9][0-9]* "
                r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-f:.]+\]):[1-9][0-9]{0,4}"
                r"(?: (?:check|inter|fastinter|downinter|fall|rise|maxconn|minconn|maxqueue|slowstart)"
-               r"(?: [0-9]+(?:ms|s|m|h|d|us)?)?)* weight [0-9]{1,3} disabled"),
+               r"(?: [0-9]+(?:ms|s|m|h|d|us)?)?)*(?: guid srv:(?P<guid_backend>[A-Za-z0-9_.:-]+):slot[1-9][0-9]*)?"
+               r" weight [0-9]{1,3} disabled"),
     re.compile(rf"enable health (?P<backend>{_NAME})/slot[1-9][0-9]*"),
     re.compile(rf"set server (?P<backend>{_NAME})/slot[1-9][0-9]*"
                rf" (?:addr {_IP} port [1-9][0-9]{{0,4}}|weight [0-9]{{1,3}}|state (?:ready|maint|drain))"),

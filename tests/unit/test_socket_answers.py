@@ -335,3 +335,24 @@ def test_a_stat_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
 def test_a_servers_conn_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
     with pytest.raises(haproxy.SocketError, match="show servers conn"):
         haproxy.parse_servers_conn(text, "web")
+
+
+DUMP = ("#fe guid,stot,bin,bout,\nfe:http,8,656,4704,\n\n#be guid,stot,bin,lastsess,\n"
+        "srv:web:slot1,3,246,-1,\nbe:web,3,246,5,\n\n")
+
+
+def test_a_stats_dump_is_written_only_when_every_line_is_one_haproxy_loads() -> None:
+    assert haproxy.stats_dump_problem(DUMP) is None
+    for bad in ["", "\n\n", DUMP + "global\n", DUMP + "srv:web:slot1,3,x,\n", DUMP.replace("#be", "# be"),
+                DUMP + "srv web,1,\n", DUMP + "fe:http,1\r\n", DUMP + "Unknown command.\n"]:
+        assert haproxy.stats_dump_problem(bad) is not None, bad
+
+
+def test_the_version_is_read_from_haproxy_v() -> None:
+    assert haproxy.parse_version("HAProxy version 3.0.11-9e587df 2025/06/02 - https://haproxy.org/") == (3, 0, 11)
+    assert haproxy.parse_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17") == (2, 6, 12)
+    assert haproxy.parse_version("HA-Proxy version 1.8.19 2019/02/11") == (1, 8, 19)
+    assert haproxy.parse_version("HAProxy version 3.1-dev4") == (3, 1, 0)
+    assert haproxy.parse_version("no version here") is None
+    assert haproxy.Features((3, 0, 11)).stats_file and not haproxy.Features((2, 6, 12)).stats_file
+    assert not haproxy.Features().stats_file and haproxy.Features().version_text == "unknown"
