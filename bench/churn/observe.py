@@ -78,6 +78,9 @@ class ConvergenceTracker:
     outcomes: list[Outcome] = field(default_factory=list)
     polls: int = 0
     poll_errors: int = 0
+    #: Server lines of the backend at the first answer and at most: growth beyond the first plan's slots.
+    servers_first: int | None = None
+    servers_max: int = 0
 
     def __post_init__(self) -> None:
         self._pending: dict[int, Outcome] = {}  # by port
@@ -127,6 +130,9 @@ class ConvergenceTracker:
             answered = time.monotonic()
             self.polls += 1
             if states is not None:
+                if self.servers_first is None:
+                    self.servers_first = len(states)
+                self.servers_max = max(self.servers_max, len(states))
                 with self._lock:
                     for port, outcome in list(self._pending.items()):
                         if outcome.written_at >= started:

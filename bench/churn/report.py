@@ -240,6 +240,7 @@ def summarize(run: ModeRun) -> dict[str, Any]:
         "haproxy": process_metrics(run),
         "cpu_percent": cpu_metrics(run),
         "observer": {"polls": run.polls, "poll_errors": run.poll_errors},
+        "servers": {"first": run.servers[0], "max": run.servers[1]},
         "syncer": run.syncer,
         "series": series(run),
     })
@@ -294,8 +295,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table: one row per scenario and mode."""
     head = ("| scenario | mode | reloads | failed req | non-2xx | latency p50 / p99 ms | throughput vs quiet (95% CI) "
-            "| convergence p50 / p99 / max ms | not converged | workers max / end | RSS max / end MiB | streams cut "
-            "| syncer CPU % quiet / churn |")
+            "| convergence p50 / p99 / max ms | not converged | workers max / end | servers first / max "
+            "| RSS max / end MiB | streams cut | syncer CPU % quiet / churn |")
     columns = head.count(" | ") + 1
     rows = [head, "|" + " --- |" * columns]
     for r in results:
@@ -314,6 +315,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {_fmt(conv['p50_ms'])} / {_fmt(conv['p99_ms'])} / {_fmt(conv['max_ms'])} "
             f"| {_not_converged(conv)} "
             f"| {_fmt(hap['workers_max'])} / {_fmt(hap['workers_end'])} "
+            f"| {_fmt(r.get('servers', {}).get('first'))} / {_fmt(r.get('servers', {}).get('max'))} "
             f"| {_fmt(hap['rss_max_mib'])} / {_fmt(hap['rss_end_mib'])} "
             f"| {'-' if streams is None else streams['failed_in_churn']} "
             f"| {_fmt(syncer.get('quiet'), 0)} / {_fmt(syncer.get('churn'), 0)} |"

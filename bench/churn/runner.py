@@ -139,6 +139,7 @@ class ModeRun:
     reloads: int | None = None
     polls: int = 0
     poll_errors: int = 0
+    servers: tuple[int | None, int] = (None, 0)  # server lines in the backend: first seen, most seen
     syncer: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
 
@@ -266,6 +267,7 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     sampler.stop()
     run.outcomes, run.samples = poller.outcomes, sampler.samples
     run.polls, run.poll_errors = poller.polls, poller.poll_errors
+    run.servers = (poller.servers_first, poller.servers_max)
     run.load = _read_load(load_out, ready)
     run.syncer = syncer.log_summary()
 
