@@ -86,6 +86,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     passes of the version matrix read apart in reports."""
     binary = haproxy.find_binary("haproxy")
     in_suite = any(part in ("integration", "property") for part in Path(str(metafunc.definition.path)).parts)
+    in_suite = in_suite or metafunc.definition.get_closest_marker("runs_haproxy") is not None
     if binary is not None and in_suite and "haproxy_under_test" in metafunc.fixturenames:
         metafunc.parametrize("haproxy_under_test", [binary], ids=[f"haproxy-{_short_version(binary)}"],
                              indirect=True)

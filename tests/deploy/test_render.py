@@ -108,6 +108,7 @@ def test_cluster_docker_rotates_logs_and_trusts_the_registry(cluster: Path) -> N
     assert daemon["insecure-registries"] == ["10.0.0.21:5000"]
 
 
+@pytest.mark.runs_haproxy
 def test_cluster_edge_haproxy_and_haproxy_sync(cluster: Path) -> None:
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     for host, ip in [("edge-1", "10.0.0.31"), ("edge-2", "10.0.0.32")]:
