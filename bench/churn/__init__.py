@@ -4,7 +4,7 @@ Not a test (pytest never collects ``bench/``): a measurement, run by hand with
 ``.venv/bin/python -m bench.churn`` from the repository root (``--help`` for the flags). It puts the
 real consul-template, haproxy-sync with reloads only, and haproxy-sync with the Runtime API side by
 side against the same seeded sequence of changes under the same keep-alive load, and writes
-``bench/results/churn.{json,md,png}``. The README's "Churn" section says what it measures and why.
+``bench/results/churn.{json,md,png}``. docs/benchmarks.md, "Churn", says what it measures and why.
 
 Modules: :mod:`changes` (the seeded sequence, pure), :mod:`blocks` (the interleaved quiet and churn
 blocks and the paired throughput statistics, pure), :mod:`stack` (the processes), :mod:`observe`

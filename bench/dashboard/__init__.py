@@ -1,4 +1,4 @@
-"""The README picture of haproxy-sync's Grafana dashboard, drawn from a real sandbox run.
+"""The picture (docs/operations.md) of haproxy-sync's Grafana dashboard, drawn from a real sandbox run.
 
 Why this exists: Grafana and Prometheus cannot be installed where this project is built, yet the
 README should show what the dashboard (``ansible/roles/monitoring/files/dashboards/haproxy-sync.json``)

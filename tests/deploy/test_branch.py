@@ -7,7 +7,7 @@ one blocking query per routed service.
 python-hcl2 parses but does not evaluate, so `_Hcl` below evaluates the small part of HCL that the
 job file's variables, locals and names use (references, templates, conditionals, comparisons,
 `strlen`, `regex_replace`) over python-hcl2's own parse tree, and refuses anything else rather than
-guess. Nomad itself is not here: README, "Per-branch environments", has the commands that check
+guess. Nomad itself is not here: docs/deployment.md, "Per-branch environments", has the commands that check
 the file with a real `nomad job run -output`."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Counters across the reloads that remain: on HAProxy 3.0 the new worker preloads the old one's
 (``stats-file``, filled by ``dump stats-file`` just before the reload and emptied after); on 2.6 they
-start from zero, which is what the README says is lost there."""
+start from zero, which is what docs/haproxy-versions.md says is lost there."""
 
 from __future__ import annotations
 
