@@ -9,6 +9,7 @@ value came from (file and key, environment variable, or flag) and what is allowe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import grp
 import ipaddress
@@ -225,192 +226,103 @@ class Setting:
     env: str | None = None
 
 
-SCHEMA: dict[str, dict[str, Setting]] = {
-    "log": {
-        "level": Setting(_one_of(LOG_LEVELS), "info", "Least severe level logged: debug, info, warning, error."),
-        "format": Setting(_one_of(LOG_FORMATS), "text", "One line per event: key=value `text` or `json`."),
-    },
-    "consul": {
-        "address": Setting(
-            parse_consul_address, "http://127.0.0.1:8500",
-            "Consul agent: host:port or http(s)://host:port.", "CONSUL_HTTP_ADDR",
-        ),
-        "ssl": Setting(_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL"),
-        "token": Setting(_string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN"),
-        "token_file": Setting(_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE"),
-        "ca_file": Setting(_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT"),
-        "cert_file": Setting(_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT"),
-        "key_file": Setting(_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY"),
-        "tls_server_name": Setting(
-            _string, "", "Server name to verify Consul's certificate against.", "CONSUL_TLS_SERVER_NAME",
-        ),
-        "datacenter": Setting(_string, "", "Datacenter to query; empty means the agent's own."),
-        "wait": Setting(
-            parse_duration, "5m", "Blocking query wait (Consul's default, capped at 10m); shorter costs idle CPU.",
-        ),
-        "backoff_max": Setting(parse_duration, "30s", "Longest pause between retries after Consul errors."),
-        "max_connections": Setting(
-            _int_range(1, 100_000), 4096,
-            "Connections to Consul (one per watched service); keep Consul's `http_max_conns_per_client` above it.",
-        ),
-        "start_spread": Setting(
-            parse_duration, "1s", "Watches started together spread their first reads (0.25 ms each, at most this).",
-        ),
-    },
-    "discovery": {
-        "enabled": Setting(_bool, True, "Also route every Consul service whose instances carry `tag`."),
-        "tag": Setting(_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service."),
-        "filter": Setting(_filter_expression, "", "Consul `filter` expression applied to every discovered service."),
-        "max_drop": Setting(
-            _percent, "50%",
-            "Guard: more than this share of tagged services gone at once is held and Consul read again; 100% is off.",
-        ),
-        "hosts": Setting(
-            _host_patterns, ["*"],
-            "Hosts a discovered service may claim: exact names or `*.suffix`; `*` is any host and path-only routes. "
-            "Restrict it (`[\"*.branches.example.com\"]`): the default backend serves every host nobody claims.",
-        ),
-        "route_grace": Setting(
-            parse_duration, "5m",
-            "A route whose discovered holder left stays reserved for it this long, so no newcomer takes it in a gap.",
-        ),
-    },
-    "haproxy": {
-        "binary": Setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`."),
-        "config_path": Setting(_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written."),
-        "template": Setting(_path_or_none, "", "Jinja2 template; empty means the built-in one."),
-        "routes_map": Setting(
-            _path_or_none, "", "HAProxy map file of host and path routes; empty: routes.map beside config_path.",
-        ),
-        "master_socket": Setting(_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads)."),
-        "stats_socket": Setting(_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket."),
-        "server_state_file": Setting(
-            _path, "/var/lib/haproxy/server-state", "Server state carried across reloads.",
-        ),
-        "stats_file": Setting(
-            _path_or_none, "", "HAProxy 3.0: counters carried across reloads (dump stats-file); empty: "
-            "stats-file beside server_state_file. Unused on 2.6.",
-        ),
-        "reload_command": Setting(
-            _argv, [], "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
-        ),
-        "reload_timeout": Setting(parse_duration, "10s", "How long a new worker may take to show up."),
-        "http_bind": Setting(_bind, "*:80", "Where the HTTP frontend listens."),
-        "stats_bind": Setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter."),
-        "maxconn": Setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit."),
-        "hard_stop_after": Setting(
-            parse_duration, "30s", "Old workers are stopped this long after a reload (cuts long streams); 0 is off.",
-        ),
-        "config_mode": Setting(_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal)."),
-        "config_group": Setting(_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's."),
-        "user": Setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user."),
-        "group": Setting(_string, "haproxy", "Group of the workers and of the runtime socket; empty: none."),
-        "log_target": Setting(
-            _string, "/dev/log local0", "HAProxy `log` target (syslog socket, or `stderr format short local0`).",
-        ),
-    },
-    "sync": {
-        "wait_min": Setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change)."),
-        "wait_max": Setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied."),
-        "slots": Setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (add server) when full."),
-        "networks": Setting(
-            _networks, [],
-            "CIDR networks instance addresses must be in (`[\"10.0.0.0/8\"]`); empty: any unicast address. Loopback, "
-            "link-local, unspecified, multicast and reserved addresses are refused unless a listed network names them.",
-            "HAPROXY_SYNC_NETWORKS",
-        ),
-        "host_names": Setting(
-            _bool, False,
-            "Route instances addressed by a host name (HAProxy resolves it blocking at every check and reload).",
-        ),
-        "drain_timeout": Setting(
-            parse_duration, "10s", (
-                "The longest a leaving or critical instance drains (weight 0)"
-                " before maintenance; on HAProxy 3.0 the drain ends sooner, once HAProxy reports the server idle."
-            ),
-        ),
-        "reload_min_interval": Setting(
-            parse_duration, "1s", "Least time between two reloads; changes meanwhile fold into the next.",
-        ),
-        "hold_down": Setting(
-            parse_duration, "0s", "Flap damping: a new health status must last this long before it applies; 0 is off.",
-        ),
-        "guard_delay": Setting(
-            parse_duration, "2s", "Guard: how long a big drop is held before Consul is read again to confirm it.",
-        ),
-        "reconcile_interval": Setting(
-            parse_duration, "30s", "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
-        ),
-        "watch_files": Setting(
-            _bool, True, "Re-read config and template when their files change, as SIGHUP does.",
-        ),
-        "runtime_api": Setting(
-            _bool, True, "Apply membership, health and weight changes through the Runtime API, without a reload.",
-        ),
-    },
-    "metrics": {
-        "listen": Setting(
-            _listen, "127.0.0.1:9725", "Prometheus /metrics, /health, /ready and /status; empty turns it off.",
-        ),
-        "stale_after": Setting(
-            parse_duration, "3m", "/ready fails when a Consul watch has had no good answer for this long.",
-        ),
-    },
-}
+def setting(
+    parse: Callable[[Any], Any], default: Any, help: str, env: str | None = None, *, keeps_default: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A settings field that is the key's one declaration: how to parse it, its default as a file would
+    write it, what it means, the environment variable that sets it. The loader reads these from the
+    dataclass (:data:`SCHEMA`), and so does the README's reference.
 
-SERVICE_SCHEMA: dict[str, Setting] = {
-    "name": Setting(_safe_name, None, "Consul service name (required)."),
-    "backend": Setting(_safe_name, None, "HAProxy backend name; default: the service name."),
-    "balance": Setting(rules.balance, "roundrobin", "Load-balancing algorithm."),
-    "health_path": Setting(parse_health_path, "/health", "Path of HAProxy's own HTTP check."),
-    "host": Setting(parse_host, "", "Route requests with this Host header here; the first service is the default."),
-    "path": Setting(
-        parse_route_path, "", "Route this path prefix here (whole segments, up to 3); with `host`, on that host only.",
-    ),
-    "filter": Setting(_filter_expression, "", "Consul `filter` expression applied to this service's instances."),
-    "guard": Setting(_bool, True, "Empty-backend guard: hold a big drop of healthy servers and re-read first."),
-    "min_servers": Setting(_int_range(0, 100_000), 1, "Guard: fewer healthy servers than this is a big drop."),
-    "max_drop": Setting(
-        _percent, "50%", "Guard: losing more than this share of healthy servers at once is a big drop.",
-    ),
-}
-
-DEFAULT_SERVICES = ({"name": "cabify"},)
-
-
-# --- the typed result ---
+    ``keeps_default``: the field also defaults to the parsed default (for values built in code, such as
+    a discovered service's settings); otherwise the loader always passes every key. ``secret``: left out
+    of the dataclass's repr (a token must not reach a log through one).
+    """
+    metadata = {"setting": Setting(parse, default, help, env)}
+    if keeps_default:
+        return field(default=parse(default), repr=not secret, metadata=metadata)
+    return field(repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    name: str
-    backend: str
-    balance: str = "roundrobin"
-    health_path: str = "/health"
-    host: str = ""
-    path: str = ""
-    filter: str = ""
-    guard: bool = True
-    min_servers: int = 1
-    max_drop: float = 0.5
+    name: str = setting(_safe_name, None, "Consul service name (required).")
+    backend: str = setting(_safe_name, None, "HAProxy backend name; default: the service name.")
+    balance: str = setting(rules.balance, "roundrobin", "Load-balancing algorithm.", keeps_default=True)
+    health_path: str = setting(parse_health_path, "/health", "Path of HAProxy's own HTTP check.", keeps_default=True)
+    host: str = setting(
+        parse_host, "",
+        "Route requests with this Host header here; the first service is the default.",
+        keeps_default=True,
+    )
+    path: str = setting(
+        parse_route_path, "",
+        "Route this path prefix here (whole segments, up to 3); with `host`, on that host only.",
+        keeps_default=True,
+    )
+    filter: str = setting(
+        _filter_expression, "",
+        "Consul `filter` expression applied to this service's instances.",
+        keeps_default=True,
+    )
+    guard: bool = setting(
+        _bool, True,
+        "Empty-backend guard: hold a big drop of healthy servers and re-read first.",
+        keeps_default=True,
+    )
+    min_servers: int = setting(
+        _int_range(0, 100_000), 1,
+        "Guard: fewer healthy servers than this is a big drop.",
+        keeps_default=True,
+    )
+    max_drop: float = setting(
+        _percent, "50%",
+        "Guard: losing more than this share of healthy servers at once is a big drop.",
+        keeps_default=True,
+    )
     discovered: bool = False  # learned from Consul by tag, not named in the config
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    level: str = setting(_one_of(LOG_LEVELS), "info", "Least severe level logged: debug, info, warning, error.")
+    format: str = setting(_one_of(LOG_FORMATS), "text", "One line per event: key=value `text` or `json`.")
+
+
+@dataclass(frozen=True)
 class ConsulSettings:
-    address: str
-    ssl: bool
-    token: str = field(repr=False)
-    token_file: str
-    ca_file: str
-    cert_file: str
-    key_file: str
-    tls_server_name: str
-    datacenter: str
-    wait: float
-    backoff_max: float
-    max_connections: int
-    start_spread: float
+    address: str = setting(
+        parse_consul_address, "http://127.0.0.1:8500",
+        "Consul agent: host:port or http(s)://host:port.",
+        "CONSUL_HTTP_ADDR",
+    )
+    ssl: bool = setting(_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL")
+    token: str = setting(
+        _string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN", secret=True,
+    )
+    token_file: str = setting(_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE")
+    ca_file: str = setting(_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT")
+    cert_file: str = setting(_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT")
+    key_file: str = setting(_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY")
+    tls_server_name: str = setting(
+        _string, "",
+        "Server name to verify Consul's certificate against.",
+        "CONSUL_TLS_SERVER_NAME",
+    )
+    datacenter: str = setting(_string, "", "Datacenter to query; empty means the agent's own.")
+    wait: float = setting(
+        parse_duration, "5m",
+        "Blocking query wait (Consul's default, capped at 10m); shorter costs idle CPU.",
+    )
+    backoff_max: float = setting(parse_duration, "30s", "Longest pause between retries after Consul errors.")
+    max_connections: int = setting(
+        _int_range(1, 100_000), 4096,
+        "Connections to Consul (one per watched service); keep Consul's `http_max_conns_per_client` above it.",
+    )
+    start_spread: float = setting(
+        parse_duration, "1s",
+        "Watches started together spread their first reads (0.25 ms each, at most this).",
+    )
 
     @property
     def url(self) -> urllib.parse.SplitResult:
@@ -418,26 +330,62 @@ class ConsulSettings:
 
 
 @dataclass(frozen=True)
+class DiscoverySettings:
+    enabled: bool = setting(_bool, True, "Also route every Consul service whose instances carry `tag`.")
+    tag: str = setting(_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service.")
+    filter: str = setting(_filter_expression, "", "Consul `filter` expression applied to every discovered service.")
+    max_drop: float = setting(
+        _percent, "50%",
+        "Guard: more than this share of tagged services gone at once is held and Consul read again; 100% is off.",
+    )
+    hosts: tuple[str, ...] = setting(
+        _host_patterns, ["*"],
+        "Hosts a discovered service may claim: exact names or `*.suffix`; `*` is any host and path-only routes. "
+        "Restrict it (`[\"*.branches.example.com\"]`): the default backend serves every host nobody claims.",
+    )
+    route_grace: float = setting(
+        parse_duration, "5m",
+        "A route whose discovered holder left stays reserved for it this long, so no newcomer takes it in a gap.",
+    )
+
+
+@dataclass(frozen=True)
 class HAProxySettings:
-    binary: str
-    config_path: Path
-    template: Path | None
-    routes_map: Path | None
-    master_socket: Path
-    stats_socket: Path
-    server_state_file: Path
-    stats_file: Path | None
-    reload_command: tuple[str, ...]
-    reload_timeout: float
-    http_bind: str
-    stats_bind: str
-    maxconn: int
-    hard_stop_after: float
-    config_mode: int
-    config_group: str
-    user: str
-    group: str
-    log_target: str
+    binary: str = setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`.")
+    config_path: Path = setting(_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written.")
+    template: Path | None = setting(_path_or_none, "", "Jinja2 template; empty means the built-in one.")
+    routes_map: Path | None = setting(
+        _path_or_none, "",
+        "HAProxy map file of host and path routes; empty: routes.map beside config_path.",
+    )
+    master_socket: Path = setting(_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads).")
+    stats_socket: Path = setting(_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket.")
+    server_state_file: Path = setting(_path, "/var/lib/haproxy/server-state", "Server state carried across reloads.")
+    stats_file: Path | None = setting(
+        _path_or_none, "",
+        "HAProxy 3.0: counters carried across reloads (dump stats-file); empty: "
+        "stats-file beside server_state_file. Unused on 2.6.",
+    )
+    reload_command: tuple[str, ...] = setting(
+        _argv, [],
+        "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
+    )
+    reload_timeout: float = setting(parse_duration, "10s", "How long a new worker may take to show up.")
+    http_bind: str = setting(_bind, "*:80", "Where the HTTP frontend listens.")
+    stats_bind: str = setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter.")
+    maxconn: int = setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit.")
+    hard_stop_after: float = setting(
+        parse_duration, "30s",
+        "Old workers are stopped this long after a reload (cuts long streams); 0 is off.",
+    )
+    config_mode: int = setting(_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal).")
+    config_group: str = setting(_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's.")
+    user: str = setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user.")
+    group: str = setting(_string, "haproxy", "Group of the workers and of the runtime socket; empty: none.")
+    log_target: str = setting(
+        _string, "/dev/log local0",
+        "HAProxy `log` target (syslog socket, or `stderr format short local0`).",
+    )
 
     @property
     def routes_map_path(self) -> Path:
@@ -452,41 +400,80 @@ class HAProxySettings:
 
 @dataclass(frozen=True)
 class SyncSettings:
-    wait_min: float
-    wait_max: float
-    slots: int
-    drain_timeout: float
-    reload_min_interval: float
-    reconcile_interval: float
-    guard_delay: float
-    hold_down: float
-    watch_files: bool
-    runtime_api: bool
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    host_names: bool = False
-
-
-
-@dataclass(frozen=True)
-class DiscoverySettings:
-    enabled: bool
-    tag: str
-    filter: str
-    max_drop: float
-    hosts: tuple[str, ...] = ("*",)
-    route_grace: float = 300.0
+    wait_min: float = setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change).")
+    wait_max: float = setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied.")
+    slots: int = setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (add server) when full.")
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        _networks, [],
+        "CIDR networks instance addresses must be in (`[\"10.0.0.0/8\"]`); empty: any unicast address. Loopback, "
+        "link-local, unspecified, multicast and reserved addresses are refused unless a listed network names them.",
+        "HAPROXY_SYNC_NETWORKS",
+    )
+    host_names: bool = setting(
+        _bool, False,
+        "Route instances addressed by a host name (HAProxy resolves it blocking at every check and reload).",
+    )
+    drain_timeout: float = setting(
+        parse_duration, "10s",
+        "The longest a leaving or critical instance drains (weight 0)"
+        " before maintenance; on HAProxy 3.0 the drain ends sooner, once HAProxy reports the server idle.",
+    )
+    reload_min_interval: float = setting(
+        parse_duration, "1s",
+        "Least time between two reloads; changes meanwhile fold into the next.",
+    )
+    hold_down: float = setting(
+        parse_duration, "0s",
+        "Flap damping: a new health status must last this long before it applies; 0 is off.",
+    )
+    guard_delay: float = setting(
+        parse_duration, "2s",
+        "Guard: how long a big drop is held before Consul is read again to confirm it.",
+    )
+    reconcile_interval: float = setting(
+        parse_duration, "30s",
+        "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
+    )
+    watch_files: bool = setting(_bool, True, "Re-read config and template when their files change, as SIGHUP does.")
+    runtime_api: bool = setting(
+        _bool, True,
+        "Apply membership, health and weight changes through the Runtime API, without a reload.",
+    )
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    listen: str
-    stale_after: float
+    listen: str = setting(
+        _listen, "127.0.0.1:9725",
+        "Prometheus /metrics, /health, /ready and /status; empty turns it off.",
+    )
+    stale_after: float = setting(
+        parse_duration, "3m",
+        "/ready fails when a Consul watch has had no good answer for this long.",
+    )
 
 
-@dataclass(frozen=True)
-class LogSettings:
-    level: str
-    format: str
+def _schema(cls: type) -> dict[str, Setting]:
+    """The keys of one section, in declaration order: each dataclass field that carries a Setting."""
+    return {f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata}
+
+
+#: Every section's keys, from the one declaration of each (the fields above); the README reference too.
+SCHEMA: dict[str, dict[str, Setting]] = {
+    "log": _schema(LogSettings),
+    "consul": _schema(ConsulSettings),
+    "discovery": _schema(DiscoverySettings),
+    "haproxy": _schema(HAProxySettings),
+    "sync": _schema(SyncSettings),
+    "metrics": _schema(MetricsSettings),
+}
+SERVICE_SCHEMA: dict[str, Setting] = _schema(ServiceSettings)
+
+
+DEFAULT_SERVICES = ({"name": "cabify"},)
+
+
+# --- the typed result ---
 
 
 @dataclass(frozen=True)
@@ -498,8 +485,8 @@ class Settings:
     haproxy: HAProxySettings
     sync: SyncSettings
     metrics: MetricsSettings
+    discovery: DiscoverySettings
     services: tuple[ServiceSettings, ...]
-    discovery: DiscoverySettings = DiscoverySettings(enabled=False, tag="haproxy-sync", filter="", max_drop=0.5)
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # usable, but worth an operator's attention (logged at start)
 
