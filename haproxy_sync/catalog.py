@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haproxy_sync import rules
+from haproxy_sync.reasons import SkipKind
 
 
 class Status(enum.IntEnum):
@@ -43,10 +44,11 @@ _STATUS_WORDS = {"passing": Status.PASSING, "warning": Status.WARNING, "critical
 class InvalidInstance(ValueError):
     """An entry from Consul that cannot safely become a server line; the message is the reason."""
 
-    def __init__(self, reason: str, instance_id: str = "?") -> None:
+    def __init__(self, reason: str, instance_id: str = "?", kind: SkipKind = SkipKind.ENTRY) -> None:
         super().__init__(reason)
         self.reason = reason
         self.instance_id = instance_id
+        self.kind = kind
 
 
 class ForeignEntry(ValueError):
@@ -111,21 +113,25 @@ class Instance:
             raise InvalidInstance("entry lacks Node, Service or Checks objects")
         instance_id = service.get("ID")
         if not isinstance(instance_id, str) or not instance_id or len(instance_id) > rules.MAX_ID_LENGTH:
-            raise InvalidInstance("Service.ID is missing, not a string, or longer than 256 characters")
+            raise InvalidInstance("Service.ID is missing, not a string, or longer than 256 characters",
+                                  kind=SkipKind.ID)
         node_name = node.get("Node")
         if not isinstance(node_name, str) or not node_name or len(node_name) > rules.MAX_ID_LENGTH:
-            raise InvalidInstance("Node.Node is missing or not a string", instance_id)
+            raise InvalidInstance("Node.Node is missing or not a string", instance_id, SkipKind.NODE)
+        kind = SkipKind.PORT
         try:
-            # Consul's rule: an empty Service.Address means "the node's address".
             port = rules.port(service.get("Port"))
+            kind = SkipKind.ADDRESS
+            # Consul's rule: an empty Service.Address means "the node's address".
             address = policy.check_endpoint(rules.address(service.get("Address") or node.get("Address")), port)
+            kind = SkipKind.WEIGHT
             weights = service.get("Weights") or {}
             if not isinstance(weights, Mapping):
                 raise ValueError("Weights is not an object")
             weight_passing = rules.weight(weights.get("Passing", 1), "Weights.Passing")
             weight_warning = rules.weight(weights.get("Warning", 1), "Weights.Warning")
         except ValueError as exc:
-            raise InvalidInstance(str(exc), instance_id) from None
+            raise InvalidInstance(str(exc), instance_id, kind) from None
         statuses = [Status.parse(c.get("Status")) for c in checks if isinstance(c, Mapping)]
         tags = service.get("Tags") or []
         meta = service.get("Meta") or {}
@@ -150,6 +156,7 @@ class Skipped:
     service: str
     instance_id: str
     reason: str
+    kind: SkipKind = SkipKind.ENTRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +240,7 @@ def parse_health_entries(
         try:
             inst = Instance.from_entry(entry, policy)
         except InvalidInstance as exc:
-            skipped.append(Skipped(service_name, exc.instance_id[:80], exc.reason))
+            skipped.append(Skipped(service_name, exc.instance_id[:80], exc.reason, exc.kind))
             continue
         instances[inst.key] = inst
     return Service(service_name, tuple(instances.values())), tuple(skipped)

@@ -153,6 +153,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     from haproxy_sync.consul import read_routed
     from haproxy_sync.daemon import check_rendered, plan_tables, routes_on_disk, write_live
     from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
+    from haproxy_sync.reasons import ReloadKind, ReloadReason
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
     from haproxy_sync.routing import map_commands, map_text, parse_map_file, routing_for
@@ -179,7 +180,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
         if not plan.needs_reload:
             plan = Plan(commands=plan.commands + tuple(route_changes))
         if not settings.sync.runtime_api and plan.commands:
-            plan = Plan(reload_reason="runtime API off")
+            plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_OFF, "runtime API off"))
         changes = summarize(running, tables, snapshot)
         if route_changes:
             verbs = [c.split()[0] for c in route_changes]

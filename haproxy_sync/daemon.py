@@ -53,7 +53,7 @@ from haproxy_sync.consul import (
 )
 from haproxy_sync.drains import POLL_INTERVAL as DRAIN_POLL_INTERVAL
 from haproxy_sync.drains import DrainWatch
-from haproxy_sync.metrics import Metrics, StateView, WatchView, skip_reason_kind, start_server
+from haproxy_sync.metrics import Metrics, StateView, WatchView, start_server
 from haproxy_sync.plan import (
     BackendSlots,
     Drift,
@@ -72,6 +72,7 @@ from haproxy_sync.plan import (
     plan_runtime,
     slots_from_config,
 )
+from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason
 from haproxy_sync.render import TemplateError, load_template, render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift, routing_for
 
@@ -97,9 +98,9 @@ class Outcome:
     ok: bool
     sentence: str
     deferred: bool = False  # nothing failed: the reload budget moved it to a later cycle
-    path: str = "none"  # runtime, reload or none
-    reason: str = ""  # why a reload, as a short label
-    stage: str = ""  # where it failed: template, validation, reload, runtime
+    path: ApplyPath = ApplyPath.NONE
+    reason: ReloadKind | None = None  # why a reload was planned (also when HAProxy already ran the file)
+    stage: FailureStage | None = None  # where it failed
     commands: int = 0
     reload: ReloadReport | None = None
 
@@ -332,18 +333,6 @@ EDIT_EVENTS = frozenset({
 
 class DaemonError(Exception):
     """The daemon cannot start (e.g. its metrics address is taken); the message says what to do."""
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded label for a reload reason (the full reason goes to the log line)."""
-    for needle, label in (("dynamic servers", "slots_no_dynamic"), ("static balance", "static_weights"),
-                          ("slots", "slots"), ("backends changed", "backends"), ("structure", "structure"),
-                          ("template or settings", "settings"), ("runtime API off", "runtime_off"),
-                          ("runtime API path failed", "runtime_failed"), ("not yet confirmed", "unconfirmed"),
-                          ("host name", "hostname"), ("no live config", "first")):
-        if needle in reason:
-            return label
-    return "other"
 
 
 def _data_age(watch: ServiceWatch, now: float) -> float | None:
@@ -643,7 +632,7 @@ class Daemon:
                 # One error line with the type and message, counted (apply_failures, stage "unexpected"),
                 # and the next cycle after the same backoff as a failed apply; the traceback at debug.
                 self._after(Outcome(False, f"unexpected {type(exc).__name__} in this cycle: {str(exc)[:300]}",
-                                    stage="unexpected"))
+                                    stage=FailureStage.UNEXPECTED))
                 log.debug("traceback of the cycle that failed", exc_info=exc)
 
     def _waiting_for(self) -> list[str]:
@@ -708,7 +697,8 @@ class Daemon:
         try:
             text = render(tables, settings, self.template, routing)
         except TemplateError as exc:
-            return Outcome(False, f"{change}; template error {exc}; kept last good config", stage="template")
+            return Outcome(False, f"{change}; template error {exc}; kept last good config",
+                           stage=FailureStage.TEMPLATE)
         self.metrics.renders.inc()
         same_routes = self.routing is not None and self.routing.map_entries == routing.map_entries
         if self._confirmed and text == self._running_text and same_routes:
@@ -719,20 +709,21 @@ class Daemon:
             try:
                 action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, routing)
             except haproxy.HAProxyError as exc:
-                self.metrics.apply_failures.labels("runtime").inc()
-                plan = Plan(reload_reason=f"runtime API path failed ({exc})")
+                self.metrics.apply_failures.labels(FailureStage.RUNTIME.label).inc()
+                plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})"))
             else:
                 self._commit(snapshot, tables, text, routing)
                 if text != self._persisted_text:
                     self._persist(text)
-                return Outcome(True, f"{change}; {action}", path="runtime", commands=len(plan.commands))
+                return Outcome(True, f"{change}; {action}", path=ApplyPath.RUNTIME, commands=len(plan.commands))
         await self._flush_persist()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
         if wait > 0:
             self._retry_at = self._reload_not_before
             return Outcome(True, f"{change}; reload ({plan.reload_reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
-        return await self._reload(snapshot, tables, text, change, plan.reload_reason or "", routing)
+        assert plan.reload_reason is not None
+        return await self._reload(snapshot, tables, text, change, plan.reload_reason, routing)
 
     def _note_routing(self, routing: Routing) -> None:
         """Log each change of the unrouted services once, and keep the routing gauges current."""
@@ -798,11 +789,12 @@ class Daemon:
 
     def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str, routing: Routing) -> Plan:
         if not self.settings.sync.runtime_api:
-            return Plan(reload_reason="runtime API off")
+            return Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_OFF, "runtime API off"))
         if self._structure_changed:
-            return Plan(reload_reason="template or settings changed")
+            return Plan(reload_reason=ReloadReason(ReloadKind.SETTINGS, "template or settings changed"))
         if not self._confirmed or self.tables is None or self.routing is None:
-            return Plan(reload_reason="HAProxy not yet confirmed running the live config")
+            return Plan(reload_reason=ReloadReason(
+                ReloadKind.UNCONFIRMED, "HAProxy not yet confirmed running the live config"))
         plan = plan_runtime(self.tables, tables, live, text)
         if plan.needs_reload:
             return plan
@@ -810,7 +802,7 @@ class Daemon:
         return Plan(commands=plan.commands + tuple(routes))
 
     async def _reload(
-        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: str,
+        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: ReloadReason,
         routing: Routing,
     ) -> Outcome:
         settings = self.settings
@@ -819,10 +811,10 @@ class Daemon:
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
-            return Outcome(False, f"{change}; {exc}; kept last good config", stage="validation")
+            return Outcome(False, f"{change}; {exc}; kept last good config", stage=FailureStage.VALIDATION)
         except haproxy.HAProxyError as exc:
             self._confirmed = False
-            return Outcome(False, f"{change}; {exc}", stage="reload")
+            return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
         action = report.sentence()
         if report.reloaded:
             self.drains.forget_version()
@@ -841,8 +833,8 @@ class Daemon:
                 self.metrics.drift_repaired.inc(len(drift.commands))
                 log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
                             len(drift.found), "; ".join(drift.found[:5]))
-        path = "reload" if report.reloaded else "none"
-        return Outcome(True, f"{change}; {action}", path=path, reason=_reason_label(reason), reload=report)
+        path = ApplyPath.RELOAD if report.reloaded else ApplyPath.NONE
+        return Outcome(True, f"{change}; {action}", path=path, reason=reason.kind, reload=report)
 
     async def _poll_drains(self) -> None:
         """Read what the draining servers still carry; an idle one makes the loop plan (and free it) now."""
@@ -911,7 +903,7 @@ class Daemon:
                 self._persisted_at = time.monotonic()
                 self._persisted_text = text
             except haproxy.HAProxyError as exc:
-                self.metrics.apply_failures.labels("persist").inc()
+                self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
                 log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
                           "goes through a reload to bring disk and HAProxy together again", exc)
                 self._confirmed = False
@@ -969,22 +961,24 @@ class Daemon:
         """Metrics and the state /status shows, for one finished apply cycle."""
         metrics = self.metrics
         if not outcome.ok:
-            metrics.apply_failures.labels(outcome.stage or "other").inc()
-            if outcome.stage == "validation":
+            stage = outcome.stage or FailureStage.UNEXPECTED
+            metrics.apply_failures.labels(stage.label).inc()
+            if stage is FailureStage.VALIDATION:
                 metrics.validation_failures.inc()
-            elif outcome.stage == "template":
+            elif stage is FailureStage.TEMPLATE:
                 metrics.template_errors.inc()
             return
-        metrics.applies.labels(outcome.path, outcome.reason or outcome.path).inc()
+        reason = outcome.reason.label if outcome.reason is not None else outcome.path.label
+        metrics.applies.labels(outcome.path.label, reason).inc()
         metrics.runtime_commands.inc(outcome.commands)
         if outcome.reload is not None and outcome.reload.reloaded:
             metrics.reload_duration.observe(outcome.reload.seconds)
             metrics.old_workers.set(outcome.reload.old_workers)
-        if self._first_unapplied is not None and outcome.path != "none":
-            metrics.convergence.labels(outcome.path).observe(time.monotonic() - self._first_unapplied)
+        if self._first_unapplied is not None and outcome.path is not ApplyPath.NONE:
+            metrics.convergence.labels(outcome.path.label).observe(time.monotonic() - self._first_unapplied)
         if not self._guard_due:  # a change the guard holds is still waiting: keep its start time
             self._first_unapplied = None
-        self._last_apply = (outcome.sentence, outcome.path, time.monotonic())
+        self._last_apply = (outcome.sentence, outcome.path.label, time.monotonic())
 
     def state_view(self) -> StateView:
         """What /metrics, /ready and /status show; called on the loop at request time."""
@@ -997,7 +991,7 @@ class Daemon:
             for name, w in every
         ]
         skipped: Counter[tuple[str, str]] = Counter(  # instances; the catalog's skips are services, logged
-            (name, skip_reason_kind(item.reason)) for name, (w, _) in self.watches.items() for item in w.skipped
+            (name, item.kind.label) for name, (w, _) in self.watches.items() for item in w.skipped
         )
         servers: dict[tuple[str, str], int] = {}
         for backend, table in (self.tables or {}).items():

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from haproxy_sync import commands, rules
 from haproxy_sync.commands import Command
+from haproxy_sync.reasons import ReloadKind, ReloadReason
 
 #: Balance algorithms under which HAProxy 2.6 and 3.0 accept ``add server``.
 DYNAMIC_BALANCE = frozenset({"roundrobin", "leastconn", "first", "random"})
@@ -119,28 +120,29 @@ def _guid(line: Sequence[str]) -> str:
     return next((line[i + 1] for i, word in enumerate(line[:-1]) if word == "guid"), "")
 
 
-def grow(backend: str, slots: Sequence[SlotLike], running: int, text: str) -> list[Command] | str:
+def grow(backend: str, slots: Sequence[SlotLike], running: int, text: str) -> list[Command] | ReloadReason:
     """Commands that give HAProxy the slots of ``backend`` beyond the ``running`` first ones, or the reason
     they must come by a reload instead."""
+    no_dynamic = ReloadKind.SLOTS_NO_DYNAMIC
     shape = shapes(text).get(backend)
     if shape is None:
-        return f"backend {backend} is not in the rendered config"
+        return ReloadReason(ReloadKind.SLOTS, f"backend {backend} is not in the rendered config")
     if shape.balance not in DYNAMIC_BALANCE:
-        return f"balance {shape.balance} takes no dynamic servers"
+        return ReloadReason(no_dynamic, f"balance {shape.balance} takes no dynamic servers")
     sequence: list[Command] = []
     for slot in slots[running:]:
         name, address = slot.name, slot.address
         line = shape.servers.get(name)
         if line is None:
-            return f"{backend}/{name} is not in the rendered config"
+            return ReloadReason(ReloadKind.SLOTS, f"{backend}/{name} is not in the rendered config")
         if not rules.is_ip(address):
-            return f"{backend}/{name} address {address} is a host name"
+            return ReloadReason(ReloadKind.HOSTNAME, f"{backend}/{name} address {address} is a host name")
         options = dynamic_options([*shape.default_options, *line])
         if isinstance(options, str):
-            return options
+            return ReloadReason(no_dynamic, options)
         guid = _guid(line)
         if guid and not rules.is_guid(guid):
-            return f"{backend}/{name} guid {guid[:40]!r} is not one HAProxy takes"
+            return ReloadReason(no_dynamic, f"{backend}/{name} guid {guid[:40]!r} is not one HAProxy takes")
         sequence.append(commands.add_server(backend, name, address, slot.port, tuple(options), slot.weight, guid))
         if "check" in options:
             sequence.append(commands.enable_health(backend, name))

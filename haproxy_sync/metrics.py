@@ -166,15 +166,6 @@ class _StateCollector(Collector):
         yield from (up, index, age, servers, skipped, ready)
 
 
-def skip_reason_kind(reason: str) -> str:
-    """A short, bounded label for a skip reason (the full text goes to the log)."""
-    for needle, kind in (("address", "address"), ("port", "port"), ("Weights", "weight"), ("ID", "id"),
-                         ("Node", "node")):
-        if needle in reason:
-            return kind
-    return "entry"
-
-
 async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
     """Serve /metrics, /health, /ready and /status; returns the runner to clean up at stop."""
     started = time.monotonic()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from haproxy_sync import commands, dynamic, rules
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.commands import Command
+from haproxy_sync.reasons import ReloadKind, ReloadReason
 
 FREE_ADDRESS = "127.0.0.1"
 FREE_PORT = 1  # a free slot is in maintenance; the placeholder only has to be a valid address
@@ -224,7 +225,7 @@ class Plan:
     """Runtime API commands to send, or the reason a reload is needed instead."""
 
     commands: tuple[Command, ...] = ()
-    reload_reason: str | None = None
+    reload_reason: ReloadReason | None = None
 
     @property
     def needs_reload(self) -> bool:
@@ -277,35 +278,40 @@ def plan_runtime(
 ) -> Plan:
     """Runtime commands for ``old`` -> ``new``, or the first reason they cannot do it alone."""
     if old_text is None:
-        return Plan(reload_reason="no live config yet")
+        return Plan(reload_reason=ReloadReason(ReloadKind.FIRST, "no live config yet"))
     if old.keys() != new.keys():
         added = sorted(new.keys() - old.keys())
         removed = sorted(old.keys() - new.keys())
-        return Plan(reload_reason=f"backends changed (+{','.join(added) or '-'} -{','.join(removed) or '-'})")
+        return Plan(reload_reason=ReloadReason(
+            ReloadKind.BACKENDS, f"backends changed (+{','.join(added) or '-'} -{','.join(removed) or '-'})"))
     sequence: list[Command] = []
     added: set[tuple[str, str]] = set()
     for backend, table in new.items():
         before = old[backend]
         running = len(before.slots)
         if running != len(table.slots):
-            grown = dynamic.grow(backend, table.slots, running, new_text) if running < len(table.slots) else "shrink"
-            if isinstance(grown, str):
-                return Plan(reload_reason=f"backend {backend} slots {running} -> {len(table.slots)} ({grown})")
+            grown = (dynamic.grow(backend, table.slots, running, new_text) if running < len(table.slots)
+                     else ReloadReason(ReloadKind.SLOTS, "shrink"))
+            if isinstance(grown, ReloadReason):
+                return Plan(reload_reason=ReloadReason(
+                    grown.kind, f"backend {backend} slots {running} -> {len(table.slots)} ({grown.text})"))
             sequence.extend(grown)
             added.update((backend, slot.name) for slot in table.slots[running:])
         for previous, slot in zip(before.slots, table.slots[:running], strict=True):
             if previous.runtime == slot.runtime:
                 continue
             if not rules.is_ip(slot.address):
-                return Plan(reload_reason=f"{backend}/{slot.name} address {slot.address} is a host name")
+                return Plan(reload_reason=ReloadReason(
+                    ReloadKind.HOSTNAME, f"{backend}/{slot.name} address {slot.address} is a host name"))
             if slot.weight not in (0, previous.weight) and _static_balance(backend, new_text):
-                return Plan(reload_reason=f"backend {backend} uses a static balance algorithm: weights other "
-                                          "than 0 change only by a reload")
+                return Plan(reload_reason=ReloadReason(
+                    ReloadKind.STATIC_WEIGHTS,
+                    f"backend {backend} uses a static balance algorithm: weights other than 0 change only by a reload"))
             sequence.extend(slot_commands(backend, previous, slot))
     old_shape, new_shape = structure(old_text), structure(new_text, without=added)
     if old_shape != new_shape:
         line = next((n for o, n in zip(old_shape, new_shape, strict=False) if o != n), "(length)")
-        return Plan(reload_reason=f"config structure changed at {line[:80]!r}")
+        return Plan(reload_reason=ReloadReason(ReloadKind.STRUCTURE, f"config structure changed at {line[:80]!r}"))
     return Plan(commands=tuple(sequence))
 
 

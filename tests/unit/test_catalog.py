@@ -6,6 +6,7 @@ import pytest
 
 from haproxy_sync import rules
 from haproxy_sync.catalog import Instance, InvalidInstance, Snapshot, Status, parse_health_entries
+from haproxy_sync.reasons import SkipKind
 
 
 def entry(sid: str = "web-1", *, node: str = "n1", node_addr: str = "10.0.0.1", addr: str = "", port: Any = 8080,
@@ -160,3 +161,18 @@ def test_the_edges_own_frontends_are_never_a_backend() -> None:
     with pytest.raises(InvalidInstance, match="own frontends"):
         Instance.from_entry(entry(addr="10.0.0.5", port=80), policy)
     assert Instance.from_entry(entry(addr="10.0.0.5", port=8080), policy).port == 8080, "an app on the edge is fine"
+
+
+@pytest.mark.parametrize(("bad", "kind"), [
+    (entry(port="80; x"), SkipKind.PORT),
+    (entry(addr="10.0.0.1\nserver x"), SkipKind.ADDRESS),
+    (entry(weights={"Passing": "ten"}), SkipKind.WEIGHT),
+    (entry(weights=[1]), SkipKind.WEIGHT),
+    (entry(sid=""), SkipKind.ID),
+    (entry(node=""), SkipKind.NODE),
+    ({"Node": {"Node": "n1"}, "Service": {"ID": "a"}, "Checks": "all fine"}, SkipKind.ENTRY),
+    ("not an object", SkipKind.ENTRY),
+])
+def test_a_skipped_instance_says_why_as_a_kind_not_a_sentence(bad: Any, kind: SkipKind) -> None:
+    _, (skipped,) = parse_health_entries("web", [bad])
+    assert skipped.kind is kind and skipped.kind.label == kind.value and skipped.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from haproxy_sync import dynamic
 from haproxy_sync.plan import Slot
+from haproxy_sync.reasons import ReloadKind, ReloadReason
 
 CONFIG = """\
 defaults
@@ -39,8 +40,13 @@ def test_without_a_guid_the_server_is_added_without_one() -> None:
     assert "guid" not in add
 
 
-def test_what_haproxy_refuses_for_dynamic_servers_is_a_reason() -> None:
-    assert dynamic.grow("web", SLOTS, 1, render(balance="source")) == "balance source takes no dynamic servers"
+def test_what_haproxy_refuses_for_dynamic_servers_is_a_typed_reason() -> None:
+    assert dynamic.grow("web", SLOTS, 1, render(balance="source")) == ReloadReason(
+        ReloadKind.SLOTS_NO_DYNAMIC, "balance source takes no dynamic servers")
     refused = dynamic.grow("web", SLOTS, 1, render(guid2=" guid srv;web"))
-    assert isinstance(refused, str) and "guid" in refused
-    assert "not one haproxy-sync passes" in str(dynamic.grow("web", SLOTS, 1, render(guid2=" backup")))
+    assert isinstance(refused, ReloadReason) and refused.kind is ReloadKind.SLOTS_NO_DYNAMIC and "guid" in str(refused)
+    option = dynamic.grow("web", SLOTS, 1, render(guid2=" backup"))
+    assert isinstance(option, ReloadReason) and "not one haproxy-sync passes" in option.text
+    assert option.label == "slots_no_dynamic"
+    missing = dynamic.grow("other", SLOTS, 1, render())
+    assert isinstance(missing, ReloadReason) and missing.kind is ReloadKind.SLOTS

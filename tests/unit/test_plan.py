@@ -141,17 +141,25 @@ def test_membership_change_plans_runtime_commands_only() -> None:
     assert plan.commands[-1] == "set server web/slot2 state ready"
 
 
-def test_reload_reasons() -> None:
+def reason(plan) -> tuple[str, str]:
+    assert plan.reload_reason is not None
+    return plan.reload_reason.label, str(plan.reload_reason)
+
+
+def test_reload_reasons_are_typed_with_their_label_and_sentence() -> None:
     old = step(None, svc(inst(1)))
     grown = step(old, svc(*[inst(i) for i in range(6)]))
-    assert "slots 4 -> 8" in plan_runtime({"web": old}, {"web": grown}, "", "").reload_reason
-    assert "backends changed (+api" in plan_runtime({"web": old}, {"web": old, "api": old}, "", "").reload_reason
-    assert plan_runtime({}, {}, None, "x").reload_reason == "no live config yet"
+    label, text = reason(plan_runtime({"web": old}, {"web": grown}, "", ""))
+    assert label == "slots" and "slots 4 -> 8" in text, "no rendered backend: growth cannot be add server"
+    label, text = reason(plan_runtime({"web": old}, {"web": old, "api": old}, "", ""))
+    assert label == "backends" and "backends changed (+api" in text
+    assert reason(plan_runtime({}, {}, None, "x")) == ("first", "no live config yet")
     live, rendered = "backend web\n balance roundrobin", "backend web\n balance first"
-    changed = plan_runtime({"web": old}, {"web": old}, live, rendered)
-    assert "config structure changed" in changed.reload_reason
+    label, text = reason(plan_runtime({"web": old}, {"web": old}, live, rendered))
+    assert label == "structure" and "config structure changed" in text
     host = step(old, svc(Instance("n1", "web-9", "app.internal", 80, Status.PASSING)))
-    assert "is a host name" in plan_runtime({"web": old}, {"web": host}, "", "").reload_reason
+    label, text = reason(plan_runtime({"web": old}, {"web": host}, "", ""))
+    assert label == "hostname" and "is a host name" in text
 
 
 def test_structure_ignores_server_values_and_comments() -> None:

@@ -1,0 +1,88 @@
+"""Why things happen, as types: each kind carries its bounded metric label, and the sentence that
+goes to the log is built where the thing happens. Nothing parses a sentence back into a label.
+
+Metric label values are part of the interface (dashboards and alerts select on them): they stay the
+strings they were before these types existed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ReloadKind(enum.Enum):
+    """What makes a change a reload instead of Runtime API commands (``applies_total{reason}``)."""
+
+    FIRST = "first"  # no live config yet
+    BACKENDS = "backends"  # a backend came or went
+    SLOTS = "slots"  # a backend's slots cannot grow at runtime for a reason other than dynamic servers
+    SLOTS_NO_DYNAMIC = "slots_no_dynamic"  # HAProxy takes no dynamic servers for this backend
+    HOSTNAME = "hostname"  # a slot's address is a host name: only a reload resolves it
+    STATIC_WEIGHTS = "static_weights"  # a static balance algorithm takes weights only by a reload
+    STRUCTURE = "structure"  # the rendered config differs in more than the runtime can apply
+    SETTINGS = "settings"  # the template or the settings changed
+    RUNTIME_OFF = "runtime_off"  # sync.runtime_api = false
+    RUNTIME_FAILED = "runtime_failed"  # the Runtime API path failed; the reload makes HAProxy whole
+    UNCONFIRMED = "unconfirmed"  # HAProxy is not yet known to run the live config
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ReloadReason:
+    """One reload's reason: its kind (the metric label) and its sentence (the log line)."""
+
+    kind: ReloadKind
+    text: str
+
+    @property
+    def label(self) -> str:
+        return self.kind.label
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ApplyPath(enum.Enum):
+    """How an apply reached HAProxy (``applies_total{path}``, ``convergence_seconds{path}``)."""
+
+    RUNTIME = "runtime"
+    RELOAD = "reload"
+    NONE = "none"  # nothing to send: identical render, or HAProxy already ran it
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+class FailureStage(enum.Enum):
+    """Where an apply failed (``apply_failures_total{stage}``)."""
+
+    TEMPLATE = "template"
+    VALIDATION = "validation"
+    RELOAD = "reload"
+    RUNTIME = "runtime"
+    PERSIST = "persist"
+    UNEXPECTED = "unexpected"
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+class SkipKind(enum.Enum):
+    """Why an instance was left out of the config (``instances_skipped{reason}``)."""
+
+    ENTRY = "entry"  # the entry is not the shape of a health answer
+    ID = "id"
+    NODE = "node"
+    ADDRESS = "address"
+    PORT = "port"
+    WEIGHT = "weight"
+
+    @property
+    def label(self) -> str:
+        return self.value
