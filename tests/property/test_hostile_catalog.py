@@ -111,10 +111,12 @@ BACKEND_LINES = [
     re.compile(rf"# Consul service {_NAME}( \(discovered\))?: \d+ instances, \d+ in rotation, \d+ slots"
                r"(; routed from [a-z0-9.*-]+(/[A-Za-z0-9._~-]+){0,3}/?)?"),
     re.compile(rf"backend {_NAME}"),
+    re.compile(rf"    guid be:{_NAME}"),  # HAProxy 3.0: counters kept across reloads (stats-file)
     re.compile(r"    balance (roundrobin|static-rr|leastconn|first|source|random|uri)"),
     re.compile(r"    option httpchk GET /[A-Za-z0-9._~/%?&=+,:@-]*"),
     re.compile(r"    http-check expect status 200-399"),
-    re.compile(rf"    server slot\d+ {_IP_OR_HOST}:\d{{1,5}} check weight \d{{1,3}}( disabled)?  # {_NAME}"),
+    re.compile(rf"    server slot\d+ {_IP_OR_HOST}:\d{{1,5}} check weight \d{{1,3}}( guid srv:{_NAME}:slot\d+)?"
+               rf"( disabled)?  # {_NAME}"),
     re.compile(r""),
 ]
 MAP_LINE = re.compile(r"(?:\*|[a-z0-9.-]+)(?:/[A-Za-z0-9._~-]+){0,3} [A-Za-z0-9_.:-]{1,100}")
@@ -146,8 +148,12 @@ def test_a_hostile_catalog_becomes_only_checked_lines_single_commands_and_owned_
                    empty_routing)
     head = empty.split("\n# Consul service")[0]
     assert text.startswith(head), "nothing from Consul changes global, defaults or the frontends"
+    backend = ""
     for line in text[len(head):].splitlines():
         assert any(p.fullmatch(line) for p in BACKEND_LINES), f"unexpected line {line!r}"
+        backend = line.split()[1] if line.startswith("backend ") else backend
+        for guid in re.findall(r"guid (?:be|srv):([^ ]+?)(?::slot\d+)?(?: |$)", line):
+            assert guid == backend, f"a guid of another backend in {backend}: {line!r}"
     assert text.count("\nbackend ") == len(routing.services)
 
     # Each instance is served exactly (its checked address and port in a slot) or skipped with a reason.

@@ -34,7 +34,8 @@ entry = st.fixed_dictionaries({
                                               "Output": text}), max_size=3),
 })
 SERVER_LINE = re.compile(
-    r"^    server slot\d+ (\[[0-9a-f:]+\]|[A-Za-z0-9.-]+):\d{1,5} check weight \d{1,3}( disabled)?"
+    r"^    server slot\d+ (\[[0-9a-f:]+\]|[A-Za-z0-9.-]+):\d{1,5} check weight \d{1,3}"
+    r"( guid srv:[A-Za-z0-9_.:-]{1,100}:slot\d+)?( disabled)?"
     r"  # [A-Za-z0-9_.:-]{1,100}$"
 )
 
