@@ -270,7 +270,7 @@ def status(as_json: bool, **params: Any) -> int:
               help="Require this ACL token on every request (env DEVCONSUL_TOKEN).")
 def devconsul(listen: str, token: str | None) -> None:
     """Serve an in-memory Consul HTTP API (agent, health, catalog, blocking queries) for local use."""
-    from haproxy_sync import devconsul as dc
+    from haproxy_sync.dev import devconsul as dc
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -302,7 +302,7 @@ def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metri
     Everything listens on 127.0.0.1. Requests to the HAProxy URL spread over the instances; stop an
     instance or deregister it through the Consul API and it leaves the rotation.
     """
-    from haproxy_sync.sandbox import Sandbox
+    from haproxy_sync.dev.sandbox import Sandbox
 
     logs.configure(log_level, "text")
     binary = haproxy.find_binary("haproxy")

@@ -3,7 +3,7 @@
 Why each is a separate process: the orchestrator's own threads time the convergence of every change
 (a poll of HAProxy's runtime socket every few milliseconds); anything sharing its interpreter (an
 in-process devconsul answering blocking queries and running checks) would add GIL jitter to exactly
-the numbers being measured. So devconsul runs as ``python -m haproxy_sync.devconsul`` (the same
+the numbers being measured. So devconsul runs as ``python -m haproxy_sync.dev.devconsul`` (the same
 code as ``DevConsulThread``), the load generator and the streaming backend as scripts, and HAProxy
 through the project's own ``HAProxyProcess``.
 
@@ -141,7 +141,7 @@ class Consul:
         self.address = f"{HOST}:{self.port}"
         self.url = f"http://{self.address}"
         self.proc = Proc(
-            "devconsul", [sys.executable, "-m", "haproxy_sync.devconsul", "--host", HOST, "--port", str(self.port)],
+            "devconsul", [sys.executable, "-m", "haproxy_sync.dev.devconsul", "--host", HOST, "--port", str(self.port)],
             workdir / "devconsul.log", env=clean_env(),
         )
         self._conn: http.client.HTTPConnection | None = None

@@ -2,7 +2,7 @@
 
 Why each part is what it is:
 
-* devconsul runs as its own process (``python -m haproxy_sync.devconsul``, bench/churn's
+* devconsul runs as its own process (``python -m haproxy_sync.dev.devconsul``, bench/churn's
   :class:`~bench.churn.stack.Consul`): it serves thousands of blocking queries, and sharing the
   orchestrator's interpreter would put its work into the timings. It is filled and changed through
   its bulk endpoints (``/v1/devconsul/bulk/*``): one catalog write per call, so 30,000 registrations

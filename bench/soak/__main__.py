@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 import haproxy_sync
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 
 from . import leaks
 from .analysis import analyse, steps

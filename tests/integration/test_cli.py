@@ -9,7 +9,7 @@ import pytest
 
 from haproxy_sync import __version__, haproxy
 from haproxy_sync.cli import main
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import Layout, all_passing, cli, free_port, register, wait_until
 
 COMMANDS = ["run", "render", "check", "dev", "devconsul", "systemd-unit"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import (
     DaemonProcess,
     Layout,

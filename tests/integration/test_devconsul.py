@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from haproxy_sync.devconsul import DevConsul, DevConsulThread, format_go_duration, parse_go_duration
+from haproxy_sync.dev.devconsul import DevConsul, DevConsulThread, format_go_duration, parse_go_duration
 
 T = TypeVar("T")
 
@@ -1157,7 +1157,7 @@ def test_https_when_given_an_ssl_context(tls_files: tuple[Path, Path]) -> None:
 
 def test_run_forever_serves_until_sigterm() -> None:
     port = free_port()
-    code = f"from haproxy_sync.devconsul import run_forever; run_forever('127.0.0.1', {port})"
+    code = f"from haproxy_sync.dev.devconsul import run_forever; run_forever('127.0.0.1', {port})"
     process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/v1/status/leader"

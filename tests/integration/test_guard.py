@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import Stack, consul_put, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import DaemonProcess, Stack, consul_put, http_get, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")

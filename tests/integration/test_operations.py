@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import Stack, cli, consul_put, haproxy_version, http_get, operator_command, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")

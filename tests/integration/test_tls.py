@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import cli
 
 tls = pytest.importorskip("tests.tls")

@@ -7,7 +7,7 @@ import asyncio
 from haproxy_sync import consul as consul_module
 from haproxy_sync.config import load_settings
 from haproxy_sync.consul import ServiceWatch, WatchUpdate, make_client
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import consul_put
 
 SERVICES = 12

@@ -28,7 +28,7 @@ from pathlib import Path
 from haproxy_sync import haproxy
 from haproxy_sync.config import SCHEMA, Settings, load_settings
 from haproxy_sync.daemon import Daemon, run_once
-from haproxy_sync.devconsul import DevConsulThread
+from haproxy_sync.dev.devconsul import DevConsulThread
 
 log = logging.getLogger(__name__)
 SERVICE = "cabify"
@@ -55,7 +55,7 @@ class AppInstance:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "haproxy_sync.sandbox_app", "--port", str(self.port), "--id", self.instance_id],
+            [sys.executable, "-m", "haproxy_sync.dev.app", "--port", str(self.port), "--id", self.instance_id],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

@@ -1,6 +1,6 @@
 """One sandbox app instance: ``/`` answers its instance id, ``/health`` answers ok.
 
-Stdlib only, so that starting seven of them is quick. ``python -m haproxy_sync.sandbox_app --port P --id ID``.
+Stdlib only, so that starting seven of them is quick. ``python -m haproxy_sync.dev.app --port P --id ID``.
 """
 
 from __future__ import annotations

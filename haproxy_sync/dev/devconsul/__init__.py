@@ -1,0 +1,61 @@
+"""devconsul: an in-process Consul HTTP API for the sandbox, the tests and the benchmarks.
+
+Why it exists: no Consul binary can run on the machines this project is built and tested on, yet
+haproxy-sync's whole job is to follow Consul. devconsul is a real HTTP server on a real port that
+holds an in-memory catalog for one agent that is also its only node (a ``consul agent -dev`` stand-in).
+
+It is written from Consul's documented HTTP API (agent/service, agent/check, health, catalog,
+status, blocking queries), not from what our client happens to need, so that
+
+* the tests catch our client's mistakes: an empty ``Service.Address``, a ``null`` ``Meta``, an index
+  that moves while the data does not (check output), an index that goes backwards or is 0, 403 /
+  429 / 500 answers, connections that are refused or reset; and
+* the clients people already use (py-consul, consul-template, Ansible's consul modules, curl
+  recipes from Consul's docs) work against it as they would against a real agent.
+
+The parts, bottom to top:
+
+* ``records.py``: constants, Go durations, the log line format, the immutable records (services,
+  checks, the node);
+* ``faults.py``: the faults it can play on demand;
+* ``decode.py``: decoding of registration bodies (Consul accepts any key casing and snake_case),
+  ``ConsulHTTPError``;
+* ``encode.py``: the JSON shapes Consul answers with;
+* ``filter.py``: a small ``filter`` expression evaluator (a go-bexpr subset);
+* ``store.py``: the state store with its raft-like modify indexes;
+* ``http.py``: HTTP plumbing (read options, tokens, the listening socket, query parameters);
+* the server, ``DevConsul`` in ``server.py``, composed of mixins (see ``base.py``): the listener and
+  fault switch (``listening.py``), checks it really runs (``checks.py``), agent writes
+  (``writes.py``), the request pipeline with blocking queries (``pipeline.py``) and the handlers of
+  each endpoint group (``agent.py``, ``health.py``, ``catalog.py``, ``control.py``);
+* ``thread.py``: ``DevConsulThread``, a thread wrapper for synchronous callers;
+* ``cli.py``: ``run_forever`` and ``main`` for the command line (``python -m haproxy_sync.dev.devconsul``).
+
+Its log lines go to the logger ``haproxy_sync.devconsul``.
+"""
+
+from __future__ import annotations
+
+from haproxy_sync.dev.devconsul.cli import main, run_forever
+from haproxy_sync.dev.devconsul.decode import ConsulHTTPError
+from haproxy_sync.dev.devconsul.faults import FAULTS
+from haproxy_sync.dev.devconsul.filter import FilterError, compile_filter
+from haproxy_sync.dev.devconsul.records import CRITICAL, PASSING, WARNING, format_go_duration, parse_go_duration
+from haproxy_sync.dev.devconsul.server import DevConsul
+from haproxy_sync.dev.devconsul.thread import DevConsulThread
+
+__all__ = [
+    "CRITICAL",
+    "FAULTS",
+    "PASSING",
+    "WARNING",
+    "ConsulHTTPError",
+    "DevConsul",
+    "DevConsulThread",
+    "FilterError",
+    "compile_filter",
+    "format_go_duration",
+    "main",
+    "parse_go_duration",
+    "run_forever",
+]

@@ -1,0 +1,209 @@
+"""What every part of devconsul shares: constants, Go durations and quoting, the log line, the records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+_log: Final = logging.getLogger("haproxy_sync.devconsul")
+
+CONSUL_VERSION: Final = "1.17.0"
+PASSING: Final = "passing"
+WARNING: Final = "warning"
+CRITICAL: Final = "critical"
+_STATUSES: Final = (PASSING, WARNING, CRITICAL)
+
+_DEFAULT_CHECK_TIMEOUT: Final = 10.0
+
+SERF_CHECK_ID: Final = "serfHealth"
+NODE_MAINT_CHECK_ID: Final = "_node_maintenance"
+SERVICE_MAINT_PREFIX: Final = "_service_maintenance:"
+
+
+# --------------------------------------------------------------------------------------------------
+# Go durations: Consul's wait, Interval, Timeout, TTL are all written like "100ms" or "1m30s".
+
+_DURATION_UNITS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # Go accepts the micro sign
+    "μs": 1e-6,  # ... and the Greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_BARE_NUMBER: Final = re.compile(r"\d+\.?\d*|\.\d+")
+
+
+def parse_go_duration(text: str) -> float:
+    """Return the seconds in a Go duration string, raising ValueError with Go's own message."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ValueError(f'time: invalid duration "{text}"')
+    total, pos = 0.0, 0
+    while pos < len(body):
+        match = _DURATION_PART.match(body, pos)
+        if match is None:
+            if _BARE_NUMBER.fullmatch(body, pos):
+                raise ValueError(f'time: missing unit in duration "{text}"')
+            raise ValueError(f'time: invalid duration "{text}"')
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    return sign * total
+
+
+def _trim_float(value: float) -> str:
+    return f"{value:.9f}".rstrip("0").rstrip(".")
+
+
+def format_go_duration(seconds: float) -> str:
+    """Write seconds the way Go's time.Duration.String() does ("10s", "100ms", "1m30s")."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-" if ns < 0 else ""), abs(ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{_trim_float(ns / 1e3)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{_trim_float(ns / 1e6)}ms"
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+    return f"{sign}{text}{_trim_float(rest / 1e9)}s"
+
+
+def _parse_go_bool(text: str) -> bool:
+    """Go's strconv.ParseBool, which Consul uses for ?enable= and ?passing=."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(text)
+
+
+def _go_quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _kv(**fields: object) -> str:
+    """Format log fields as key=value, quoting values with spaces, so each event is one greppable line."""
+    parts = []
+    for key, value in fields.items():
+        text = str(value)
+        if text == "" or any(ch.isspace() for ch in text) or '"' in text or "=" in text:
+            text = _go_quote(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Immutable records. Updates replace them (dataclasses.replace), so a check runner can compare the
+# definition it was started with to the current one, and "did this write change anything" is `==`.
+
+
+@dataclass(frozen=True)
+class CheckDefinition:
+    """How a check is run: "http", "tcp", "ttl", or the passive kinds "maintenance", "serf", "alias"."""
+
+    kind: str
+    http: str = ""
+    method: str = ""
+    header: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    body: str = ""
+    tcp: str = ""
+    tls_skip_verify: bool = False
+    interval: float = 0.0
+    timeout: float = 0.0
+    ttl: float = 0.0
+    deregister_critical_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check as the catalog holds it (node-level when service_id is empty)."""
+
+    check_id: str
+    name: str
+    status: str
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: tuple[str, ...] = ()
+    definition: CheckDefinition = CheckDefinition("")
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True)
+class TaggedAddress:
+    """A service's extra address ("lan_ipv4", "wan", ...), as Consul's ServiceAddress."""
+
+    tag: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service instance. `local` is False for the built-in "consul" service the agent does not own."""
+
+    service_id: str
+    name: str
+    tags: tuple[str, ...] = ()
+    address: str = ""
+    port: int = 0
+    meta: tuple[tuple[str, str], ...] | None = None
+    weights: tuple[int, int] = (1, 1)
+    enable_tag_override: bool = False
+    tagged_addresses: tuple[TaggedAddress, ...] = ()
+    kind: str = ""
+    local: bool = True
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True)
+class Node:
+    """The single node this agent is."""
+
+    node_id: str
+    name: str
+    address: str
+    datacenter: str
+    create_index: int = 1
+    modify_index: int = 1
+
+
+@dataclass(frozen=True)
+class CheckRegistration:
+    """A decoded check definition from a register call, before IDs and state are assigned."""
+
+    check_id: str
+    name: str
+    notes: str
+    status: str
+    definition: CheckDefinition
+    service_id: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A decoded /v1/agent/service/register body."""
+
+    service: Service
+    checks: tuple[CheckRegistration, ...]
+
+
+def _unindexed(record: Any) -> Any:
+    return replace(record, create_index=0, modify_index=0)

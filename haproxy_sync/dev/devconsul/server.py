@@ -1,0 +1,252 @@
+"""The server: `DevConsul`, composed of the mixins of each concern, with its lifecycle and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+import uuid
+
+import aiohttp
+from aiohttp import web
+
+from haproxy_sync.dev.devconsul.agent import AgentHandlers
+from haproxy_sync.dev.devconsul.catalog import CatalogHandlers
+from haproxy_sync.dev.devconsul.checks import _Runner
+from haproxy_sync.dev.devconsul.control import ControlHandlers
+from haproxy_sync.dev.devconsul.faults import _NO_FAULT, Fault
+from haproxy_sync.dev.devconsul.health import HealthHandlers
+from haproxy_sync.dev.devconsul.http import _bind_listener
+from haproxy_sync.dev.devconsul.records import (
+    CONSUL_VERSION,
+    PASSING,
+    SERF_CHECK_ID,
+    Check,
+    CheckDefinition,
+    Node,
+    Service,
+    _kv,
+    _log,
+)
+from haproxy_sync.dev.devconsul.store import _Catalog
+
+
+class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers):
+    """A Consul agent's HTTP API on a real port, for one node, with an in-memory catalog.
+
+    Use it from asyncio code (``await DevConsul().start()``); synchronous code uses
+    `DevConsulThread`. All methods must be called from the event loop that started it.
+
+    Endpoints: agent service register/deregister/maintenance, agent check register/deregister/
+    pass/warn/fail/update, agent node maintenance, agent services/service/checks/self/members,
+    health service/checks/state/node, catalog services/service/nodes/datacenters, status
+    leader/peers, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and bulk writes for
+    benchmarks and tests at /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister,
+    /v1/devconsul/bulk/weights (PUT; one index each) and
+    /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
+
+    Faults (see FAULTS) hit /v1/health/*, /v1/catalog/* and /v1/status/*; agent endpoints keep
+    working except under "refuse" and "reset", and the fault switch itself is only out of reach
+    under "refuse" (use clear_fault()). Error faults also end blocking queries already pending.
+
+    Where it deliberately differs from Consul: the "consul" service is in the catalog (as on a
+    server agent) with only serfHealth; HTTP/TCP checks run at once after registration instead of
+    after a random stagger, and their output is written on every change (Consul may defer
+    output-only updates by check_update_interval); DeregisterCriticalServiceAfter has no 1-minute
+    floor; script, gRPC, H2PING, UDP, OSService and alias checks are refused with 400 (scripts with
+    Consul's own 500); ?filter= is a go-bexpr subset (see compile_filter); there is no KV, no
+    sessions, no Connect, no hash-based blocking on agent endpoints; agent reads also carry
+    X-Consul-Index (the global index); the ACL system is one token that may do everything,
+    required on every request, the fault switch included.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        datacenter: str = "dc1",
+        node: str = "devconsul",
+        node_address: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._token = token or None
+        self._ssl_context = ssl_context
+        self._node = Node(
+            node_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.{datacenter}.devconsul")),
+            name=node,
+            address=node_address,
+            datacenter=datacenter,
+        )
+        self._catalog = _Catalog(self._node, self._after_change)
+        self._fault: Fault = _NO_FAULT
+        self._highest_reported = 0
+        self._random = random.Random()
+        self._wakeup = asyncio.Event()
+        self._runners: dict[str, _Runner] = {}
+        self._reapers: dict[str, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._pending_sock: socket.socket | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self._bootstrap()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def _bootstrap(self) -> None:
+        """Register what a fresh server agent has: its serfHealth check and the "consul" service."""
+        self._catalog.write(
+            checks=[
+                Check(
+                    SERF_CHECK_ID,
+                    "Serf Health Status",
+                    PASSING,
+                    output="Agent alive and reachable",
+                    definition=CheckDefinition("serf"),
+                )
+            ]
+        )
+        self._catalog.write(
+            services=[
+                Service(
+                    "consul",
+                    "consul",
+                    port=8300,
+                    local=False,
+                    meta=(
+                        ("non_voter", "false"),
+                        ("raft_version", "3"),
+                        ("read_replica", "false"),
+                        ("serf_protocol_current", "2"),
+                        ("serf_protocol_max", "5"),
+                        ("serf_protocol_min", "1"),
+                        ("version", CONSUL_VERSION),
+                    ),
+                )
+            ]
+        )
+
+    async def start(self) -> None:
+        """Bind and serve. Afterwards `port` is the real port (port=0 picks a free one)."""
+        if self._runner is not None:
+            raise RuntimeError("devconsul already started")
+        self._loop = asyncio.get_running_loop()
+        app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
+        app.add_routes(self._routes())
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.25)
+        await runner.setup()
+        try:
+            sock = _bind_listener(self.host, self.port)
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = sock.getsockname()[1]
+        self._pending_sock = sock
+        try:
+            await self._serve(sock)
+        except BaseException:
+            self._runner = None
+            await runner.cleanup()
+            raise
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+        self._reconcile()
+        _log.info(
+            "devconsul: started %s",
+            _kv(
+                url=self.url,
+                datacenter=self._node.datacenter,
+                node=self._node.name,
+                acl=self._token is not None,
+            ),
+        )
+
+    async def stop(self) -> None:
+        """Stop at once: abort every connection (pending blocking queries too) and every check."""
+        if self._runner is None or self._stopping:
+            return
+        self._stopping = True
+        self._notify()
+        self._stop_listening(spare=None)
+        if self._listen_task is not None:
+            await asyncio.gather(self._listen_task, return_exceptions=True)
+        self._stop_listening(spare=None)  # in case that task got a listener up meanwhile
+        tasks = [runner.task for runner in self._runners.values() if runner.task is not None]
+        for runner in self._runners.values():
+            runner.cancel()
+        for handle in self._reapers.values():
+            handle.cancel()
+        self._runners.clear()
+        self._reapers.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        _log.info("devconsul: stopped %s", _kv(url=self.url))
+
+    async def __aenter__(self) -> DevConsul:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def address(self) -> str:
+        """host:port, as CONSUL_HTTP_ADDR takes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self._ssl_context else 'http'}://{self.address}"
+
+    @property
+    def index(self) -> int:
+        """The current global (raft-like) index."""
+        return self._catalog.index
+
+    # ---- routes ----------------------------------------------------------------------------------
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.put("/v1/agent/service/register", self._h_service_register),
+            web.put("/v1/agent/service/deregister/{id:.+}", self._h_service_deregister),
+            web.put("/v1/agent/service/maintenance/{id:.+}", self._h_service_maintenance),
+            web.get("/v1/agent/service/{id:(?!register$|deregister/|maintenance/).+}", self._h_agent_service),
+            web.put("/v1/agent/maintenance", self._h_node_maintenance),
+            web.put("/v1/agent/check/register", self._h_check_register),
+            web.put("/v1/agent/check/deregister/{id:.+}", self._h_check_deregister),
+            web.put("/v1/agent/check/pass/{id:.+}", self._h_check_pass),
+            web.put("/v1/agent/check/warn/{id:.+}", self._h_check_warn),
+            web.put("/v1/agent/check/fail/{id:.+}", self._h_check_fail),
+            web.put("/v1/agent/check/update/{id:.+}", self._h_check_update),
+            web.get("/v1/agent/services", self._h_agent_services),
+            web.get("/v1/agent/checks", self._h_agent_checks),
+            web.get("/v1/agent/self", self._h_agent_self),
+            web.get("/v1/agent/members", self._h_agent_members),
+            web.get("/v1/health/service/{name:.+}", self._h_health_service),
+            web.get("/v1/health/checks/{name:.+}", self._h_health_checks),
+            web.get("/v1/health/state/{state}", self._h_health_state),
+            web.get("/v1/health/node/{node:.+}", self._h_health_node),
+            web.get("/v1/catalog/services", self._h_catalog_services),
+            web.get("/v1/catalog/service/{name:.+}", self._h_catalog_service),
+            web.get("/v1/catalog/nodes", self._h_catalog_nodes),
+            web.get("/v1/catalog/datacenters", self._h_catalog_datacenters),
+            web.get("/v1/status/leader", self._h_status_leader),
+            web.get("/v1/status/peers", self._h_status_peers),
+            web.get("/v1/devconsul/fault", self._h_fault_get),
+            web.put("/v1/devconsul/fault", self._h_fault_put),
+            web.delete("/v1/devconsul/fault", self._h_fault_delete),
+            web.put("/v1/devconsul/bulk/register", self._h_bulk_register),
+            web.put("/v1/devconsul/bulk/deregister", self._h_bulk_deregister),
+            web.put("/v1/devconsul/bulk/weights", self._h_bulk_weights),
+            web.put("/v1/devconsul/bulk/weights-over-time", self._h_bulk_weights_over_time),
+        ]
