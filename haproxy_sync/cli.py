@@ -149,9 +149,10 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     Without --dry-run or --diff the result is validated and written to haproxy.config_path
     atomically, without reloading HAProxy (use `run --once` to reload too).
     """
+    from haproxy_sync.apply import check_rendered, routes_on_disk, write_live
     from haproxy_sync.catalog import Snapshot
     from haproxy_sync.consul import read_routed
-    from haproxy_sync.daemon import check_rendered, plan_tables, routes_on_disk, write_live
+    from haproxy_sync.daemon import plan_tables
     from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
     from haproxy_sync.reasons import ReloadKind, ReloadReason
     from haproxy_sync.render import load_template
@@ -219,8 +220,9 @@ def check(**params: Any) -> int:
     Every problem of the config file is reported at once. The template is rendered with a sample
     catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
     """
+    from haproxy_sync.apply import check_rendered
     from haproxy_sync.catalog import Snapshot, parse_health_entries
-    from haproxy_sync.daemon import check_rendered, plan_tables
+    from haproxy_sync.daemon import plan_tables
     from haproxy_sync.render import load_template
     from haproxy_sync.render import render as render_text
     from haproxy_sync.routing import routing_for

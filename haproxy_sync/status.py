@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from haproxy_sync import haproxy, rules
+from haproxy_sync.apply import routes_on_disk
 from haproxy_sync.catalog import Instance, Snapshot, Status
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import ConsulError, read_routed
-from haproxy_sync.daemon import routes_on_disk
 from haproxy_sync.logs import one_line
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
 from haproxy_sync.routing import route_drift, routing_for

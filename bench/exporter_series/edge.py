@@ -31,9 +31,10 @@ from bench.churn.stack import HOST, StackError, free_ports, wait_for
 from bench.scale.catalog import DEFAULT_SERVICE, TAG, Catalog
 from bench.scale.stack import count_servers
 from haproxy_sync import haproxy
+from haproxy_sync.apply import write_live
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
 from haproxy_sync.config import Settings, default_template_path, load_settings
-from haproxy_sync.daemon import plan_tables, write_live
+from haproxy_sync.daemon import plan_tables
 from haproxy_sync.render import load_template, render
 from haproxy_sync.routing import map_text, routing_for
 

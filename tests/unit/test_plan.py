@@ -240,7 +240,7 @@ def test_big_drop_rules() -> None:
 
 
 def test_saved_state_is_kept_only_for_slots_that_stay_what_they_ran() -> None:
-    from haproxy_sync.daemon import _state_fits
+    from haproxy_sync.apply import _state_fits
     from haproxy_sync.haproxy import filter_server_state
 
     table = step(None, svc(inst(1)))  # slot1 holds web-1; slot2..4 free

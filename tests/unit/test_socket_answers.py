@@ -16,10 +16,11 @@ import pytest
 
 from haproxy_sync import daemon as daemon_module
 from haproxy_sync import haproxy
+from haproxy_sync.apply import read_running
 from haproxy_sync.catalog import Service
 from haproxy_sync.config import Settings, load_settings
 from haproxy_sync.consul import WatchStatus, health_query
-from haproxy_sync.daemon import Daemon, Outcome, read_running
+from haproxy_sync.daemon import Daemon, Outcome
 from haproxy_sync.metrics import Metrics, StateView
 
 HEADER = (

@@ -1,0 +1,227 @@
+"""The HAProxy side of an apply: write and validate the files, reload through the master, send the
+Runtime API commands, read back what HAProxy runs and repair drift. The daemon decides when; this
+module does it. Every function here does I/O; the decisions they carry out are made in plan.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from haproxy_sync import haproxy
+from haproxy_sync.commands import Command
+from haproxy_sync.config import Settings
+from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
+from haproxy_sync.render import render
+from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift
+
+log = logging.getLogger(__name__)
+
+
+def write_live(settings: Settings, text: str, routes: str | None = None) -> None:
+    """Validate and swap in the live config (and the routes map) with the mode and group asked for.
+
+    The config names the map file, so ``haproxy -c`` needs one: a missing map is written first.
+    Otherwise the map is replaced only after the config passed, so a rejected config leaves both files
+    as they were.
+    """
+    hap = settings.haproxy
+    map_path = hap.routes_map_path
+    if routes is not None and not map_path.exists():
+        write_routes(settings, routes)
+    haproxy.atomic_write(hap.config_path, text, binary=hap.binary, mode=hap.config_mode, group=hap.config_group)
+    if routes is not None:
+        write_routes(settings, routes)
+    if haproxy.features(hap.binary).stats_file and haproxy.read_text(hap.stats_file_path) is None:
+        haproxy.clear_stats_file(hap.stats_file_path)  # HAProxy 3.0 warns at every start without one
+
+
+def write_routes(settings: Settings, routes: str) -> None:
+    """Swap in the routes map file (whole old or whole new, like the config; HAProxy reads it at start)."""
+    hap = settings.haproxy
+    if haproxy.read_text(hap.routes_map_path) != routes:
+        haproxy.atomic_write(hap.routes_map_path, routes, mode=hap.config_mode, group=hap.config_group)
+
+
+def check_rendered(
+    settings: Settings, tables: Mapping[str, BackendSlots], template: jinja2.Template, routing: Routing
+) -> None:
+    """``haproxy -c`` on a config as it would be written, with its map, in a temp dir.
+
+    Touches nothing live: the map file named in the checked copy is a temporary one.
+    """
+    binary = haproxy.find_binary(settings.haproxy.binary)
+    if binary is None:
+        raise haproxy.HAProxyError(
+            f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
+    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
+        map_path = Path(tmp) / "routes.map"
+        map_path.write_text(map_text(routing.map_entries))
+        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
+        path = Path(tmp) / "haproxy.cfg"
+        path.write_text(render(tables, local, template, routing))
+        haproxy.validate(binary, path)
+
+
+def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
+    """True when HAProxy's newest worker started after the live config was written.
+
+    A worker reads the config when it starts, so a worker younger than the file runs the file. This
+    lets a restarted daemon (or one that found HAProxy down) know whether a reload is still owed.
+    """
+    try:
+        worker = haproxy.show_proc(master_socket).current_worker
+        if worker is None:
+            return False
+        return haproxy.process_start_time(worker) >= config_path.stat().st_mtime
+    except (haproxy.HAProxyError, OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What the reload path did, for the log sentence and the metrics."""
+
+    action: str
+    reloaded: bool = False
+    seconds: float = 0.0
+    old_workers: int = 0
+
+    def sentence(self) -> str:
+        if not self.reloaded:
+            return self.action
+        piling = f"; {self.old_workers} old workers still serving long-lived connections" if self.old_workers else ""
+        return f"{self.action}; reloaded in {self.seconds * 1000:.0f} ms{piling}"
+
+
+def apply_config(
+    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None, routes: str | None = None
+) -> ReloadReport:
+    """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
+
+    Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`haproxy.ReloadError` after
+    putting the last confirmed config back when HAProxy refused the new one.
+    """
+    hap = settings.haproxy
+    path = hap.config_path
+    if haproxy.read_text(path) == text:
+        routes_changed = routes is not None and haproxy.read_text(hap.routes_map_path) != routes
+        if routes is not None:
+            write_routes(settings, routes)
+        if not routes_changed and running_config_is_current(hap.master_socket, path):
+            haproxy.remember_last_good(path)
+            return ReloadReport("unchanged; HAProxy already runs it")
+        action = "unchanged on disk"
+    else:
+        write_live(settings, text, routes)
+        action = "written"
+    keep = None if tables is None else functools.partial(_state_fits, tables)
+    haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
+    carry_counters = haproxy.features(hap.binary).stats_file
+    if carry_counters and not haproxy.save_stats_file(hap.stats_socket, hap.stats_file_path):
+        log.warning("could not save HAProxy's counters to %s before the reload (dump stats-file); the new "
+                    "worker's counters start from zero", hap.stats_file_path)
+    started = time.monotonic()
+    try:
+        info = haproxy.reload(hap.master_socket, hap.reload_command, hap.reload_timeout)
+    except haproxy.ReloadError as exc:
+        # Disk must keep saying what runs: put back the config HAProxy last confirmed, if there is one.
+        if haproxy.read_text(haproxy.last_good_path(path)) not in (None, text) and haproxy.restore_last_good(path):
+            raise haproxy.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}") from None
+        raise
+    haproxy.remember_last_good(path)
+    if carry_counters:
+        haproxy.clear_stats_file(hap.stats_file_path)
+    worker = f" (worker {info.current_worker})" if info.current_worker else ""
+    return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
+
+
+def _state_fits(tables: Mapping[str, BackendSlots], state: haproxy.ServerState) -> bool:
+    """Whether a saved server state may carry over a reload: only when the slot stays what it ran."""
+    table = tables.get(state.backend)
+    slot = next((s for s in table.slots if s.name == state.name), None) if table else None
+    if slot is None:
+        return False
+    running = {(state.backend, slot.name): (state.address, state.port, state.weight, state.in_maintenance)}
+    return find_drift({state.backend: BackendSlots(state.backend, (slot,))}, running).empty
+
+
+def routes_on_disk(settings: Settings) -> dict[str, str]:
+    """The routes the map file holds: who holds which route when the daemon has not routed yet."""
+    return parse_map_file(haproxy.read_text(settings.haproxy.routes_map_path) or "")
+
+
+def read_routes(settings: Settings) -> dict[str, str]:
+    """The routes HAProxy runs now (``show map``)."""
+    return haproxy.show_map(settings.haproxy.stats_socket, settings.haproxy.routes_map_path)
+
+
+def read_running(stats_socket: Path, backend: str | None = None) -> dict[tuple[str, str], Running]:
+    """What every server (of ``backend``, or of all) runs now, as (address, port, weight, in maintenance)."""
+    return {
+        (s.backend, s.name): (s.address, s.port, s.weight, s.in_maintenance)
+        for s in haproxy.servers_state(stats_socket, backend)
+    }
+
+
+class RuntimeApplyError(haproxy.HAProxyError):
+    """The Runtime API did not leave HAProxy running what was planned; a reload will."""
+
+
+def apply_runtime(
+    settings: Settings, tables: Mapping[str, BackendSlots], commands: tuple[Command, ...],
+    routing: Routing | None = None,
+) -> str:
+    """The fast path: runtime commands, then read back what HAProxy runs; raises if it is off plan.
+
+    Route changes are written to the map file in the same step (it is small and needs no check).
+    Writing the config to disk is the caller's next step (:func:`persist`), kept off this path so
+    that convergence never waits for ``haproxy -c``.
+    """
+    hap = settings.haproxy
+    started = time.monotonic()
+    answers = haproxy.runtime_commands(hap.stats_socket, commands) if commands else ""
+    # Read back what the commands touched: with thousands of backends, all servers is megabytes.
+    touched = {c.backend for c in commands if c.backend is not None}
+    if len(touched) > 20:
+        running = read_running(hap.stats_socket)
+    else:
+        running = {key: value for backend in touched for key, value in read_running(hap.stats_socket, backend).items()}
+    drift = find_drift({b: tables[b] for b in touched if b in tables}, running)
+    details = [*drift.missing, *drift.found]
+    routes_changed = routing is not None and any(c.changes_map for c in commands)
+    if routing is not None and routes_changed:
+        details += map_commands(str(hap.routes_map_path), read_routes(settings), routing.map_entries)
+    if details:
+        raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: "
+                                + "; ".join(details[:3]) + (f" (HAProxy said: {answers[:200]})" if answers else ""))
+    if routing is not None and routes_changed:
+        write_routes(settings, map_text(routing.map_entries))
+    return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
+
+
+def persist(settings: Settings, text: str) -> None:
+    """Write what HAProxy now runs to disk (validated), so a restart or a reload gives the same state."""
+    write_live(settings, text)
+    haproxy.remember_last_good(settings.haproxy.config_path)
+
+
+def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None = None) -> Drift:
+    """Read what HAProxy runs, and put right what differs from the plan (someone's `disable server`,
+    a `del map`, state a reload brought back). Returns the drift found; slots HAProxy lacks need a reload."""
+    drift = find_drift(tables, read_running(settings.haproxy.stats_socket))
+    if routing is not None:
+        running, planned = read_routes(settings), routing.map_entries
+        fixes = map_commands(str(settings.haproxy.routes_map_path), running, planned)
+        drift = Drift(drift.commands + tuple(fixes), drift.found + tuple(route_drift(running, planned)), drift.missing)
+    if drift.commands:
+        haproxy.runtime_commands(settings.haproxy.stats_socket, drift.commands)
+    return drift
