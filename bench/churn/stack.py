@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common.metrics import scrape, total
+from bench.common.ports import free_ports
 from haproxy_sync import haproxy
 
 HERE = Path(__file__).resolve().parent
@@ -56,22 +58,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (all held open until all are chosen).
-
-    A plain bind is the check on purpose: HAProxy binds with SO_REUSEPORT and would silently share
-    a busy port with whatever holds it.
-    """
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def port_answers(port: int) -> bool:
@@ -342,6 +328,8 @@ class HaproxySync(Syncer):
         self.name = "haproxy-sync"
         self.target = target
         self.runtime_api = runtime_api
+        (self.metrics_port,) = free_ports(1)
+        self.metrics_url = f"http://{HOST}:{self.metrics_port}"
         self.config_toml = target.workdir / "config.toml"
         sections: dict[str, list[str]] = {
             "log": ['level = "info"'],
@@ -355,6 +343,7 @@ class HaproxySync(Syncer):
             ],
             "sync": [f"runtime_api = {'true' if runtime_api else 'false'}", f"slots = {SLOTS}",
                      'networks = ["127.0.0.0/8"]'],
+            "metrics": [f'listen = "{HOST}:{self.metrics_port}"'],
         }
         for section, key, value in extra:  # --haproxy-sync-set: experiments only, recorded in the JSON
             lines = sections.setdefault(section, [])
@@ -379,13 +368,16 @@ class HaproxySync(Syncer):
         self.proc = Proc("haproxy-sync", self._argv(), self.log_path, env=clean_env())
 
     def log_summary(self) -> dict[str, Any]:
+        """Counters from the daemon's /metrics (read while it still runs); log lines only as excerpts."""
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        series = scrape(self.metrics_url, ("haproxy_sync_applies_total",))
+        applies = "haproxy_sync_applies_total"
         return {
             "log": str(self.log_path),
-            "applied": sum(" applied " in f" {line}" for line in lines),
-            "reloaded": sum("reloaded in" in line for line in lines),
-            "runtime": sum("runtime API:" in line and "applied" in line for line in lines),
-            "file_changed": sum("file changed" in line for line in lines),
+            "applied": total(series, applies),
+            "reloaded": total(series, applies, path="reload"),
+            "runtime": total(series, applies, path="runtime"),
+            "metrics_answered": bool(series),
             "reload_lines": [line[:300] for line in lines if "reloaded in" in line][:30],
             "errors": [line[:300] for line in lines if "level=error" in line or "level=warning" in line][:20],
         }

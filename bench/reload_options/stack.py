@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common.ports import free_ports
 from haproxy_sync import haproxy
 
 from .config import Ports, Variant, backends_config, under_test_config
@@ -35,18 +36,6 @@ class StackError(Exception):
     """A process of the benchmark could not be started; the message says which and where its log is."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now; held open together so that they are distinct."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def wait_for_port(port: int, timeout: float) -> bool:

@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.soak.sampler import haproxy_footprint, parse_metrics
+from bench.common.metrics import scrape as scrape_metrics
+from bench.soak.sampler import haproxy_footprint
 from haproxy_sync import commands, haproxy
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -101,12 +102,8 @@ def http_status(url: str, host: str = "", timeout: float = 5.0) -> int:
 
 
 def scrape(metrics_url: str) -> dict[str, float]:
-    """The daemon's /metrics, parsed (bench/soak's parser); empty when it does not answer."""
-    try:
-        with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-            return parse_metrics(response.read().decode(errors="replace"))
-    except (OSError, ValueError):
-        return {}
+    """The daemon's /metrics, parsed by bench/common's reader; empty when it does not answer."""
+    return scrape_metrics(metrics_url)
 
 
 def applies(series: dict[str, float]) -> dict[str, float]:

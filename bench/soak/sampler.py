@@ -9,7 +9,6 @@ leak. Open descriptors and threads are counted by the kernel too (``/proc/<pid>/
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 import psutil
 
+from bench.common import metrics as common_metrics
 from haproxy_sync import haproxy
-
-from .stack import http_get
 
 MB = 1024 * 1024
 
@@ -133,8 +131,6 @@ def haproxy_state(master_socket: Path, master_pid: int) -> dict[str, Any]:
 # --- the daemon's /metrics ---
 
 
-_SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 WANTED = ("haproxy_sync_applies_total", "haproxy_sync_apply_failures_total", "haproxy_sync_runtime_commands_total",
           "haproxy_sync_renders_total", "haproxy_sync_consul_errors_total", "haproxy_sync_drift_found_total",
           "haproxy_sync_guard_total",
@@ -144,23 +140,13 @@ WANTED = ("haproxy_sync_applies_total", "haproxy_sync_apply_failures_total", "ha
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """The series the report needs, keyed ``name{label=value,...}`` (labels sorted), as floats."""
-    series: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE_LINE.match(line)
-        if not match or match.group(1) not in WANTED:
-            continue
-        labels = ",".join(f"{k}={v}" for k, v in sorted(_LABEL.findall(match.group(3) or "")))
-        key = f"{match.group(1)}{{{labels}}}" if labels else match.group(1)
-        with contextlib.suppress(ValueError):
-            series[key] = float(match.group(4))
-    return series
+    """The series the report needs (:data:`WANTED`), read by bench/common's one parser."""
+    return common_metrics.parse_metrics(text, WANTED)
 
 
 def scrape(metrics_url: str) -> dict[str, float]:
     """The daemon's /metrics, parsed; empty when it does not answer."""
-    status, body = http_get(f"{metrics_url}/metrics", 5.0)
-    return parse_metrics(body) if status == 200 else {}
+    return common_metrics.scrape(metrics_url, WANTED, timeout=5.0)
 
 
 def counter_delta(start: dict[str, float], end: dict[str, float], prefix: str) -> dict[str, float]:

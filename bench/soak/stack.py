@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -58,23 +57,6 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1.
-
-    All sockets are held open until every port is chosen, so the ports differ from each other; the
-    kernel could still hand one to another process before we bind it, which the callers detect (the
-    backends answer a token that is checked; the daemon and HAProxy fail to bind loudly).
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
