@@ -26,13 +26,10 @@ from dataclasses import dataclass
 
 import jinja2
 import sdnotify
-import watchdog.events
 from aiohttp import web
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from haproxy_sync import haproxy
+from haproxy_sync import filewatch, haproxy
 from haproxy_sync.apply import (
     ReloadReport,
     apply_config,
@@ -59,6 +56,7 @@ from haproxy_sync.consul import (
 from haproxy_sync.drains import POLL_INTERVAL as DRAIN_POLL_INTERVAL
 from haproxy_sync.drains import DrainWatch
 from haproxy_sync.metrics import Metrics, StateView, WatchView, start_server
+from haproxy_sync.persist import BackgroundWriter
 from haproxy_sync.plan import (
     BackendSlots,
     Plan,
@@ -126,10 +124,6 @@ def plan_tables(
     )
 
 
-EDIT_EVENTS = frozenset({
-    watchdog.events.EVENT_TYPE_CREATED, watchdog.events.EVENT_TYPE_MODIFIED, watchdog.events.EVENT_TYPE_MOVED,
-    watchdog.events.EVENT_TYPE_DELETED, watchdog.events.EVENT_TYPE_CLOSED,
-})
 
 
 class DaemonError(Exception):
@@ -191,11 +185,8 @@ class Daemon:
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
         self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
-        self._unwritten: str | None = None
-        self._persisted_text: str | None = None  # the config last written to disk by this daemon
-        self._persist_task: asyncio.Task[None] | None = None
-        self._persist_now = asyncio.Event()
-        self._persisted_at = float("-inf")
+        self.writer = BackgroundWriter(lambda text: persist(self.settings, text), self._persist_failed,
+                                       (haproxy.HAProxyError,), PERSIST_INTERVAL)
         self._first_reads = asyncio.Semaphore(FIRST_READS_IN_FLIGHT)
 
     # --- signals and updates: set flags, wake the loop ---
@@ -319,7 +310,7 @@ class Daemon:
             await self._loop(client)
         finally:
             self.notifier.notify("STOPPING=1")
-            await self._flush_persist()
+            await self.writer.flush()
             watchdog.cancel()
             tasks = [task for _, task in self.watches.values()] + ([self.catalog[1]] if self.catalog else [])
             for task in tasks:
@@ -338,37 +329,10 @@ class Daemon:
 
     def _watch_files(self, loop: asyncio.AbstractEventLoop) -> BaseObserver | None:
         """Treat an edit of the config file or the template like SIGHUP (``sync.watch_files``)."""
-        paths = {p.resolve() for p in (self.settings.source, self.settings.template_path()) if p is not None}
-        # Compared as strings: the directory also sees every write of haproxy.cfg, and a Path per event
-        # would intern its parts (measured in bench/soak: it grows CPython's interned-string table).
-        watched = {str(p) for p in paths}
-        if not self.settings.sync.watch_files or not paths:
+        if not self.settings.sync.watch_files:
             return None
-        pending: list[asyncio.TimerHandle] = []
-
-        def later() -> None:
-            # Editors write in several steps (truncate, write, rename): act once the burst is over.
-            for handle in pending:
-                handle.cancel()
-            pending[:] = [loop.call_later(0.3, self.request_reload, "file changed")]
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                # Reads raise events too (opened, closed without writing): only a write is an edit,
-                # or the daemon's own re-read of the template would trigger the next one, forever.
-                if event.event_type not in EDIT_EVENTS:
-                    return
-                ends = (event.src_path, getattr(event, "dest_path", ""))
-                touched = {os.path.realpath(os.fsdecode(p)) for p in ends if p}
-                if touched & watched:
-                    loop.call_soon_threadsafe(later)
-
-        observer = Observer()
-        for directory in {p.parent for p in paths}:
-            observer.schedule(Handler(), str(directory), recursive=False)
-        observer.daemon = True
-        observer.start()
-        return observer
+        paths = [p for p in (self.settings.source, self.settings.template_path()) if p is not None]
+        return filewatch.watch(paths, loop, self.request_reload)
 
     async def _start_metrics(self) -> web.AppRunner | None:
         listen = self.settings.metrics.listen
@@ -514,10 +478,9 @@ class Daemon:
                 plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})"))
             else:
                 self._commit(snapshot, tables, text, routing)
-                if text != self._persisted_text:
-                    self._persist(text)
+                self.writer.submit(text)
                 return Outcome(True, f"{change}; {action}", path=ApplyPath.RUNTIME, commands=len(plan.commands))
-        await self._flush_persist()  # the reload path writes the file itself, after any pending write
+        await self.writer.flush()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
         if wait > 0:
             self._retry_at = self._reload_not_before
@@ -623,7 +586,7 @@ class Daemon:
             action = f"{action} ({reason})"
         self._structure_changed = False
         self._commit(snapshot, tables, text, routing)
-        self._persisted_text = text
+        self.writer.wrote(text)
         try:
             drift = await asyncio.to_thread(repair_drift, settings, tables, routing)
         except haproxy.HAProxyError as exc:
@@ -684,36 +647,11 @@ class Daemon:
         self._confirmed = True
         self._schedule_reconcile()
 
-    def _persist(self, text: str) -> None:
-        """Write ``text`` to disk in the background; a newer text replaces one not yet written."""
-        self._unwritten = text
-        if self._persist_task is None or self._persist_task.done():
-            self._persist_task = asyncio.create_task(self._persist_pending(), name="persist")
-
-    async def _persist_pending(self) -> None:
-        while self._unwritten is not None:
-            # Each write runs `haproxy -c` (tens of ms of CPU): under churn, changes that come within
-            # PERSIST_INTERVAL fold into one write. A stop or a reload asks for the write at once.
-            pause = self._persisted_at + PERSIST_INTERVAL - time.monotonic()
-            if pause > 0 and not self._persist_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._persist_now.wait(), pause)
-            text, self._unwritten = self._unwritten, None
-            try:
-                await asyncio.to_thread(persist, self.settings, text)
-                self._persisted_at = time.monotonic()
-                self._persisted_text = text
-            except haproxy.HAProxyError as exc:
-                self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
-                log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
-                          "goes through a reload to bring disk and HAProxy together again", exc)
-                self._confirmed = False
-
-    async def _flush_persist(self) -> None:
-        if self._persist_task is not None:
-            self._persist_now.set()
-            await self._persist_task
-            self._persist_now.clear()
+    def _persist_failed(self, exc: Exception) -> None:
+        self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
+        log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
+                  "goes through a reload to bring disk and HAProxy together again", exc)
+        self._confirmed = False
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval
