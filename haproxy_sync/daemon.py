@@ -74,6 +74,7 @@ from haproxy_sync.plan import (
 )
 from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason
 from haproxy_sync.render import TemplateError, load_template, render
+from haproxy_sync.reservations import RouteReservations
 from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class Daemon:
         self.discovered: frozenset[str] = frozenset()  # services carrying the discovery tag
         self.routing: Routing | None = None  # the backends and routes HAProxy runs
         self._disk_holders: dict[str, str] | None = None  # the map on disk at start: who held what
-        self._departed: dict[str, tuple[str, float]] = {}  # route key -> (backend that left it, when)
+        self.reservations = RouteReservations()  # routes kept for discovered holders that left
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
         self._changed = False
@@ -620,23 +621,11 @@ class Daemon:
 
     def _reserved(self) -> dict[str, str]:
         """The routes of holders that left less than ``discovery.route_grace`` ago: kept for them."""
-        now, grace = time.monotonic(), self.settings.discovery.route_grace
-        self._departed = {key: held for key, held in self._departed.items() if now - held[1] < grace}
-        return {key: backend for key, (backend, _) in self._departed.items()}
+        return self.reservations.reserved(time.monotonic(), self.settings.discovery.route_grace)
 
     def _note_departures(self, routing: Routing) -> None:
-        """Remember the routes of holders that left (hold no route at all any more) and since when; a
-        holder that moves to another route reserves nothing, and a route given to someone is no longer
-        reserved."""
         before = self.routing.map_entries if self.routing is not None else (self._disk_holders or {})
-        after = routing.map_entries
-        still_holding = set(after.values())
-        now = time.monotonic()
-        for key, backend in before.items():
-            if backend not in still_holding:
-                self._departed.setdefault(key, (backend, now))
-        self._departed = {key: held for key, held in self._departed.items()
-                          if key not in after and held[0] not in still_holding}
+        self.reservations.note(before, routing.map_entries, time.monotonic())
 
     def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
         self._note_departures(routing)
