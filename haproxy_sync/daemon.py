@@ -55,6 +55,7 @@ from haproxy_sync.consul import (
 )
 from haproxy_sync.drains import POLL_INTERVAL as DRAIN_POLL_INTERVAL
 from haproxy_sync.drains import DrainWatch
+from haproxy_sync.guard import CatalogGuard, ServiceGuard
 from haproxy_sync.metrics import Metrics, StateView, WatchView, start_server
 from haproxy_sync.persist import BackgroundWriter
 from haproxy_sync.plan import (
@@ -62,8 +63,6 @@ from haproxy_sync.plan import (
     Plan,
     Seen,
     assign_all,
-    big_catalog_drop,
-    big_drop,
     damp,
     describe,
     diff_snapshots,
@@ -170,11 +169,6 @@ class Daemon:
         self._idle: dict[str, frozenset[str]] = {}  # draining slots HAProxy reported idle: the next plan frees them
         self._hold_at: float | None = None  # when the earliest held (damped) status change matures
         self._seen: dict[tuple[str, str], Seen] = {}
-        self._guard_due: dict[str, float] = {}  # services held by the guard, and when to re-read them
-        self._guard_reread: set[str] = set()  # re-read done: the next apply takes what Consul says
-        self._catalog_before: frozenset[str] | None = None  # while held: the tagged services before the drop
-        self._catalog_guard_at: float | None = None  # when to read the catalog again
-        self._catalog_confirmed = False  # the second read confirmed the drop: take the next answer as is
         self._client: object | None = None
         self._unrouted: tuple[object, ...] = ()  # last logged, so each change is logged once
         self._reload_not_before = 0.0  # reload budget
@@ -183,6 +177,9 @@ class Daemon:
         self._first_unapplied: float | None = None  # when the oldest change not yet applied was seen
         self._last_apply: tuple[str, str, float | None] = ("", "", None)
         self.metrics = Metrics(self.state_view)
+        count = self._count_guard
+        self.guard = ServiceGuard(count)
+        self.catalog_guard = CatalogGuard(count)
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
         self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
@@ -215,47 +212,16 @@ class Daemon:
         self._wake.set()
 
     def _guard_catalog(self, names: frozenset[str]) -> frozenset[str]:
-        """The empty-backend guard one level up: many tagged services gone at once are kept (with their
-        watches, routes and backends) until a second read of the catalog confirms it.
-
-        Every answer while held is judged against the set from before the hold, so services added
-        meanwhile do not dilute the drop, and a partial return is told apart from a full one.
-        """
-        if self._catalog_confirmed:
-            self._catalog_confirmed = False
-            return names
-        if self.applied is None:
-            return names
-        before = self._catalog_before if self._catalog_before is not None else self.discovered
-        reason = big_catalog_drop(before, names, self.settings.discovery.max_drop)
-        if reason is None:
-            if self._catalog_before is not None:
-                self._release_catalog_hold(before, names)
-            return names
-        if self._catalog_before is None:
-            self._catalog_before = before
-            self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
-            self.metrics.guard.labels("catalog", "held").inc()
-            log.warning("guard: catalog %s; keeping their routes and reading the catalog again in %gs", reason,
-                        self.settings.sync.guard_delay)
-        return names | before
-
-    def _release_catalog_hold(self, before: frozenset[str], names: frozenset[str]) -> None:
-        self._catalog_before, self._catalog_guard_at = None, None
-        missing = before - names
-        if missing:
-            self.metrics.guard.labels("catalog", "applied").inc()
-            log.warning("guard: the catalog drop shrank to %d of %d tagged services (%s); under max_drop, applying it",
-                        len(missing), len(before), ",".join(sorted(missing)[:10]))
-        else:
-            self.metrics.guard.labels("catalog", "recovered").inc()
-            log.info("guard: the catalog lists all %d held services again; the drop was transient", len(before))
+        return self.catalog_guard.judge(self.discovered, names, self.applied is not None,
+                                        self.settings.discovery.max_drop, time.monotonic(),
+                                        self.settings.sync.guard_delay)
 
     async def _reread_catalog(self, client: object) -> None:
         """The catalog guard's second look: one fresh, non-blocking read of the tagged services."""
-        self._catalog_guard_at = None
+        guard = self.catalog_guard
+        guard.due_at = None
         discovery = self.settings.discovery
-        if self.catalog is None or self._catalog_before is None:
+        if self.catalog is None or guard.before is None:
             return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
         try:
             names, _ = await read_tagged_services(client, discovery.tag, 15)  # type: ignore[arg-type]
@@ -263,17 +229,15 @@ class Daemon:
             self.metrics.consul_errors.labels("catalog", error.kind).inc()
             log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs", error,
                         self.settings.sync.guard_delay)
-            self._catalog_guard_at = time.monotonic() + self.settings.sync.guard_delay
+            guard.due_at = time.monotonic() + self.settings.sync.guard_delay
             return
-        before = self._catalog_before
-        if before is None or self.catalog is None:
+        if guard.before is None or self.catalog is None:
             return  # the watch's own answer ended the hold while this read was in flight: it is newer
-        reason = big_catalog_drop(before, names, discovery.max_drop)
-        if reason is not None:
-            self._catalog_before, self._catalog_confirmed = None, True
-            self.metrics.guard.labels("catalog", "applied").inc()
-            log.warning("guard: a second read confirms catalog %s; applying it", reason)
+        guard.confirm(names, discovery.max_drop)
         self._on_catalog(names, time.monotonic())
+
+    def _count_guard(self, service: str, outcome: str) -> None:
+        self.metrics.guard.labels(service, outcome).inc()
 
     def request_stop(self) -> None:
         self._stop = True
@@ -350,8 +314,7 @@ class Daemon:
 
     def _timers(self) -> list[float]:
         timers = [self._retry_at, self._drain_at, self._drain_poll_at, self._hold_at, self._reconcile_at,
-                  self._catalog_guard_at,
-                  *self._guard_due.values()]
+                  self.catalog_guard.due_at, *self.guard.deadlines()]
         return [t for t in timers if t is not None]
 
     async def _loop(self, client: object) -> None:
@@ -372,10 +335,10 @@ class Daemon:
                         waiting_logged = True
                     continue
                 now = time.monotonic()
-                due = [name for name, at in self._guard_due.items() if at <= now]
+                due = self.guard.due(now)
                 if due:
                     await self._reread_guarded(client, due)
-                if self._catalog_guard_at is not None and self._catalog_guard_at <= now:
+                if self.catalog_guard.due_at is not None and self.catalog_guard.due_at <= now:
                     await self._reread_catalog(client)
                 if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                     await self._reconcile()
@@ -448,8 +411,8 @@ class Daemon:
         )
         snapshot = self._guard(snapshot, routing)
         change = describe(diff_snapshots(self.applied, snapshot))
-        if self._guard_due:
-            change += f"; {','.join(sorted(self._guard_due))} held by the guard"
+        if self.guard.held:
+            change += f"; {','.join(self.guard.held)} held by the guard"
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
         live = self._running_text if self._confirmed else haproxy.read_text(settings.haproxy.config_path)
@@ -505,32 +468,8 @@ class Daemon:
 
     def _guard(self, snapshot: Snapshot, routing: Routing) -> Snapshot:
         """Hold a service whose healthy servers would drop too far at once, until a re-read confirms it."""
-        if self.applied is None:
-            return snapshot
-        services = []
-        for cfg in routing.services:
-            old, new = self.applied.get(cfg.name), snapshot.get(cfg.name)
-            reason = big_drop(old, new, cfg.min_servers, cfg.max_drop) if cfg.guard else None
-            reread = cfg.name in self._guard_reread
-            self._guard_reread.discard(cfg.name)
-            if reason is None:
-                if reread or self._guard_due.pop(cfg.name, None) is not None:
-                    self.metrics.guard.labels(cfg.name, "recovered").inc()
-                    log.info("guard: %s is back to %d healthy servers; the drop was transient", cfg.name,
-                             sum(1 for i in new.instances if i.routable))
-                services.append(new)
-            elif reread:
-                self.metrics.guard.labels(cfg.name, "applied").inc()
-                log.warning("guard: a second read confirms %s %s; applying it", cfg.name, reason)
-                services.append(new)
-            else:
-                if cfg.name not in self._guard_due:
-                    self._guard_due[cfg.name] = time.monotonic() + self.settings.sync.guard_delay
-                    self.metrics.guard.labels(cfg.name, "held").inc()
-                    log.warning("guard: %s %s; holding its last applied servers and reading Consul again in %gs",
-                                cfg.name, reason, self.settings.sync.guard_delay)
-                services.append(old)
-        return Snapshot.of(services)
+        return self.guard.judge(self.applied, snapshot, routing.services, time.monotonic(),
+                                self.settings.sync.guard_delay)
 
     async def _reread_guarded(self, client: object, names: list[str]) -> None:
         """The guard's second look: one fresh, non-blocking read of each held service."""
@@ -545,10 +484,9 @@ class Daemon:
                 error = classify(exc, name)
                 log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
                             self.settings.sync.guard_delay)
-                self._guard_due[name] = time.monotonic() + self.settings.sync.guard_delay
+                self.guard.retry(name, time.monotonic(), self.settings.sync.guard_delay)
                 continue
-            self._guard_due.pop(name, None)
-            self._guard_reread.add(name)
+            self.guard.reread(name)
             self.latest[name] = service
             self._changed = True
 
@@ -704,7 +642,7 @@ class Daemon:
             metrics.old_workers.set(outcome.reload.old_workers)
         if self._first_unapplied is not None and outcome.path is not ApplyPath.NONE:
             metrics.convergence.labels(outcome.path.label).observe(time.monotonic() - self._first_unapplied)
-        if not self._guard_due:  # a change the guard holds is still waiting: keep its start time
+        if not self.guard.held:  # a change the guard holds is still waiting: keep its start time
             self._first_unapplied = None
         self._last_apply = (outcome.sentence, outcome.path.label, time.monotonic())
 
@@ -770,7 +708,7 @@ class Daemon:
         if self.catalog is not None:
             self.catalog[1].cancel()
             self.catalog = None
-        self._catalog_before, self._catalog_guard_at, self._catalog_confirmed = None, None, False
+        self.catalog_guard.reset()
         discovery = self.settings.discovery
         if not discovery.enabled:
             self.discovered = frozenset()
@@ -795,8 +733,7 @@ class Daemon:
             if name not in wanted or watch.query != wanted[name] or watch.policy != self.settings.address_policy:
                 self.watches.pop(name)[1].cancel()
                 self.latest.pop(name, None)
-                self._guard_due.pop(name, None)  # a service no longer watched has nothing to re-read
-                self._guard_reread.discard(name)
+                self.guard.forget(name)  # a service no longer watched has nothing to re-read
                 if name not in wanted and not (name == "catalog" and self.catalog is not None):
                     # Gone, not restarted: its series go too, or names cycling through Consul would
                     # pile up series without bound ("catalog" is also the discovery watch's label).
