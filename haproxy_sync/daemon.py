@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import consul.aio
 import jinja2
 import sdnotify
 from aiohttp import web
@@ -169,7 +170,7 @@ class Daemon:
         self._idle: dict[str, frozenset[str]] = {}  # draining slots HAProxy reported idle: the next plan frees them
         self._hold_at: float | None = None  # when the earliest held (damped) status change matures
         self._seen: dict[tuple[str, str], Seen] = {}
-        self._client: object | None = None
+        self._client: consul.aio.Consul | None = None  # made once, inside the running loop (run)
         self._unrouted: tuple[object, ...] = ()  # last logged, so each change is logged once
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
@@ -205,7 +206,7 @@ class Daemon:
             log.info("discovery: %d services tagged %r (+%s -%s)", len(names), self.settings.discovery.tag,
                      ",".join(added[:10]) or "-", ",".join(removed[:10]) or "-")
         if self._client is not None:
-            self._sync_watches(self._client)
+            self._sync_watches()
         if self._first_unapplied is None:
             self._first_unapplied = seen_at
         self._changed = True
@@ -216,7 +217,7 @@ class Daemon:
                                         self.settings.discovery.max_drop, time.monotonic(),
                                         self.settings.sync.guard_delay)
 
-    async def _reread_catalog(self, client: object) -> None:
+    async def _reread_catalog(self) -> None:
         """The catalog guard's second look: one fresh, non-blocking read of the tagged services."""
         guard = self.catalog_guard
         guard.due_at = None
@@ -224,7 +225,7 @@ class Daemon:
         if self.catalog is None or guard.before is None:
             return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
         try:
-            names, _ = await read_tagged_services(client, discovery.tag, 15)  # type: ignore[arg-type]
+            names, _ = await read_tagged_services(self.client, discovery.tag, 15)
         except ConsulError as error:  # a failed re-read keeps the hold and tries again
             self.metrics.consul_errors.labels("catalog", error.kind).inc()
             log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs", error,
@@ -235,6 +236,13 @@ class Daemon:
             return  # the watch's own answer ended the hold while this read was in flight: it is newer
         guard.confirm(names, discovery.max_drop)
         self._on_catalog(names, time.monotonic())
+
+    @property
+    def client(self) -> consul.aio.Consul:
+        """The one Consul client, made when the daemon runs (its connection pool lives on the loop)."""
+        if self._client is None:
+            raise RuntimeError("the Consul client exists only while the daemon runs")
+        return self._client
 
     def _count_guard(self, service: str, outcome: str) -> None:
         self.metrics.guard.labels(service, outcome).inc()
@@ -260,19 +268,18 @@ class Daemon:
         for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
         server = await self._start_metrics()
-        client = make_client(self.settings.consul)
-        self._client = client
+        self._client = make_client(self.settings.consul)
         watchdog = asyncio.create_task(self._watchdog())
         files = self._watch_files(loop)
         try:
-            self._start_catalog(client)
-            self._sync_watches(client)
+            self._start_catalog()
+            self._sync_watches()
             log.info(
                 "started services=%s consul=%s config=%s runtime_api=%s",
                 ",".join(s.name for s in self.settings.services), self.settings.consul.address,
                 self.settings.haproxy.config_path, "on" if self.settings.sync.runtime_api else "off",
             )
-            await self._loop(client)
+            await self._loop()
         finally:
             self.notifier.notify("STOPPING=1")
             await self.writer.flush()
@@ -281,7 +288,7 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(watchdog, *tasks, return_exceptions=True)
-            await client.close()
+            await self.client.close()
             if server is not None:
                 await server.cleanup()
             if files is not None:
@@ -317,7 +324,7 @@ class Daemon:
                   self.catalog_guard.due_at, *self.guard.deadlines()]
         return [t for t in timers if t is not None]
 
-    async def _loop(self, client: object) -> None:
+    async def _loop(self) -> None:
         waiting_logged = False
         while not self._stop:
             try:
@@ -326,7 +333,7 @@ class Daemon:
                     break
                 if self._hup:
                     self._hup = False
-                    self._reread(client)
+                    self._reread()
                 missing = self._waiting_for()
                 if missing:
                     if not waiting_logged:
@@ -337,9 +344,9 @@ class Daemon:
                 now = time.monotonic()
                 due = self.guard.due(now)
                 if due:
-                    await self._reread_guarded(client, due)
+                    await self._reread_guarded(due)
                 if self.catalog_guard.due_at is not None and self.catalog_guard.due_at <= now:
-                    await self._reread_catalog(client)
+                    await self._reread_catalog()
                 if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                     await self._reconcile()
                     continue
@@ -471,13 +478,13 @@ class Daemon:
         return self.guard.judge(self.applied, snapshot, routing.services, time.monotonic(),
                                 self.settings.sync.guard_delay)
 
-    async def _reread_guarded(self, client: object, names: list[str]) -> None:
+    async def _reread_guarded(self, names: list[str]) -> None:
         """The guard's second look: one fresh, non-blocking read of each held service."""
         for name in names:
             watch = self.watches.get(name)
             query = watch[0].query if watch else {}
             try:
-                _, entries = await asyncio.wait_for(client.health.service(name, **query), 15)  # type: ignore[attr-defined]
+                _, entries = await asyncio.wait_for(self.client.health.service(name, **query), 15)
                 service, _ = parse_health_entries(name, entries if entries is not None else [],
                                                   self.settings.address_policy)
             except Exception as exc:  # a failed re-read keeps the hold and tries again
@@ -674,7 +681,7 @@ class Daemon:
 
     # --- configuration changes ---
 
-    def _reread(self, client: object) -> None:
+    def _reread(self) -> None:
         """SIGHUP or an edited file: new settings and template, or a clear error and the old ones kept."""
         if self.reload_settings is None:
             return
@@ -697,13 +704,13 @@ class Daemon:
         discovery_changed = settings.discovery != self.settings.discovery
         self.settings, self.template = settings, template
         if discovery_changed:
-            self._start_catalog(client)
-        self._sync_watches(client)
+            self._start_catalog()
+        self._sync_watches()
         self._structure_changed = True
         self._changed = True
         log.info("%s: configuration and template re-read", why)
 
-    def _start_catalog(self, client: object) -> None:
+    def _start_catalog(self) -> None:
         """(Re)start the watch of tagged services, or stop it when discovery is off."""
         if self.catalog is not None:
             self.catalog[1].cancel()
@@ -714,13 +721,13 @@ class Daemon:
             self.discovered = frozenset()
             return
         watch = CatalogWatch(
-            client, discovery.tag, self._on_catalog,  # type: ignore[arg-type]
+            self.client, discovery.tag, self._on_catalog,
             wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
             on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
         )
         self.catalog = (watch, asyncio.create_task(watch.run(), name="watch:catalog"))
 
-    def _sync_watches(self, client: object) -> None:
+    def _sync_watches(self) -> None:
         """One health watch per routed service; a watch whose query changed (tag, filter) restarts.
 
         Watches started together (a cold start with hundreds of tagged services, a burst of new
@@ -746,7 +753,7 @@ class Daemon:
                         self.settings.consul.max_connections)
         for name in new:
             watch = ServiceWatch(
-                client, name, self._on_update,  # type: ignore[arg-type]
+                self.client, name, self._on_update,
                 tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
                 policy=self.settings.address_policy,
                 wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,

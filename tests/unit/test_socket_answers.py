@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -200,7 +200,7 @@ def run_loop(settings: Settings, failures: list[BaseException]) -> tuple[Daemon,
         daemon._apply_once = apply_once  # type: ignore[method-assign]
         daemon._changed = True
         daemon._wake.set()
-        await asyncio.wait_for(daemon._loop(None), 20)
+        await asyncio.wait_for(daemon._loop(), 20)
         return daemon
 
     return asyncio.run(scenario()), calls
@@ -274,14 +274,15 @@ def test_series_of_discovered_services_go_when_their_watch_stops(settings: Setti
 
     async def scenario() -> Metrics:
         daemon = Daemon(settings)
+        daemon._client = cast(Any, object())  # FakeWatch never uses the client
         for round_ in range(100):  # 100 rounds of 5 branches that come, fail, get guarded and go
             daemon.discovered = frozenset(f"branch-{round_}-{i}" for i in range(5))
-            daemon._sync_watches(None)
+            daemon._sync_watches()
             for name, (watch, _) in daemon.watches.items():
                 watch.on_error(name, "timeout")  # type: ignore[attr-defined]
                 daemon.metrics.guard.labels(name, "held").inc()
         daemon.discovered = frozenset()
-        daemon._sync_watches(None)
+        daemon._sync_watches()
         assert list(daemon.watches) == ["web"], "the configured service keeps its watch"
         for _, task in daemon.watches.values():
             task.cancel()
