@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import jinja2
 
@@ -225,3 +226,47 @@ def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing
     if drift.commands:
         haproxy.runtime_commands(settings.haproxy.stats_socket, drift.commands)
     return drift
+
+
+class Applier(Protocol):
+    """What the daemon asks of the HAProxy side. :class:`HAProxyApplier` is the real one; a unit test
+    of the daemon's decisions gives it one that records and answers, with no process and no socket.
+    Calls run in worker threads (they block on files, ``haproxy -c`` and sockets)."""
+
+    def read_live(self, settings: Settings) -> str | None: ...
+
+    def routes_on_disk(self, settings: Settings) -> dict[str, str]: ...
+
+    def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
+                routing: Routing) -> str: ...
+
+    def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
+               routes: str | None) -> ReloadReport: ...
+
+    def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift: ...
+
+    def persist(self, settings: Settings, text: str) -> None: ...
+
+
+class HAProxyApplier:
+    """The real HAProxy side: files, ``haproxy -c``, the master and the runtime socket."""
+
+    def read_live(self, settings: Settings) -> str | None:
+        return haproxy.read_text(settings.haproxy.config_path)
+
+    def routes_on_disk(self, settings: Settings) -> dict[str, str]:
+        return routes_on_disk(settings)
+
+    def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
+                routing: Routing) -> str:
+        return apply_runtime(settings, tables, sequence, routing)
+
+    def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
+               routes: str | None) -> ReloadReport:
+        return apply_config(settings, text, tables, routes)
+
+    def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift:
+        return repair_drift(settings, tables, routing)
+
+    def persist(self, settings: Settings, text: str) -> None:
+        persist(settings, text)

@@ -32,11 +32,10 @@ from watchdog.observers.api import BaseObserver
 
 from haproxy_sync import filewatch, haproxy
 from haproxy_sync.apply import (
+    Applier,
+    HAProxyApplier,
     ReloadReport,
     apply_config,
-    apply_runtime,
-    persist,
-    repair_drift,
     routes_on_disk,
     write_live,
 )
@@ -143,8 +142,10 @@ def _data_age(watch: ServiceWatch, now: float) -> float | None:
 class Daemon:
     """Keeps HAProxy in step with Consul until stopped."""
 
-    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> None:
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None,
+                 applier: Applier | None = None) -> None:
         self.settings = settings
+        self.applier: Applier = applier or HAProxyApplier()
         self.reload_settings = reload_settings
         self.notifier = sdnotify.SystemdNotifier()
         self.latest: dict[str, Service] = {}
@@ -184,7 +185,7 @@ class Daemon:
         self._ready_sent = False
         self._confirmed = False  # HAProxy is known to run the live file
         self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
-        self.writer = BackgroundWriter(lambda text: persist(self.settings, text), self._persist_failed,
+        self.writer = BackgroundWriter(lambda text: self.applier.persist(self.settings, text), self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
         self._first_reads = asyncio.Semaphore(FIRST_READS_IN_FLIGHT)
 
@@ -422,7 +423,7 @@ class Daemon:
             change += f"; {','.join(self.guard.held)} held by the guard"
         if self._hold_at is not None:
             change += f"; {len(self._seen)} status changes held by hold_down"
-        live = self._running_text if self._confirmed else haproxy.read_text(settings.haproxy.config_path)
+        live = self._running_text if self._confirmed else self.applier.read_live(settings)
         tables = plan_tables(settings, snapshot, self.tables, live, routing.backends, self._idle)
         self._idle = {}
         self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
@@ -443,7 +444,7 @@ class Daemon:
         plan = self._plan(tables, live, text, routing)
         if not plan.needs_reload:
             try:
-                action = await asyncio.to_thread(apply_runtime, settings, tables, plan.commands, routing)
+                action = await asyncio.to_thread(self.applier.runtime, settings, tables, plan.commands, routing)
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels(FailureStage.RUNTIME.label).inc()
                 plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})"))
@@ -517,7 +518,8 @@ class Daemon:
     ) -> Outcome:
         settings = self.settings
         try:
-            report = await asyncio.to_thread(apply_config, settings, text, tables, map_text(routing.map_entries))
+            report = await asyncio.to_thread(self.applier.reload, settings, text, tables,
+                                             map_text(routing.map_entries))
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -534,7 +536,7 @@ class Daemon:
         self._commit(snapshot, tables, text, routing)
         self.writer.wrote(text)
         try:
-            drift = await asyncio.to_thread(repair_drift, settings, tables, routing)
+            drift = await asyncio.to_thread(self.applier.repair, settings, tables, routing)
         except haproxy.HAProxyError as exc:
             log.warning("could not read back servers after the reload: %s", exc)
         else:
@@ -561,7 +563,7 @@ class Daemon:
         if self.routing is not None:
             return None
         if self._disk_holders is None:
-            self._disk_holders = routes_on_disk(self.settings)
+            self._disk_holders = self.applier.routes_on_disk(self.settings)
         return dict(self._disk_holders)
 
     def _reserved(self) -> dict[str, str]:
@@ -597,7 +599,7 @@ class Daemon:
         if not self._confirmed or self.tables is None:
             return
         try:
-            drift = await asyncio.to_thread(repair_drift, self.settings, self.tables, self.routing)
+            drift = await asyncio.to_thread(self.applier.repair, self.settings, self.tables, self.routing)
         except haproxy.HAProxyError as exc:
             log.warning("reconcile: cannot read HAProxy's servers: %s; trying again in %gs",
                         exc, self.settings.sync.reconcile_interval)

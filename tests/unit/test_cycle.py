@@ -1,0 +1,185 @@
+"""The daemon's decisions, one cycle at a time: a fake watch feed and a fake applier, no process and
+no socket. Each cycle's sentence and path are asserted, as Patroni's tests assert ``run_cycle()``."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import daemon as daemon_module
+from haproxy_sync import haproxy
+from haproxy_sync.apply import ReloadReport
+from haproxy_sync.catalog import Instance, Service, Status
+from haproxy_sync.config import Settings, load_settings
+from haproxy_sync.consul import WatchUpdate
+from haproxy_sync.daemon import Daemon, Outcome
+from haproxy_sync.plan import BackendSlots, Drift
+from haproxy_sync.reasons import ApplyPath, ReloadKind
+from haproxy_sync.render import load_template
+
+
+class QuietNotifier:
+    def notify(self, state: str) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def quiet_notifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon_module.sdnotify, "SystemdNotifier", QuietNotifier)
+
+
+@pytest.fixture(autouse=True)
+def no_process_no_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cycle here must not reach HAProxy or Consul by any other way than the fake applier."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a process or a socket was opened: {args[:2]!r}")
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    monkeypatch.setattr(haproxy, "socket_command", refused)
+
+
+class FakeApplier:
+    """Records what the daemon asks of HAProxy and answers like a healthy one (or fails on request)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.live: str | None = None
+        self.runtime_fails = False
+
+    def read_live(self, settings: Settings) -> str | None:
+        return self.live
+
+    def routes_on_disk(self, settings: Settings) -> dict[str, str]:
+        return {}
+
+    def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple, routing) -> str:
+        self.calls.append(f"runtime {len(sequence)}")
+        if self.runtime_fails:
+            raise haproxy.SocketError("HAProxy socket admin.sock refused the connection")
+        return f"runtime API: {len(sequence)} commands"
+
+    def reload(self, settings: Settings, text: str, tables, routes) -> ReloadReport:
+        self.calls.append("reload")
+        self.live = text
+        return ReloadReport("written (worker 7)", True, 0.02, 0)
+
+    def repair(self, settings: Settings, tables, routing) -> Drift:
+        return Drift()
+
+    def persist(self, settings: Settings, text: str) -> None:
+        self.live = text
+
+
+def settings_for(tmp_path: Path, sync: str = "") -> Settings:
+    sync = sync or 'reload_min_interval = "10s"\n'
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[haproxy]\nbinary = "{tmp_path / "no-haproxy-here"}"\nconfig_path = "{tmp_path / "haproxy.cfg"}"\n'
+        f'stats_socket = "{tmp_path / "admin.sock"}"\nserver_state_file = "{tmp_path / "state"}"\n'
+        f'[sync]\nwait_min = "1ms"\nwait_max = "5ms"\ndrain_timeout = "0s"\n{sync}'
+        '[discovery]\nenabled = false\n[[services]]\nname = "web"\n[[services]]\nname = "api"\n')
+    return load_settings(path, env={})
+
+
+def web(count: int, status: Status = Status.PASSING, service: str = "web") -> Service:
+    return Service(service, tuple(Instance("n1", f"{service}-{i}", "10.0.0.1", 9000 + i, status, 1, 1)
+                                  for i in range(count)))
+
+
+class Cycle:
+    """A daemon with its template and a fake applier; ``feed`` is what a watch would deliver."""
+
+    def __init__(self, tmp_path: Path, sync: str = "") -> None:
+        self.applier = FakeApplier()
+        self.daemon = Daemon(settings_for(tmp_path, sync), applier=self.applier)
+        self.daemon.template = load_template(self.daemon.settings.template_path())
+
+    def feed(self, *services: Service) -> None:
+        for service in services:
+            self.daemon._on_update(WatchUpdate(service, (), 1, 0.0))
+
+    def run(self) -> Outcome:
+        async def once() -> Outcome:
+            outcome = await self.daemon._apply_once()
+            self.daemon._after(outcome)
+            return outcome
+        return asyncio.run(once())
+
+
+def test_first_apply_reloads_then_membership_goes_through_the_runtime_api(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path)
+    cycle.feed(web(3), web(1, service="api"))
+    first = cycle.run()
+    assert first.ok and first.path is ApplyPath.RELOAD and first.reason is ReloadKind.UNCONFIRMED
+    assert "reloaded in 20 ms" in first.sentence and cycle.applier.calls == ["reload"]
+    cycle.feed(web(4))
+    second = cycle.run()
+    assert second.path is ApplyPath.RUNTIME and second.sentence == "web: 4 servers (+1 -0 ~0); runtime API: 3 commands"
+    assert cycle.applier.calls[-1].startswith("runtime ")
+    cycle.feed(web(4))
+    assert cycle.run().sentence.endswith("rendered config identical, no write, no reload")
+
+
+def test_the_guard_holds_a_big_drop_then_applies_it_once_a_reread_confirms(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path)
+    cycle.feed(web(10), web(1, service="api"))
+    cycle.run()
+    cycle.feed(web(1))
+    held = cycle.run()
+    assert "web held by the guard" in held.sentence and held.path is ApplyPath.NONE
+    assert cycle.daemon.guard.held == ["web"]
+    cycle.daemon.guard.reread("web")  # the second look, as _reread_guarded records it
+    confirmed = cycle.run()
+    assert confirmed.path is ApplyPath.RUNTIME and confirmed.sentence.startswith("web: 1 servers (+0 -9 ~0); runtime")
+    assert cycle.daemon.guard.held == []
+
+
+def test_the_guard_recovers_when_consul_comes_back(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path)
+    cycle.feed(web(10), web(1, service="api"))
+    cycle.run()
+    cycle.feed(web(0))
+    assert "held by the guard" in cycle.run().sentence
+    cycle.feed(web(10))
+    recovered = cycle.run()
+    assert "held by the guard" not in recovered.sentence and cycle.daemon.guard.held == []
+    assert recovered.sentence.endswith("rendered config identical, no write, no reload")
+
+
+def test_hold_down_keeps_a_new_status_until_it_lasted(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path, 'hold_down = "1h"\n')
+    cycle.feed(web(3), web(1, service="api"))
+    cycle.run()
+    cycle.feed(Service("web", (*web(2).instances, Instance("n1", "web-2", "10.0.0.1", 9002, Status.CRITICAL, 1, 1))))
+    held = cycle.run()
+    assert "1 status changes held by hold_down" in held.sentence and held.path is ApplyPath.NONE
+
+
+def test_the_reload_budget_defers_a_second_reload(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path)
+    cycle.feed(web(3), web(1, service="api"))
+    cycle.run()
+    cycle.daemon._structure_changed = True  # what a SIGHUP with a changed template leaves for the next apply
+    cycle.feed(web(4))
+    deferred = cycle.run()
+    assert deferred.deferred and "deferred" in deferred.sentence and "by the reload budget" in deferred.sentence
+    assert cycle.applier.calls == ["reload"], "no second reload inside reload_min_interval"
+    assert cycle.daemon._retry_at is not None
+
+
+def test_a_failed_runtime_path_falls_back_to_a_reload_with_its_reason(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path, 'reload_min_interval = "0s"\n')
+    cycle.feed(web(3), web(1, service="api"))
+    cycle.run()
+    cycle.applier.runtime_fails = True
+    cycle.feed(web(4))
+    fallback = cycle.run()
+    assert fallback.ok and fallback.path is ApplyPath.RELOAD and fallback.reason is ReloadKind.RUNTIME_FAILED
+    assert "runtime API path failed (HAProxy socket admin.sock refused the connection)" in fallback.sentence
+    assert cycle.applier.calls[-2:] == ["runtime 3", "reload"]
