@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,8 +148,12 @@ def test_consul_address_forms(raw: str, url: str) -> None:
 
 
 def test_readme_config_reference_matches_the_schema() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    repo = Path(__file__).parents[2]
+    readme = (repo / "README.md").read_text()
     assert config.reference_markdown() in readme, "regenerate the README table: scripts/update-readme-reference"
+    checked = subprocess.run(["bash", str(repo / "scripts/update-readme-reference"), "--check"], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHON": sys.executable}, check=False)
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize(("content", "holds"), [
