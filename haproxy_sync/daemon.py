@@ -105,6 +105,17 @@ class Outcome:
     reload: ReloadReport | None = None
 
 
+@dataclass(frozen=True)
+class RunningState:
+    """What HAProxy runs after the last good apply: the data, its slot tables and routes, and the text."""
+
+    snapshot: Snapshot
+    tables: dict[str, BackendSlots]
+    routing: Routing
+    text: str  # the config HAProxy runs, possibly not yet on disk (persist writes it behind)
+    confirmed: bool = True  # False once a failure left it in doubt: the next apply reloads
+
+
 def plan_tables(
     settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None,
     backends: Iterable[tuple[str, str]] | None = None, idle: Mapping[str, frozenset[str]] | None = None,
@@ -149,12 +160,10 @@ class Daemon:
         self.reload_settings = reload_settings
         self.notifier = sdnotify.SystemdNotifier()
         self.latest: dict[str, Service] = {}
-        self.applied: Snapshot | None = None
-        self.tables: dict[str, BackendSlots] | None = None  # the slot tables HAProxy runs
+        self.runs: RunningState | None = None  # what HAProxy runs after the last good apply, replaced whole
         self.watches: dict[str, tuple[ServiceWatch, asyncio.Task[None]]] = {}
         self.catalog: tuple[CatalogWatch, asyncio.Task[None]] | None = None  # discovery by tag
         self.discovered: frozenset[str] = frozenset()  # services carrying the discovery tag
-        self.routing: Routing | None = None  # the backends and routes HAProxy runs
         self._disk_holders: dict[str, str] | None = None  # the map on disk at start: who held what
         self.reservations = RouteReservations()  # routes kept for discovered holders that left
         self.template: jinja2.Template | None = None
@@ -183,8 +192,6 @@ class Daemon:
         self.guard = ServiceGuard(count)
         self.catalog_guard = CatalogGuard(count)
         self._ready_sent = False
-        self._confirmed = False  # HAProxy is known to run the live file
-        self._running_text: str | None = None  # the config HAProxy runs, possibly not yet on disk
         self.writer = BackgroundWriter(lambda text: self.applier.persist(self.settings, text), self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
         self._first_reads = asyncio.Semaphore(FIRST_READS_IN_FLIGHT)
@@ -525,7 +532,7 @@ class Daemon:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
             return Outcome(False, f"{change}; {exc}; kept last good config", stage=FailureStage.VALIDATION)
         except haproxy.HAProxyError as exc:
-            self._confirmed = False
+            self._doubt()
             return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
         action = report.sentence()
         if report.reloaded:
@@ -574,20 +581,44 @@ class Daemon:
         before = self.routing.map_entries if self.routing is not None else (self._disk_holders or {})
         self.reservations.note(before, routing.map_entries, time.monotonic())
 
+    # --- what HAProxy runs: one record, replaced whole by each good apply ---
+
+    @property
+    def applied(self) -> Snapshot | None:
+        return self.runs.snapshot if self.runs is not None else None
+
+    @property
+    def tables(self) -> dict[str, BackendSlots] | None:
+        return self.runs.tables if self.runs is not None else None
+
+    @property
+    def routing(self) -> Routing | None:
+        return self.runs.routing if self.runs is not None else None
+
+    @property
+    def _running_text(self) -> str | None:
+        return self.runs.text if self.runs is not None else None
+
+    @property
+    def _confirmed(self) -> bool:
+        """HAProxy is known to run :attr:`runs` (the live file once written)."""
+        return self.runs is not None and self.runs.confirmed
+
+    def _doubt(self) -> None:
+        """A failure left it unknown whether HAProxy runs :attr:`runs`: the next apply reloads."""
+        if self.runs is not None:
+            self.runs = dataclasses.replace(self.runs, confirmed=False)
+
     def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
         self._note_departures(routing)
-        self.applied = snapshot
-        self.tables = tables
-        self.routing = routing
-        self._running_text = text
-        self._confirmed = True
+        self.runs = RunningState(snapshot, tables, routing, text)
         self._schedule_reconcile()
 
     def _persist_failed(self, exc: Exception) -> None:
         self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
         log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
                   "goes through a reload to bring disk and HAProxy together again", exc)
-        self._confirmed = False
+        self._doubt()
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval
@@ -611,7 +642,7 @@ class Daemon:
                         len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
         if drift.missing:
             log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]))
-            self._confirmed = False
+            self._doubt()
             self._changed = True
 
     def _after(self, outcome: Outcome) -> None:

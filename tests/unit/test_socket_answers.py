@@ -17,11 +17,12 @@ import pytest
 from haproxy_sync import daemon as daemon_module
 from haproxy_sync import haproxy
 from haproxy_sync.apply import read_running
-from haproxy_sync.catalog import Service
+from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import Settings, load_settings
 from haproxy_sync.consul import WatchStatus, health_query
-from haproxy_sync.daemon import Daemon, Outcome
+from haproxy_sync.daemon import Daemon, Outcome, RunningState
 from haproxy_sync.metrics import Metrics, StateView
+from haproxy_sync.routing import routing_for
 
 HEADER = (
     "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
@@ -175,7 +176,7 @@ def test_a_garbled_answer_is_a_socket_error_for_the_daemon(settings: Settings, m
 
     async def reconcile() -> None:
         daemon = Daemon(settings)
-        daemon._confirmed, daemon.tables = True, {}
+        daemon.runs = RunningState(Snapshot(), {}, routing_for(settings, {}), "")  # HAProxy runs an empty plan
         await daemon._reconcile()  # logs a warning and returns, ready for the next try
 
     asyncio.run(reconcile())
