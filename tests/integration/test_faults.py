@@ -3,6 +3,8 @@ counts it, and converges within the backoff cap when the fault clears."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -60,7 +62,10 @@ def test_error_fault_keeps_last_good_and_converges_after(stack: Stack, fault: st
     wait_until(lambda: stack.serving() == {"cabify-2", "cabify-3"}, 10, what="the change applied after the fault")
     log = stack.daemon.log()
     for watch in ("cabify", "catalog"):  # the service's watch and discovery's watch of tagged services
-        assert log.count(f"service={watch} failing fault=") <= 1, "one line when the fault starts, not one per retry"
+        # One line when the fault starts or changes kind, never one per retry: a blocking query in flight when
+        # the fault begins can end with another kind (the reset of its connection) than the retries that follow.
+        kinds = re.findall(rf"service={watch} failing fault=(\w+)", log)
+        assert len(kinds) <= 2 and all(a != b for a, b in itertools.pairwise(kinds)), f"{watch}: {kinds}"
     assert log.count("service=cabify failing fault=") == 1
     assert log.count("service=cabify recovered after") == 1
     assert "Traceback" not in log
