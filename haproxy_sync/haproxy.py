@@ -560,6 +560,11 @@ def _state_line(line: str) -> ServerState | None:
     )
 
 
+def _data_lines(text: str) -> list[str]:
+    """The lines of a CLI answer that hold anything, split on ``\\n`` only (as HAProxy reads its files)."""
+    return [line for line in text.split("\n") if line.strip(" \t")]
+
+
 def parse_servers_state(text: str) -> tuple[ServerState, ...]:
     """Every server of a ``show servers state`` answer, or :class:`SocketError` for the whole answer.
 
@@ -567,7 +572,7 @@ def parse_servers_state(text: str) -> tuple[ServerState, ...]:
     parse makes the whole answer unusable: a half-read state must not drive repairs or reloads.
     Lines are split on ``\\n`` only, as HAProxy reads its state file.
     """
-    lines = [line for line in text.split("\n") if line.strip(" \t")]
+    lines = _data_lines(text)
     if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
         raise SocketError(f"unexpected `show servers state` answer: {text.strip()[:200]!r}")
     states = (_state_line(line) for line in lines[1:] if not line.startswith("#"))
@@ -584,7 +589,7 @@ def filter_server_state(text: str, keep: Callable[[ServerState], bool]) -> str:
     Only what parses is written (HAProxy loads this file): the version line, comment lines of plain
     text, and server lines of ours that ``keep`` accepts. A line that does not parse is dropped.
     """
-    lines = [line for line in text.split("\n") if line.strip(" \t")]
+    lines = _data_lines(text)
     if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
         return ""
     kept = [lines[0].strip(" \t")]
@@ -646,10 +651,6 @@ def _header(line: str, prefix: str, separator: str | None, wanted: tuple[str, ..
     if missing:
         raise SocketError(f"unexpected `{what}` answer: no column {', '.join(missing)} in {line[:120]!r}")
     return [names.index(name) for name in wanted]
-
-
-def _data_lines(text: str) -> list[str]:
-    return [line for line in text.split("\n") if line.strip(" \t")]
 
 
 def _counts(cols: list[str], positions: list[int], line: str, what: str) -> list[int]:

@@ -11,7 +11,15 @@ import enum
 from dataclasses import dataclass
 
 
-class ReloadKind(enum.Enum):
+class _Labelled(enum.Enum):
+    """An enum whose value is its metric label."""
+
+    @property
+    def label(self) -> str:
+        return str(self.value)
+
+
+class ReloadKind(_Labelled):
     """What makes a change a reload instead of Runtime API commands (``applies_total{reason}``)."""
 
     FIRST = "first"  # no live config yet
@@ -26,9 +34,6 @@ class ReloadKind(enum.Enum):
     RUNTIME_FAILED = "runtime_failed"  # the Runtime API path failed; the reload makes HAProxy whole
     UNCONFIRMED = "unconfirmed"  # HAProxy is not yet known to run the live config
 
-    @property
-    def label(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -46,19 +51,16 @@ class ReloadReason:
         return self.text
 
 
-class ApplyPath(enum.Enum):
+class ApplyPath(_Labelled):
     """How an apply reached HAProxy (``applies_total{path}``, ``convergence_seconds{path}``)."""
 
     RUNTIME = "runtime"
     RELOAD = "reload"
     NONE = "none"  # nothing to send: identical render, or HAProxy already ran it
 
-    @property
-    def label(self) -> str:
-        return self.value
 
 
-class FailureStage(enum.Enum):
+class FailureStage(_Labelled):
     """Where an apply failed (``apply_failures_total{stage}``)."""
 
     TEMPLATE = "template"
@@ -68,12 +70,9 @@ class FailureStage(enum.Enum):
     PERSIST = "persist"
     UNEXPECTED = "unexpected"
 
-    @property
-    def label(self) -> str:
-        return self.value
 
 
-class SkipKind(enum.Enum):
+class SkipKind(_Labelled):
     """Why an instance was left out of the config (``instances_skipped{reason}``)."""
 
     ENTRY = "entry"  # the entry is not the shape of a health answer
@@ -83,6 +82,3 @@ class SkipKind(enum.Enum):
     PORT = "port"
     WEIGHT = "weight"
 
-    @property
-    def label(self) -> str:
-        return self.value
