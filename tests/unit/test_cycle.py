@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_sync import daemon as daemon_module
 from haproxy_sync import haproxy
 from haproxy_sync.apply import ReloadReport
 from haproxy_sync.catalog import Instance, Service, Status
@@ -20,16 +19,6 @@ from haproxy_sync.daemon import Daemon, Outcome
 from haproxy_sync.plan import BackendSlots, Drift
 from haproxy_sync.reasons import ApplyPath, ReloadKind
 from haproxy_sync.render import load_template
-
-
-class QuietNotifier:
-    def notify(self, state: str) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True)
-def quiet_notifier(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon_module.sdnotify, "SystemdNotifier", QuietNotifier)
 
 
 @pytest.fixture(autouse=True)

@@ -156,18 +156,6 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(path, env={})
 
 
-class QuietNotifier:
-    """sdnotify's notifier leaks its socket when there is no NOTIFY_SOCKET (a ResourceWarning here)."""
-
-    def notify(self, state: str) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True)
-def quiet_notifier(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon_module.sdnotify, "SystemdNotifier", QuietNotifier)
-
-
 def test_a_garbled_answer_is_a_socket_error_for_the_daemon(settings: Settings, monkeypatch) -> None:
     garbled = answer(line(), line(weight="one"))
     monkeypatch.setattr(haproxy, "socket_command", lambda *args, **kwargs: garbled)
