@@ -15,7 +15,6 @@ import grp
 import ipaddress
 import os
 import pwd
-import re
 import socket
 import tomllib
 import urllib.parse
@@ -27,13 +26,33 @@ from typing import Any
 import psutil
 
 from haproxy_sync import haproxy, rules
+from haproxy_sync.values import (
+    parse_argv,
+    parse_bind,
+    parse_bool,
+    parse_consul_address,
+    parse_duration,
+    parse_filter_expression,
+    parse_health_path,
+    parse_host,
+    parse_host_patterns,
+    parse_int_range,
+    parse_listen,
+    parse_networks,
+    parse_octal_mode,
+    parse_one_of,
+    parse_path,
+    parse_path_or_none,
+    parse_percent,
+    parse_route_path,
+    parse_safe_name,
+    parse_string,
+    parse_tag,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z", re.ASCII)
 
 
 class ConfigError(Exception):
@@ -42,175 +61,6 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = tuple(problems)
-
-
-# --- value parsers: each returns the typed value or raises ValueError saying what is allowed ---
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"250ms"``, ``"60s"``, ``"5m"``, ``"1h"`` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"250ms\", \"60s\" or \"5m\"")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"60s\" or \"5m\"")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def _one_of(choices: Sequence[str]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).lower()
-        if text not in choices:
-            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _path_or_none(value: Any) -> Path | None:
-    text = _string(value)
-    return Path(text) if text else None
-
-
-def _path(value: Any) -> Path:
-    text = _string(value)
-    if not text:
-        raise ValueError("a path is required")
-    return Path(text)
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{value!r} is not a boolean; use true or false")
-
-
-def _int_range(low: int, high: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer in {low}-{high}")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not an integer in {low}-{high}") from None
-        if not low <= number <= high:
-            raise ValueError(f"{number} is outside {low}-{high}")
-        return number
-
-    return parse
-
-
-def _argv(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise ValueError("expected a list of arguments, e.g. [\"systemctl\", \"reload\", \"haproxy\"]")
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of non-empty strings")
-    return tuple(value)
-
-
-def _octal_mode(value: Any) -> int:
-    text = str(value).strip()
-    if not re.fullmatch(r"0?[0-7]{3}", text):
-        raise ValueError(f"{value!r} is not an octal file mode such as \"0640\"")
-    mode = int(text, 8)
-    if mode & 0o002:
-        raise ValueError(f"{value!r} makes haproxy.cfg writable by everyone; use e.g. \"0640\"")
-    return mode
-
-
-def _percent(value: Any) -> float:
-    text = str(value).strip()
-    number = text[:-1] if text.endswith("%") else text
-    try:
-        share = float(number)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a percentage such as \"50%\"") from None
-    if isinstance(value, bool) or not 0 <= share <= 100:
-        raise ValueError(f"{value!r} is not a percentage between 0% and 100%")
-    return share / 100
-
-
-def _bind(value: Any) -> str:
-    text = _string(value)
-    match = _BIND.match(text)
-    if not match or not 1 <= int(match.group(2)) <= 65535:
-        raise ValueError(f"{text!r} is not ADDRESS:PORT (e.g. \"*:80\" or \"127.0.0.1:8404\")")
-    return text
-
-
-def _listen(value: Any) -> str:
-    text = _string(value)
-    return _bind(text) if text else ""
-
-
-def parse_consul_address(value: Any) -> str:
-    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
-    text = _string(value).strip()
-    if not text:
-        raise ValueError("an address is required, e.g. \"http://127.0.0.1:8500\"")
-    parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"{text!r} is not host:port or http(s)://host:port")
-    try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 8500)
-    except ValueError:
-        raise ValueError(f"{text!r} has an invalid port") from None
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return f"{parsed.scheme}://{host}:{port}"
-
-
-def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    if isinstance(value, str):  # from the environment: comma-separated
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    if not isinstance(value, list):
-        raise ValueError('expected a list of CIDR networks, e.g. ["10.0.0.0/8"]')
-    return tuple(rules.network(item) for item in value)
-
-
-def _host_patterns(value: Any) -> tuple[str, ...]:
-    """A list of host patterns (``*``, ``*.suffix``, or a host name), each checked by its allowlist."""
-    if not isinstance(value, list) or not value:
-        raise ValueError('expected a non-empty list of host patterns, e.g. ["*.branches.example.com"]')
-    return tuple(rules.host_pattern(item) for item in value)
-
-
-def _tag(value: Any) -> str:
-    text = _string(value)
-    if not text or len(text) > 100 or any(ch.isspace() for ch in text):
-        raise ValueError(f"{text[:80]!r} must be a Consul tag: 1-100 characters, no spaces")
-    return text
-
-
-# The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).
-_safe_name = rules.name
-parse_health_path = rules.health_path
-parse_host = rules.route_host
-parse_route_path = rules.route_path
-
-
-def _filter_expression(value: Any) -> str:
-    """A Consul ``filter`` expression; Consul itself checks the grammar (a bad one is a 400 on read)."""
-    text = _string(value)
-    if len(text) > 2000 or any(ch in text for ch in "\n\r\0"):
-        raise ValueError("must be one line of at most 2000 characters")
-    return text
 
 
 # --- the schema ---
@@ -246,8 +96,8 @@ def setting(
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    name: str = setting(_safe_name, None, "Consul service name (required).")
-    backend: str = setting(_safe_name, None, "HAProxy backend name; default: the service name.")
+    name: str = setting(parse_safe_name, None, "Consul service name (required).")
+    backend: str = setting(parse_safe_name, None, "HAProxy backend name; default: the service name.")
     balance: str = setting(rules.balance, "roundrobin", "Load-balancing algorithm.", keeps_default=True)
     health_path: str = setting(parse_health_path, "/health", "Path of HAProxy's own HTTP check.", keeps_default=True)
     host: str = setting(
@@ -261,22 +111,22 @@ class ServiceSettings:
         keeps_default=True,
     )
     filter: str = setting(
-        _filter_expression, "",
+        parse_filter_expression, "",
         "Consul `filter` expression applied to this service's instances.",
         keeps_default=True,
     )
     guard: bool = setting(
-        _bool, True,
+        parse_bool, True,
         "Empty-backend guard: hold a big drop of healthy servers and re-read first.",
         keeps_default=True,
     )
     min_servers: int = setting(
-        _int_range(0, 100_000), 1,
+        parse_int_range(0, 100_000), 1,
         "Guard: fewer healthy servers than this is a big drop.",
         keeps_default=True,
     )
     max_drop: float = setting(
-        _percent, "50%",
+        parse_percent, "50%",
         "Guard: losing more than this share of healthy servers at once is a big drop.",
         keeps_default=True,
     )
@@ -285,8 +135,8 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    level: str = setting(_one_of(LOG_LEVELS), "info", "Least severe level logged: debug, info, warning, error.")
-    format: str = setting(_one_of(LOG_FORMATS), "text", "One line per event: key=value `text` or `json`.")
+    level: str = setting(parse_one_of(LOG_LEVELS), "info", "Least severe level logged: debug, info, warning, error.")
+    format: str = setting(parse_one_of(LOG_FORMATS), "text", "One line per event: key=value `text` or `json`.")
 
 
 @dataclass(frozen=True)
@@ -296,27 +146,27 @@ class ConsulSettings:
         "Consul agent: host:port or http(s)://host:port.",
         "CONSUL_HTTP_ADDR",
     )
-    ssl: bool = setting(_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL")
+    ssl: bool = setting(parse_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL")
     token: str = setting(
-        _string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN", secret=True,
+        parse_string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN", secret=True,
     )
-    token_file: str = setting(_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE")
-    ca_file: str = setting(_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT")
-    cert_file: str = setting(_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT")
-    key_file: str = setting(_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY")
+    token_file: str = setting(parse_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE")
+    ca_file: str = setting(parse_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT")
+    cert_file: str = setting(parse_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT")
+    key_file: str = setting(parse_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY")
     tls_server_name: str = setting(
-        _string, "",
+        parse_string, "",
         "Server name to verify Consul's certificate against.",
         "CONSUL_TLS_SERVER_NAME",
     )
-    datacenter: str = setting(_string, "", "Datacenter to query; empty means the agent's own.")
+    datacenter: str = setting(parse_string, "", "Datacenter to query; empty means the agent's own.")
     wait: float = setting(
         parse_duration, "5m",
         "Blocking query wait (Consul's default, capped at 10m); shorter costs idle CPU.",
     )
     backoff_max: float = setting(parse_duration, "30s", "Longest pause between retries after Consul errors.")
     max_connections: int = setting(
-        _int_range(1, 100_000), 4096,
+        parse_int_range(1, 100_000), 4096,
         "Connections to Consul (one per watched service); keep Consul's `http_max_conns_per_client` above it.",
     )
     start_spread: float = setting(
@@ -331,15 +181,18 @@ class ConsulSettings:
 
 @dataclass(frozen=True)
 class DiscoverySettings:
-    enabled: bool = setting(_bool, True, "Also route every Consul service whose instances carry `tag`.")
-    tag: str = setting(_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service.")
-    filter: str = setting(_filter_expression, "", "Consul `filter` expression applied to every discovered service.")
+    enabled: bool = setting(parse_bool, True, "Also route every Consul service whose instances carry `tag`.")
+    tag: str = setting(parse_tag, "haproxy-sync", "The tag that asks haproxy-sync to route a service.")
+    filter: str = setting(
+        parse_filter_expression, "",
+        "Consul `filter` expression applied to every discovered service.",
+    )
     max_drop: float = setting(
-        _percent, "50%",
+        parse_percent, "50%",
         "Guard: more than this share of tagged services gone at once is held and Consul read again; 100% is off.",
     )
     hosts: tuple[str, ...] = setting(
-        _host_patterns, ["*"],
+        parse_host_patterns, ["*"],
         "Hosts a discovered service may claim: exact names or `*.suffix`; `*` is any host and path-only routes. "
         "Restrict it (`[\"*.branches.example.com\"]`): the default backend serves every host nobody claims.",
     )
@@ -351,39 +204,42 @@ class DiscoverySettings:
 
 @dataclass(frozen=True)
 class HAProxySettings:
-    binary: str = setting(_string, "haproxy", "HAProxy executable used for `haproxy -c`.")
-    config_path: Path = setting(_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written.")
-    template: Path | None = setting(_path_or_none, "", "Jinja2 template; empty means the built-in one.")
+    binary: str = setting(parse_string, "haproxy", "HAProxy executable used for `haproxy -c`.")
+    config_path: Path = setting(parse_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written.")
+    template: Path | None = setting(parse_path_or_none, "", "Jinja2 template; empty means the built-in one.")
     routes_map: Path | None = setting(
-        _path_or_none, "",
+        parse_path_or_none, "",
         "HAProxy map file of host and path routes; empty: routes.map beside config_path.",
     )
-    master_socket: Path = setting(_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads).")
-    stats_socket: Path = setting(_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket.")
-    server_state_file: Path = setting(_path, "/var/lib/haproxy/server-state", "Server state carried across reloads.")
+    master_socket: Path = setting(parse_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads).")
+    stats_socket: Path = setting(parse_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket.")
+    server_state_file: Path = setting(
+        parse_path, "/var/lib/haproxy/server-state",
+        "Server state carried across reloads.",
+    )
     stats_file: Path | None = setting(
-        _path_or_none, "",
+        parse_path_or_none, "",
         "HAProxy 3.0: counters carried across reloads (dump stats-file); empty: "
         "stats-file beside server_state_file. Unused on 2.6.",
     )
     reload_command: tuple[str, ...] = setting(
-        _argv, [],
+        parse_argv, [],
         "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
     )
     reload_timeout: float = setting(parse_duration, "10s", "How long a new worker may take to show up.")
-    http_bind: str = setting(_bind, "*:80", "Where the HTTP frontend listens.")
-    stats_bind: str = setting(_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter.")
-    maxconn: int = setting(_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit.")
+    http_bind: str = setting(parse_bind, "*:80", "Where the HTTP frontend listens.")
+    stats_bind: str = setting(parse_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter.")
+    maxconn: int = setting(parse_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit.")
     hard_stop_after: float = setting(
         parse_duration, "30s",
         "Old workers are stopped this long after a reload (cuts long streams); 0 is off.",
     )
-    config_mode: int = setting(_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal).")
-    config_group: str = setting(_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's.")
-    user: str = setting(_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user.")
-    group: str = setting(_string, "haproxy", "Group of the workers and of the runtime socket; empty: none.")
+    config_mode: int = setting(parse_octal_mode, "0640", "Permissions of the rendered haproxy.cfg (octal).")
+    config_group: str = setting(parse_string, "", "Group of the rendered haproxy.cfg; empty keeps the existing file's.")
+    user: str = setting(parse_string, "haproxy", "User HAProxy's workers drop to; empty keeps the starting user.")
+    group: str = setting(parse_string, "haproxy", "Group of the workers and of the runtime socket; empty: none.")
     log_target: str = setting(
-        _string, "/dev/log local0",
+        parse_string, "/dev/log local0",
         "HAProxy `log` target (syslog socket, or `stderr format short local0`).",
     )
 
@@ -402,15 +258,18 @@ class HAProxySettings:
 class SyncSettings:
     wait_min: float = setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change).")
     wait_max: float = setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied.")
-    slots: int = setting(_int_range(1, 10_000), 8, "Server slots made per backend; doubled (add server) when full.")
+    slots: int = setting(
+        parse_int_range(1, 10_000), 8,
+        "Server slots made per backend; doubled (add server) when full.",
+    )
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
-        _networks, [],
+        parse_networks, [],
         "CIDR networks instance addresses must be in (`[\"10.0.0.0/8\"]`); empty: any unicast address. Loopback, "
         "link-local, unspecified, multicast and reserved addresses are refused unless a listed network names them.",
         "HAPROXY_SYNC_NETWORKS",
     )
     host_names: bool = setting(
-        _bool, False,
+        parse_bool, False,
         "Route instances addressed by a host name (HAProxy resolves it blocking at every check and reload).",
     )
     drain_timeout: float = setting(
@@ -434,9 +293,12 @@ class SyncSettings:
         parse_duration, "30s",
         "How often HAProxy's servers are read back and drift repaired; 0 turns it off.",
     )
-    watch_files: bool = setting(_bool, True, "Re-read config and template when their files change, as SIGHUP does.")
+    watch_files: bool = setting(
+        parse_bool, True,
+        "Re-read config and template when their files change, as SIGHUP does.",
+    )
     runtime_api: bool = setting(
-        _bool, True,
+        parse_bool, True,
         "Apply membership, health and weight changes through the Runtime API, without a reload.",
     )
 
@@ -444,7 +306,7 @@ class SyncSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = setting(
-        _listen, "127.0.0.1:9725",
+        parse_listen, "127.0.0.1:9725",
         "Prometheus /metrics, /health, /ready and /status; empty turns it off.",
     )
     stale_after: float = setting(

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import config
-from haproxy_sync.config import ConfigError, load_settings, parse_consul_address, parse_duration
+from haproxy_sync.config import ConfigError, load_settings
+from haproxy_sync.values import parse_consul_address, parse_duration
 from tests.helpers import cli
 
 

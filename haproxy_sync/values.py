@@ -1,0 +1,185 @@
+"""The value parsers of the settings: each returns the typed value or raises ``ValueError`` saying
+what is allowed. ``config`` names one for every key; they know nothing of where a value came from
+(the loader adds the file and key, environment variable or flag to the message).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from haproxy_sync import rules
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z", re.ASCII)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"250ms"``, ``"60s"``, ``"5m"``, ``"1h"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"250ms\", \"60s\" or \"5m\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"60s\" or \"5m\"")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_one_of(choices: Sequence[str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def parse_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_path_or_none(value: Any) -> Path | None:
+    text = parse_string(value)
+    return Path(text) if text else None
+
+
+def parse_path(value: Any) -> Path:
+    text = parse_string(value)
+    if not text:
+        raise ValueError("a path is required")
+    return Path(text)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean; use true or false")
+
+
+def parse_int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer in {low}-{high}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not an integer in {low}-{high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"{number} is outside {low}-{high}")
+        return number
+
+    return parse
+
+
+def parse_argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError("expected a list of arguments, e.g. [\"systemctl\", \"reload\", \"haproxy\"]")
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_octal_mode(value: Any) -> int:
+    text = str(value).strip()
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f"{value!r} is not an octal file mode such as \"0640\"")
+    mode = int(text, 8)
+    if mode & 0o002:
+        raise ValueError(f"{value!r} makes haproxy.cfg writable by everyone; use e.g. \"0640\"")
+    return mode
+
+
+def parse_percent(value: Any) -> float:
+    text = str(value).strip()
+    number = text[:-1] if text.endswith("%") else text
+    try:
+        share = float(number)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a percentage such as \"50%\"") from None
+    if isinstance(value, bool) or not 0 <= share <= 100:
+        raise ValueError(f"{value!r} is not a percentage between 0% and 100%")
+    return share / 100
+
+
+def parse_bind(value: Any) -> str:
+    text = parse_string(value)
+    match = _BIND.match(text)
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (e.g. \"*:80\" or \"127.0.0.1:8404\")")
+    return text
+
+
+def parse_listen(value: Any) -> str:
+    text = parse_string(value)
+    return parse_bind(text) if text else ""
+
+
+def parse_consul_address(value: Any) -> str:
+    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
+    text = parse_string(value).strip()
+    if not text:
+        raise ValueError("an address is required, e.g. \"http://127.0.0.1:8500\"")
+    parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{text!r} is not host:port or http(s)://host:port")
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 8500)
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}:{port}"
+
+
+def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(value, str):  # from the environment: comma-separated
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list):
+        raise ValueError('expected a list of CIDR networks, e.g. ["10.0.0.0/8"]')
+    return tuple(rules.network(item) for item in value)
+
+
+def parse_host_patterns(value: Any) -> tuple[str, ...]:
+    """A list of host patterns (``*``, ``*.suffix``, or a host name), each checked by its allowlist."""
+    if not isinstance(value, list) or not value:
+        raise ValueError('expected a non-empty list of host patterns, e.g. ["*.branches.example.com"]')
+    return tuple(rules.host_pattern(item) for item in value)
+
+
+def parse_tag(value: Any) -> str:
+    text = parse_string(value)
+    if not text or len(text) > 100 or any(ch.isspace() for ch in text):
+        raise ValueError(f"{text[:80]!r} must be a Consul tag: 1-100 characters, no spaces")
+    return text
+
+
+# The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).
+parse_safe_name = rules.name
+parse_health_path = rules.health_path
+parse_host = rules.route_host
+parse_route_path = rules.route_path
+
+
+def parse_filter_expression(value: Any) -> str:
+    """A Consul ``filter`` expression; Consul itself checks the grammar (a bad one is a 400 on read)."""
+    text = parse_string(value)
+    if len(text) > 2000 or any(ch in text for ch in "\n\r\0"):
+        raise ValueError("must be one line of at most 2000 characters")
+    return text
