@@ -5,23 +5,18 @@ module does it. Every function here does I/O; the decisions they carry out are m
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import jinja2
-
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, stats_file
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
 from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
-from haproxy_sync.render import render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift
 
 log = logging.getLogger(__name__)
@@ -42,7 +37,7 @@ def write_live(settings: Settings, text: str, routes: str | None = None) -> None
     if routes is not None:
         write_routes(settings, routes)
     if haproxy.features(hap.binary).stats_file and haproxy.read_text(hap.stats_file_path) is None:
-        haproxy.clear_stats_file(hap.stats_file_path)  # HAProxy 3.0 warns at every start without one
+        stats_file.clear_stats_file(hap.stats_file_path)  # HAProxy 3.0 warns at every start without one
 
 
 def write_routes(settings: Settings, routes: str) -> None:
@@ -50,26 +45,6 @@ def write_routes(settings: Settings, routes: str) -> None:
     hap = settings.haproxy
     if haproxy.read_text(hap.routes_map_path) != routes:
         haproxy.atomic_write(hap.routes_map_path, routes, mode=hap.config_mode, group=hap.config_group)
-
-
-def check_rendered(
-    settings: Settings, tables: Mapping[str, BackendSlots], template: jinja2.Template, routing: Routing
-) -> None:
-    """``haproxy -c`` on a config as it would be written, with its map, in a temp dir.
-
-    Touches nothing live: the map file named in the checked copy is a temporary one.
-    """
-    binary = haproxy.find_binary(settings.haproxy.binary)
-    if binary is None:
-        raise haproxy.HAProxyError(
-            f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
-    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
-        map_path = Path(tmp) / "routes.map"
-        map_path.write_text(map_text(routing.map_entries))
-        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
-        path = Path(tmp) / "haproxy.cfg"
-        path.write_text(render(tables, local, template, routing))
-        haproxy.validate(binary, path)
 
 
 def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
@@ -127,7 +102,7 @@ def apply_config(
     keep = None if tables is None else functools.partial(_state_fits, tables)
     haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
     carry_counters = haproxy.features(hap.binary).stats_file
-    if carry_counters and not haproxy.save_stats_file(hap.stats_socket, hap.stats_file_path):
+    if carry_counters and not stats_file.save_stats_file(hap.stats_socket, hap.stats_file_path):
         log.warning("could not save HAProxy's counters to %s before the reload (dump stats-file); the new "
                     "worker's counters start from zero", hap.stats_file_path)
     started = time.monotonic()
@@ -140,7 +115,7 @@ def apply_config(
         raise
     haproxy.remember_last_good(path)
     if carry_counters:
-        haproxy.clear_stats_file(hap.stats_file_path)
+        stats_file.clear_stats_file(hap.stats_file_path)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
     return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
 
@@ -235,6 +210,8 @@ class Applier(Protocol):
 
     def read_live(self, settings: Settings) -> str | None: ...
 
+    def features(self, settings: Settings) -> haproxy.Features: ...
+
     def routes_on_disk(self, settings: Settings) -> dict[str, str]: ...
 
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
@@ -253,6 +230,9 @@ class HAProxyApplier:
 
     def read_live(self, settings: Settings) -> str | None:
         return haproxy.read_text(settings.haproxy.config_path)
+
+    def features(self, settings: Settings) -> haproxy.Features:
+        return haproxy.features(settings.haproxy.binary)
 
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return routes_on_disk(settings)

@@ -14,15 +14,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from haproxy_sync import __version__, haproxy, logs, rules
+from haproxy_sync import __version__, haproxy, logs
 from haproxy_sync.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, load_settings
 from haproxy_sync.consul import ConsulError
 from haproxy_sync.daemon import DaemonError
 from haproxy_sync.render import TemplateError
+
+if TYPE_CHECKING:
+    from haproxy_sync.pipeline import OneRead
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
 EXIT_CODES_HELP = "Exit codes: 0 ok, 1 error, 2 changes found (render --diff), 64 usage error."
@@ -122,16 +125,18 @@ def run(once: bool, **params: Any) -> int:
     SIGTERM or SIGINT stop it; SIGHUP re-reads the config file and the template (a bad new one is
     reported and the running one kept).
     """
-    from haproxy_sync.daemon import Daemon, run_once
+    from haproxy_sync.daemon import Daemon
+    from haproxy_sync.pipeline import run_once
+    from haproxy_sync.wiring import serve
 
     settings = _load(params)
     _configure_logs(settings)
     if once:
-        outcome = asyncio.run(run_once(settings))
-        log.log(logging.INFO if outcome.ok else logging.ERROR, "once: %s", outcome.sentence)
-        return EXIT_OK if outcome.ok else EXIT_ERROR
+        applied, sentence = asyncio.run(run_once(settings))
+        log.log(logging.INFO if applied else logging.ERROR, "once: %s", sentence)
+        return EXIT_OK if applied else EXIT_ERROR
     daemon = Daemon(settings, reload_settings=lambda: _load(params))
-    return asyncio.run(daemon.run())
+    return asyncio.run(serve(daemon))
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -149,56 +154,28 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     Without --dry-run or --diff the result is validated and written to haproxy.config_path
     atomically, without reloading HAProxy (use `run --once` to reload too).
     """
-    from haproxy_sync.apply import check_rendered, routes_on_disk, write_live
-    from haproxy_sync.catalog import Snapshot
-    from haproxy_sync.consul import read_routed
-    from haproxy_sync.daemon import plan_tables
-    from haproxy_sync.plan import Plan, plan_runtime, slots_from_config, summarize
-    from haproxy_sync.reasons import ReloadKind, ReloadReason
+    from haproxy_sync.apply import write_live
+    from haproxy_sync.pipeline import check_prepared, read_and_prepare
     from haproxy_sync.render import load_template
-    from haproxy_sync.render import render as render_text
-    from haproxy_sync.routing import map_commands, map_text, parse_map_file, routing_for
 
     settings = _load(params)
     _configure_logs(settings)
     template = load_template(settings.template_path())
-    read = asyncio.run(read_routed(settings))
-    latest = {name: svc for name, (svc, _) in read.services.items()}
-    routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
-    for item in routing.unrouted:
+    features = haproxy.features(settings.haproxy.binary)
+    one = asyncio.run(read_and_prepare(settings, template, features))
+    prepared = one.prepared
+    for item in prepared.routing.unrouted:
         click.echo(f"not routed: {item.service}: {item.reason}", err=True)
-    snapshot = Snapshot.of(latest[s.name] for s in routing.services)
-    live = haproxy.read_text(settings.haproxy.config_path)
-    running = slots_from_config(live or "", snapshot, routing.backends)
-    tables = plan_tables(settings, snapshot, running, live, routing.backends)
-    text = render_text(tables, settings, template, routing)
     if run_check:
-        check_rendered(settings, tables, template, routing)
+        check_prepared(settings, template, features, prepared)
     if show_plan:
-        plan = plan_runtime(running, tables, live, text)
-        live_routes = parse_map_file(haproxy.read_text(settings.haproxy.routes_map_path) or "")
-        route_changes = map_commands(str(settings.haproxy.routes_map_path), live_routes, routing.map_entries)
-        if not plan.needs_reload:
-            plan = Plan(commands=plan.commands + tuple(route_changes))
-        if not settings.sync.runtime_api and plan.commands:
-            plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_OFF, "runtime API off"))
-        changes = summarize(running, tables, snapshot)
-        if route_changes:
-            verbs = [c.split()[0] for c in route_changes]
-            changes.append(f"routes: +{verbs.count('add')} -{verbs.count('del')} ~{verbs.count('set')}")
-        if plan.needs_reload:
-            click.echo(f"reload: {plan.reload_reason}")
-        elif plan.commands:
-            click.echo(f"runtime: {len(plan.commands)} commands, no reload")
-        else:
-            click.echo("no change" if live == text else "no change to servers; the file is rewritten")
-        for line in changes:
-            click.echo(f"  {line}")
+        for line in _plan_lines(settings, one):
+            click.echo(line)
         return EXIT_OK
+    text = prepared.text
     if show_diff:
-        live = haproxy.read_text(settings.haproxy.config_path) or ""
         diff = list(difflib.unified_diff(
-            live.splitlines(keepends=True), text.splitlines(keepends=True),
+            (one.live or "").splitlines(keepends=True), text.splitlines(keepends=True),
             str(settings.haproxy.config_path), "rendered",
         ))
         click.echo("".join(diff), nl=False)
@@ -206,7 +183,7 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     if dry_run:
         click.echo(text, nl=False)
         return EXIT_OK
-    write_live(settings, text, map_text(routing.map_entries))
+    write_live(settings, text, prepared.routes)
     click.echo(f"wrote {settings.haproxy.config_path} and {settings.haproxy.routes_map_path}", err=True)
     return EXIT_OK
 
@@ -220,31 +197,39 @@ def check(**params: Any) -> int:
     Every problem of the config file is reported at once. The template is rendered with a sample
     catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
     """
-    from haproxy_sync.apply import check_rendered
-    from haproxy_sync.catalog import Snapshot, parse_health_entries
-    from haproxy_sync.daemon import plan_tables
+    from haproxy_sync.pipeline import check_prepared, prepare, sample
     from haproxy_sync.render import load_template
-    from haproxy_sync.render import render as render_text
-    from haproxy_sync.routing import routing_for
 
     settings = _load(params)
     _configure_logs(settings)
     template = load_template(settings.template_path())
-    sample = [
-        {"Node": {"Node": "node-1", "Address": "192.0.2.10"},  # TEST-NET-1: passes any address policy but networks
-         "Service": {"ID": f"sample-{i}", "Address": "", "Port": 8080 + i}, "Checks": []}
-        for i in range(2)
-    ]
-    snapshot = Snapshot.of(parse_health_entries(s.name, sample, rules.AddressPolicy())[0] for s in settings.services)
-    tables = plan_tables(settings, snapshot, None, None)
-    routing = routing_for(settings, {})
-    render_text(tables, settings, template, routing)
+    observed = sample(settings)
+    features = haproxy.features(settings.haproxy.binary)
+    prepared = prepare(settings, template, features, observed.routing, observed.snapshot)
     checked = "rendered with a sample catalog"
     if haproxy.find_binary(settings.haproxy.binary):
-        check_rendered(settings, tables, template, routing)
+        check_prepared(settings, template, features, prepared)
         checked += " and passed haproxy -c"
     click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} {checked}")
     return EXIT_OK
+
+
+def _plan_lines(settings: Settings, one: OneRead) -> list[str]:
+    """``render --plan``: the decision the running daemon would take on this read, and what changes.
+
+    The daemon's own ``/status`` tells what a file cannot: whether HAProxy is confirmed running the
+    live config, and whether a re-read of settings owes a reload. Without a daemon to ask, the plan is
+    the one a daemon that applied the live files would make.
+    """
+    from haproxy_sync.pipeline import explain
+    from haproxy_sync.status import daemon_view
+
+    view, error = daemon_view(settings)
+    if error:
+        click.echo(f"note: {error}; planned as if a daemon ran the live files", err=True)
+    if view is None:
+        return explain(one, one.decide(settings))
+    return explain(one, one.decide(settings, confirmed=view.confirmed, reload_owed=view.reload_owed))
 
 
 @main.command(epilog="Exit codes: 0 in step, 1 drift between Consul and HAProxy or HAProxy unreachable.")

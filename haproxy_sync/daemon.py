@@ -1,12 +1,15 @@
-"""The loop: watch -> quiescence -> render -> validate -> swap -> reload; the one place the parts meet.
+"""When things happen: the loop that takes what the watches delivered to HAProxy, and its timers.
 
-One asyncio event loop runs a blocking-query watch per service and the apply loop. Watches only
-record the newest value per service and wake the apply loop; the apply loop waits for quiet
-(``wait_min``, at most ``wait_max``, consul-template's meaning), takes everything that arrived as one
-snapshot, and applies it once. Blocking work (``haproxy -c``, fsync, socket I/O) runs in worker threads.
+A blocking-query watch per service (``watchset``) records the newest value per service and wakes
+the loop; the loop waits for quiet (``wait_min``, at most ``wait_max``, consul-template's meaning),
+takes everything that arrived as one snapshot, lets hold-down and the guard narrow it, and hands it
+to the one pipeline (``pipeline.observe/prepare/decide``) that ``render --plan`` also uses. The
+decision is carried out by the applier (``apply``); blocking work runs in worker threads. Deadlines
+come from the collaborators (guard, hold-down, drains, reconcile, retry) and wake the loop.
 
-Signal handlers only set flags and wake the loop, which acts on them at the top of its next cycle.
-Each cycle logs one sentence saying what it decided and why.
+Signals, the metrics server and the watchdog are wired around the loop by ``wiring.serve``; their
+handlers only set flags and wake the loop, which acts on them at the top of its next cycle. Each
+cycle logs one sentence saying what it decided and why.
 """
 
 from __future__ import annotations
@@ -14,30 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
-import os
-import random
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import consul.aio
 import jinja2
 import sdnotify
-from aiohttp import web
-from watchdog.observers.api import BaseObserver
 
-from haproxy_sync import filewatch, haproxy
+from haproxy_sync import haproxy
 from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
     ReloadReport,
-    apply_config,
-    routes_on_disk,
-    write_live,
 )
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
 from haproxy_sync.config import ConfigError, Settings
@@ -49,44 +43,32 @@ from haproxy_sync.consul import (
     backoff_delay,
     classify,
     make_client,
-    read_routed,
     read_tagged_services,
     service_queries,
 )
-from haproxy_sync.drains import POLL_INTERVAL as DRAIN_POLL_INTERVAL
+from haproxy_sync.damping import HoldDown
 from haproxy_sync.drains import DrainWatch
 from haproxy_sync.guard import CatalogGuard, ServiceGuard
-from haproxy_sync.metrics import Metrics, StateView, WatchView, start_server
+from haproxy_sync.metrics import Metrics, StateView, WatchView
 from haproxy_sync.persist import BackgroundWriter
+from haproxy_sync.pipeline import Baseline, Observed, Prepared, decide, observe, prepare
 from haproxy_sync.plan import (
     BackendSlots,
-    Plan,
-    Seen,
-    assign_all,
-    damp,
     describe,
     diff_snapshots,
     draining,
-    next_deadline,
-    plan_runtime,
-    slots_from_config,
 )
 from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason
-from haproxy_sync.render import TemplateError, load_template, render
-from haproxy_sync.reservations import RouteReservations
-from haproxy_sync.routing import Routing, map_commands, map_text, routing_for
+from haproxy_sync.render import TemplateError, load_template
+from haproxy_sync.reservations import RouteMemory
+from haproxy_sync.routing import Routing
+from haproxy_sync.watchset import WatchSet
 
 log = logging.getLogger(__name__)
 
 
-#: How much each watch started in a batch adds to the spread of first reads (see ``consul.start_spread``).
-START_SPREAD_EACH = 0.00025
 #: Non-blocking reads (first reads, and re-reads after an error) in flight at once, across all watches.
 FIRST_READS_IN_FLIGHT = 32
-#: CPython's young-generation GC threshold for the daemon (default 700). A cold start with 1,000
-#: services allocates about a million containers in two seconds; at 700 that meant four full
-#: collections of ~50 ms each (measured, 0.23 s of the cold start); at 10,000, none.
-GC_GEN0_THRESHOLD = 10_000
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
 
@@ -115,26 +97,9 @@ class RunningState:
     text: str  # the config HAProxy runs, possibly not yet on disk (persist writes it behind)
     confirmed: bool = True  # False once a failure left it in doubt: the next apply reloads
 
-
-def plan_tables(
-    settings: Settings, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None, live_text: str | None,
-    backends: Iterable[tuple[str, str]] | None = None, idle: Mapping[str, frozenset[str]] | None = None,
-) -> dict[str, BackendSlots]:
-    """Slot tables for ``snapshot``; without previous tables, the live config says who holds which slot.
-
-    ``backends`` are the (backend, service) pairs routed; by default the configured services.
-    ``idle``: draining slots HAProxy reported as carrying nothing (their drain ends now).
-    """
-    pairs = list(backends) if backends is not None else [(s.backend, s.name) for s in settings.services]
-    if previous is None:
-        previous = slots_from_config(live_text or "", snapshot, pairs)
-    sync = settings.sync
-    return assign_all(
-        previous, snapshot, pairs, base=sync.slots, now=time.monotonic(), drain_timeout=sync.drain_timeout,
-        idle=idle,
-    )
-
-
+    @property
+    def baseline(self) -> Baseline:
+        return Baseline(self.tables, self.routing.map_entries, self.text, self.confirmed)
 
 
 class DaemonError(Exception):
@@ -161,11 +126,10 @@ class Daemon:
         self.notifier = sdnotify.SystemdNotifier()
         self.latest: dict[str, Service] = {}
         self.runs: RunningState | None = None  # what HAProxy runs after the last good apply, replaced whole
-        self.watches: dict[str, tuple[ServiceWatch, asyncio.Task[None]]] = {}
-        self.catalog: tuple[CatalogWatch, asyncio.Task[None]] | None = None  # discovery by tag
+        self.watches = WatchSet(lambda: self.client, self._on_update, self._on_catalog, self._count_consul_error,
+                                asyncio.Semaphore(FIRST_READS_IN_FLIGHT))
         self.discovered: frozenset[str] = frozenset()  # services carrying the discovery tag
-        self._disk_holders: dict[str, str] | None = None  # the map on disk at start: who held what
-        self.reservations = RouteReservations()  # routes kept for discovered holders that left
+        self.routes = RouteMemory(lambda: self.applier.routes_on_disk(self.settings))
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
         self._changed = False
@@ -174,12 +138,8 @@ class Daemon:
         self._reread_reason = "SIGHUP"
         self._structure_changed = False  # template or settings changed: the next apply reloads
         self._retry_at: float | None = None  # after a failed apply
-        self._drain_at: float | None = None  # when the earliest drain ends
-        self.drains = DrainWatch(settings.haproxy.stats_socket)
-        self._drain_poll_at: float | None = None  # next reading of what draining servers still carry
-        self._idle: dict[str, frozenset[str]] = {}  # draining slots HAProxy reported idle: the next plan frees them
-        self._hold_at: float | None = None  # when the earliest held (damped) status change matures
-        self._seen: dict[tuple[str, str], Seen] = {}
+        self.drains = DrainWatch(settings.haproxy.stats_socket)  # what draining servers carry, drain deadlines
+        self.hold_down = HoldDown()
         self._client: consul.aio.Consul | None = None  # made once, inside the running loop (run)
         self._unrouted: tuple[object, ...] = ()  # last logged, so each change is logged once
         self._reload_not_before = 0.0  # reload budget
@@ -194,7 +154,6 @@ class Daemon:
         self._ready_sent = False
         self.writer = BackgroundWriter(lambda text: self.applier.persist(self.settings, text), self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
-        self._first_reads = asyncio.Semaphore(FIRST_READS_IN_FLIGHT)
 
     # --- signals and updates: set flags, wake the loop ---
 
@@ -230,7 +189,7 @@ class Daemon:
         guard = self.catalog_guard
         guard.due_at = None
         discovery = self.settings.discovery
-        if self.catalog is None or guard.before is None:
+        if self.watches.catalog is None or guard.before is None:
             return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
         try:
             names, _ = await read_tagged_services(self.client, discovery.tag, 15)
@@ -240,7 +199,7 @@ class Daemon:
                         self.settings.sync.guard_delay)
             guard.due_at = time.monotonic() + self.settings.sync.guard_delay
             return
-        if guard.before is None or self.catalog is None:
+        if guard.before is None or self.watches.catalog is None:
             return  # the watch's own answer ended the hold while this read was in flight: it is newer
         guard.confirm(names, discovery.max_drop)
         self._on_catalog(names, time.monotonic())
@@ -267,18 +226,11 @@ class Daemon:
     # --- the loop ---
 
     async def run(self) -> int:
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        """The loop, until stopped; ``wiring.serve`` runs it with signals, metrics and the watchdog."""
         self.template = load_template(self.settings.template_path())
         for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
-        server = await self._start_metrics()
         self._client = make_client(self.settings.consul)
-        watchdog = asyncio.create_task(self._watchdog())
-        files = self._watch_files(loop)
         try:
             self._start_catalog()
             self._sync_watches()
@@ -291,44 +243,13 @@ class Daemon:
         finally:
             self.notifier.notify("STOPPING=1")
             await self.writer.flush()
-            watchdog.cancel()
-            tasks = [task for _, task in self.watches.values()] + ([self.catalog[1]] if self.catalog else [])
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(watchdog, *tasks, return_exceptions=True)
+            await self.watches.close()
             await self.client.close()
-            if server is not None:
-                await server.cleanup()
-            if files is not None:
-                files.stop()
-                await asyncio.to_thread(files.join, 2)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
         log.info("stopped")
         return 0
 
-    def _watch_files(self, loop: asyncio.AbstractEventLoop) -> BaseObserver | None:
-        """Treat an edit of the config file or the template like SIGHUP (``sync.watch_files``)."""
-        if not self.settings.sync.watch_files:
-            return None
-        paths = [p for p in (self.settings.source, self.settings.template_path()) if p is not None]
-        return filewatch.watch(paths, loop, self.request_reload)
-
-    async def _start_metrics(self) -> web.AppRunner | None:
-        listen = self.settings.metrics.listen
-        if not listen:
-            return None
-        host, _, port = listen.rpartition(":")
-        try:
-            return await start_server(self.metrics, host.strip("[]"), int(port))
-        except OSError as exc:
-            raise DaemonError(
-                f"cannot serve metrics on {listen}: {exc.strerror or exc}; set metrics.listen to a free "
-                "address, or to \"\" to turn metrics off"
-            ) from None
-
     def _timers(self) -> list[float]:
-        timers = [self._retry_at, self._drain_at, self._drain_poll_at, self._hold_at, self._reconcile_at,
+        timers = [self._retry_at, *self.drains.deadlines(), self.hold_down.due_at, self._reconcile_at,
                   self.catalog_guard.due_at, *self.guard.deadlines()]
         return [t for t in timers if t is not None]
 
@@ -358,10 +279,10 @@ class Daemon:
                 if self._reconcile_at is not None and now >= self._reconcile_at and not self._changed:
                     await self._reconcile()
                     continue
-                if self._drain_poll_at is not None and now >= self._drain_poll_at:
-                    await self._poll_drains()
-                timer_due = bool(self._idle) or any(
-                    t <= now for t in (self._retry_at, self._drain_at, self._hold_at) if t is not None)
+                if self.drains.poll_due(now):
+                    await asyncio.to_thread(self.drains.poll, self.tables or {}, time.monotonic())
+                timer_due = self.drains.due(now) or any(
+                    t <= now for t in (self._retry_at, self.hold_down.due_at) if t is not None)
                 if not (self._changed or timer_due):
                     continue
                 if self._changed:
@@ -385,12 +306,13 @@ class Daemon:
         missing = [s.name for s in self.settings.services if s.name not in self.latest]
         if self.applied is not None:
             return missing
-        if self.catalog is not None and not self.catalog[0].status.first_read.is_set():
+        catalog = self.watches.catalog
+        if catalog is not None and not catalog.status.first_read.is_set():
             missing.append("(catalog of tagged services)")
         # Called on every wake-up of a cold start: no sort of a thousand names each time.
         for name in self.discovered - self.latest.keys():
-            entry = self.watches.get(name)
-            if entry is not None and entry[0].status.failures == 0:
+            watch = self.watches.get(name)
+            if watch is not None and watch.status.failures == 0:
                 missing.append(name)
         return missing
 
@@ -417,56 +339,53 @@ class Daemon:
 
     async def _apply_once(self) -> Outcome:
         settings = self.settings
-        routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders(),
-                              reserved=self._reserved())
+        observed = self._observe(settings)
+        routing = observed.routing
         self._note_routing(routing)
-        observed = Snapshot.of(self.latest[s.name] for s in routing.services)
-        snapshot, self._seen, self._hold_at = damp(
-            self.applied, observed, self._seen, time.monotonic(), settings.sync.hold_down
-        )
+        snapshot = self.hold_down.judge(self.applied, observed.snapshot, time.monotonic(), settings.sync.hold_down)
         snapshot = self._guard(snapshot, routing)
         change = describe(diff_snapshots(self.applied, snapshot))
         if self.guard.held:
             change += f"; {','.join(self.guard.held)} held by the guard"
-        if self._hold_at is not None:
-            change += f"; {len(self._seen)} status changes held by hold_down"
+        if self.hold_down.held:
+            change += f"; {self.hold_down.held} status changes held by hold_down"
         live = self._running_text if self._confirmed else self.applier.read_live(settings)
-        tables = plan_tables(settings, snapshot, self.tables, live, routing.backends, self._idle)
-        self._idle = {}
-        self._drain_at = next_deadline(tables, settings.sync.drain_timeout)
-        self._drain_poll_at = None
-        if draining(tables) and await asyncio.to_thread(self.drains.supported):
-            self._drain_poll_at = time.monotonic() + DRAIN_POLL_INTERVAL
+        features = await asyncio.to_thread(self.applier.features, settings)
         assert self.template is not None
         try:
-            text = render(tables, settings, self.template, routing)
+            prepared = prepare(settings, self.template, features, routing, snapshot, self.tables, live,
+                               self.drains.take_idle())
         except TemplateError as exc:
+            self.drains.stop()  # the retry after the backoff plans drains again
             return Outcome(False, f"{change}; template error {exc}; kept last good config",
                            stage=FailureStage.TEMPLATE)
+        tables = prepared.tables
+        can_poll = bool(draining(tables)) and await asyncio.to_thread(self.drains.supported)
+        self.drains.planned(tables, settings.sync.drain_timeout, time.monotonic(), can_poll)
         self.metrics.renders.inc()
-        same_routes = self.routing is not None and self.routing.map_entries == routing.map_entries
-        if self._confirmed and text == self._running_text and same_routes:
-            self._commit(snapshot, tables, text, routing)
+        decision = decide(settings, self.runs.baseline if self.runs else None, prepared, self._structure_changed)
+        if decision.path is ApplyPath.NONE:
+            self._commit(prepared)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
-        plan = self._plan(tables, live, text, routing)
-        if not plan.needs_reload:
+        reason = decision.reload_reason
+        if decision.path is ApplyPath.RUNTIME:
             try:
-                action = await asyncio.to_thread(self.applier.runtime, settings, tables, plan.commands, routing)
+                action = await asyncio.to_thread(self.applier.runtime, settings, tables, decision.commands, routing)
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels(FailureStage.RUNTIME.label).inc()
-                plan = Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})"))
+                reason = ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})")
             else:
-                self._commit(snapshot, tables, text, routing)
-                self.writer.submit(text)
-                return Outcome(True, f"{change}; {action}", path=ApplyPath.RUNTIME, commands=len(plan.commands))
+                self._commit(prepared)
+                self.writer.submit(prepared.text)
+                return Outcome(True, f"{change}; {action}", path=ApplyPath.RUNTIME, commands=len(decision.commands))
         await self.writer.flush()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
+        assert reason is not None
         if wait > 0:
             self._retry_at = self._reload_not_before
-            return Outcome(True, f"{change}; reload ({plan.reload_reason}) deferred {wait:.1f}s by the reload budget",
+            return Outcome(True, f"{change}; reload ({reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
-        assert plan.reload_reason is not None
-        return await self._reload(snapshot, tables, text, change, plan.reload_reason, routing)
+        return await self._reload(prepared, change, reason)
 
     def _note_routing(self, routing: Routing) -> None:
         """Log each change of the unrouted services once, and keep the routing gauges current."""
@@ -490,7 +409,7 @@ class Daemon:
         """The guard's second look: one fresh, non-blocking read of each held service."""
         for name in names:
             watch = self.watches.get(name)
-            query = watch[0].query if watch else {}
+            query = watch.query if watch else {}
             try:
                 _, entries = await asyncio.wait_for(self.client.health.service(name, **query), 15)
                 service, _ = parse_health_entries(name, entries if entries is not None else [],
@@ -505,28 +424,11 @@ class Daemon:
             self.latest[name] = service
             self._changed = True
 
-    def _plan(self, tables: dict[str, BackendSlots], live: str | None, text: str, routing: Routing) -> Plan:
-        if not self.settings.sync.runtime_api:
-            return Plan(reload_reason=ReloadReason(ReloadKind.RUNTIME_OFF, "runtime API off"))
-        if self._structure_changed:
-            return Plan(reload_reason=ReloadReason(ReloadKind.SETTINGS, "template or settings changed"))
-        if not self._confirmed or self.tables is None or self.routing is None:
-            return Plan(reload_reason=ReloadReason(
-                ReloadKind.UNCONFIRMED, "HAProxy not yet confirmed running the live config"))
-        plan = plan_runtime(self.tables, tables, live, text)
-        if plan.needs_reload:
-            return plan
-        routes = map_commands(str(self.settings.haproxy.routes_map_path), self.routing.map_entries, routing.map_entries)
-        return Plan(commands=plan.commands + tuple(routes))
-
-    async def _reload(
-        self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, change: str, reason: ReloadReason,
-        routing: Routing,
-    ) -> Outcome:
+    async def _reload(self, prepared: Prepared, change: str, reason: ReloadReason) -> Outcome:
         settings = self.settings
         try:
-            report = await asyncio.to_thread(self.applier.reload, settings, text, tables,
-                                             map_text(routing.map_entries))
+            report = await asyncio.to_thread(self.applier.reload, settings, prepared.text, prepared.tables,
+                                             prepared.routes)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -540,10 +442,10 @@ class Daemon:
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
         self._structure_changed = False
-        self._commit(snapshot, tables, text, routing)
-        self.writer.wrote(text)
+        self._commit(prepared)
+        self.writer.wrote(prepared.text)
         try:
-            drift = await asyncio.to_thread(self.applier.repair, settings, tables, routing)
+            drift = await asyncio.to_thread(self.applier.repair, settings, prepared.tables, prepared.routing)
         except haproxy.HAProxyError as exc:
             log.warning("could not read back servers after the reload: %s", exc)
         else:
@@ -555,31 +457,11 @@ class Daemon:
         path = ApplyPath.RELOAD if report.reloaded else ApplyPath.NONE
         return Outcome(True, f"{change}; {action}", path=path, reason=reason.kind, reload=report)
 
-    async def _poll_drains(self) -> None:
-        """Read what the draining servers still carry; an idle one makes the loop plan (and free it) now."""
-        self._drain_poll_at = None
-        pending = draining(self.tables or {})
-        if not pending:
-            return
-        self._idle = await asyncio.to_thread(self.drains.idle, pending, time.monotonic())
-        if not self._idle:
-            self._drain_poll_at = time.monotonic() + DRAIN_POLL_INTERVAL
-
-    def _holders(self) -> dict[str, str] | None:
-        """Before the first apply, who holds which route: the routes HAProxy runs (the map on disk)."""
-        if self.routing is not None:
-            return None
-        if self._disk_holders is None:
-            self._disk_holders = self.applier.routes_on_disk(self.settings)
-        return dict(self._disk_holders)
-
-    def _reserved(self) -> dict[str, str]:
-        """The routes of holders that left less than ``discovery.route_grace`` ago: kept for them."""
-        return self.reservations.reserved(time.monotonic(), self.settings.discovery.route_grace)
-
-    def _note_departures(self, routing: Routing) -> None:
-        before = self.routing.map_entries if self.routing is not None else (self._disk_holders or {})
-        self.reservations.note(before, routing.map_entries, time.monotonic())
+    def _observe(self, settings: Settings) -> Observed:
+        """What the watches delivered, routed with the routes HAProxy runs and those reserved."""
+        routed = self.routing.map_entries if self.routing is not None else None
+        return observe(settings, self.latest, self.discovered, self.routing, holders=self.routes.holders(routed),
+                       reserved=self.routes.reserved(time.monotonic(), settings.discovery.route_grace))
 
     # --- what HAProxy runs: one record, replaced whole by each good apply ---
 
@@ -609,9 +491,10 @@ class Daemon:
         if self.runs is not None:
             self.runs = dataclasses.replace(self.runs, confirmed=False)
 
-    def _commit(self, snapshot: Snapshot, tables: dict[str, BackendSlots], text: str, routing: Routing) -> None:
-        self._note_departures(routing)
-        self.runs = RunningState(snapshot, tables, routing, text)
+    def _commit(self, prepared: Prepared) -> None:
+        self.routes.routed(self.routing.map_entries if self.routing is not None else None,
+                           prepared.routing.map_entries, time.monotonic())
+        self.runs = RunningState(prepared.snapshot, prepared.tables, prepared.routing, prepared.text)
         self._schedule_reconcile()
 
     def _persist_failed(self, exc: Exception) -> None:
@@ -689,15 +572,15 @@ class Daemon:
     def state_view(self) -> StateView:
         """What /metrics, /ready and /status show; called on the loop at request time."""
         now = time.monotonic()
-        every: list[tuple[str, ServiceWatch | CatalogWatch]] = [(n, w) for n, (w, _) in sorted(self.watches.items())]
-        if self.catalog is not None:
-            every.insert(0, ("catalog", self.catalog[0]))
+        every: list[tuple[str, ServiceWatch | CatalogWatch]] = list(self.watches.services())
+        if self.watches.catalog is not None:
+            every.insert(0, ("catalog", self.watches.catalog))
         watches = [
             WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
             for name, w in every
         ]
         skipped: Counter[tuple[str, str]] = Counter(  # instances; the catalog's skips are services, logged
-            (name, item.kind.label) for name, (w, _) in self.watches.items() for item in w.skipped
+            (name, item.kind.label) for name, w in self.watches.services() for item in w.skipped
         )
         servers: dict[tuple[str, str], int] = {}
         for backend, table in (self.tables or {}).items():
@@ -707,7 +590,7 @@ class Daemon:
         sentence, path, at = self._last_apply
         return StateView(
             watches=watches, servers=servers, skipped=dict(skipped), applied_once=self.applied is not None,
-            confirmed=self._confirmed,
+            confirmed=self._confirmed, reload_owed=self._structure_changed,
             last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
             stale_after=self.settings.metrics.stale_after,
         )
@@ -723,10 +606,9 @@ class Daemon:
             settings = self.reload_settings()
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
-            routing = routing_for(settings, self.latest, self.discovered, self.routing, holders=self._holders(),
-                                  reserved=self._reserved())
-            snapshot = Snapshot.of(self.latest[s.name] for s in routing.services if s.name in self.latest)
-            render(plan_tables(settings, snapshot, self.tables, None, routing.backends), settings, template, routing)
+            observed = self._observe(settings)
+            prepare(settings, template, self.applier.features(settings), observed.routing, observed.snapshot,
+                    self.tables)
         except (ConfigError, TemplateError) as exc:
             log.error("%s: new configuration rejected, keeping the running one: %s", why,
                       str(exc).replace("\n", "; "))
@@ -745,92 +627,23 @@ class Daemon:
 
     def _start_catalog(self) -> None:
         """(Re)start the watch of tagged services, or stop it when discovery is off."""
-        if self.catalog is not None:
-            self.catalog[1].cancel()
-            self.catalog = None
         self.catalog_guard.reset()
-        discovery = self.settings.discovery
-        if not discovery.enabled:
+        self.watches.start_catalog(self.settings.discovery, self.settings.consul)
+        if not self.settings.discovery.enabled:
             self.discovered = frozenset()
-            return
-        watch = CatalogWatch(
-            self.client, discovery.tag, self._on_catalog,
-            wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
-            on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
-        )
-        self.catalog = (watch, asyncio.create_task(watch.run(), name="watch:catalog"))
 
     def _sync_watches(self) -> None:
-        """One health watch per routed service; a watch whose query changed (tag, filter) restarts.
+        """One health watch per routed service; what a stopped watch knew goes with it."""
+        stopped = self.watches.sync(service_queries(self.settings, self.discovered), self.settings.address_policy,
+                                    self.settings.consul)
+        for name in stopped.names:
+            self.latest.pop(name, None)
+            self.guard.forget(name)  # a service no longer watched has nothing to re-read
+        for name in stopped.gone:
+            if not (name == "catalog" and self.watches.catalog is not None):
+                # Gone, not restarted: its series go too, or names cycling through Consul would
+                # pile up series without bound ("catalog" is also the discovery watch's label).
+                self.metrics.forget_service(name)
 
-        Watches started together (a cold start with hundreds of tagged services, a burst of new
-        branches) spread their first reads over up to ``consul.start_spread`` (0.25 ms each), so Consul
-        does not get them all in the same instant.
-        """
-        wanted = service_queries(self.settings, self.discovered)
-        for name in list(self.watches):
-            watch = self.watches[name][0]
-            if name not in wanted or watch.query != wanted[name] or watch.policy != self.settings.address_policy:
-                self.watches.pop(name)[1].cancel()
-                self.latest.pop(name, None)
-                self.guard.forget(name)  # a service no longer watched has nothing to re-read
-                if name not in wanted and not (name == "catalog" and self.catalog is not None):
-                    # Gone, not restarted: its series go too, or names cycling through Consul would
-                    # pile up series without bound ("catalog" is also the discovery watch's label).
-                    self.metrics.forget_service(name)
-        new = sorted(wanted.keys() - self.watches.keys())
-        spread = min(self.settings.consul.start_spread, START_SPREAD_EACH * len(new)) if len(new) > 1 else 0.0
-        if len(wanted) > self.settings.consul.max_connections:
-            log.warning("watching %d services over at most %d connections (consul.max_connections): the "
-                        "rest queue, and their changes can wait up to consul.wait", len(wanted),
-                        self.settings.consul.max_connections)
-        for name in new:
-            watch = ServiceWatch(
-                self.client, name, self._on_update,
-                tag=wanted[name].get("tag", ""), filter_expression=wanted[name].get("filter_expr", ""),
-                policy=self.settings.address_policy,
-                wait=self.settings.consul.wait, backoff_max=self.settings.consul.backoff_max,
-                on_error=lambda service, kind: self.metrics.consul_errors.labels(service, kind).inc(),
-                start_delay=random.uniform(0, spread), gate=self._first_reads,
-            )
-            self.watches[name] = (watch, asyncio.create_task(watch.run(), name=f"watch:{name}"))
-
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog from the loop itself, so a stuck loop stops the pings."""
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
-            return
-        while True:
-            self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(usec / 2_000_000)
-
-
-async def run_once(settings: Settings) -> Outcome:
-    """``run --once``: one read of every service, one apply; the caller turns ``ok`` into the exit code."""
-    template = load_template(settings.template_path())
-    read = await read_routed(settings)
-    for name, (_, skipped) in read.services.items():
-        for item in skipped:
-            log.warning("skipped instance service=%s id=%r reason=%r", name, item.instance_id, item.reason)
-    latest = {name: service for name, (service, _) in read.services.items()}
-    routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
-    for item in routing.unrouted:
-        log.warning("discovery: service %s is not routed: %s", item.service, item.reason)
-    snapshot = Snapshot.of(latest[s.name] for s in routing.services)
-    change = describe(diff_snapshots(None, snapshot))
-    hap = settings.haproxy
-    live = haproxy.read_text(hap.config_path)
-    text = render(plan_tables(settings, snapshot, None, live, routing.backends), settings, template, routing)
-    routes = map_text(routing.map_entries)
-    if live == text and haproxy.read_text(hap.routes_map_path) == routes:
-        return Outcome(True, f"{change}; rendered config identical, no write, no reload")
-    try:
-        haproxy.show_proc(hap.master_socket)
-    except haproxy.SocketError:
-        await asyncio.to_thread(write_live, settings, text, routes)
-        return Outcome(True, f"{change}; written; HAProxy not running, it will load this file when it starts")
-    try:
-        action = await asyncio.to_thread(apply_config, settings, text, None, routes)
-    except haproxy.HAProxyError as exc:
-        return Outcome(False, f"{change}; {exc}")
-    return Outcome(True, f"{change}; {action}")
+    def _count_consul_error(self, service: str, kind: str) -> None:
+        self.metrics.consul_errors.labels(service, kind).inc()

@@ -24,7 +24,6 @@ import grp
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -537,9 +536,9 @@ class ServerState:
 
 
 #: A numeric column of ``show servers state``: ASCII digits only (``int()`` also takes '٢', '+7', ' 7').
-_STATE_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
+DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
 #: A line of that answer as HAProxy writes it: printable ASCII, fields apart by spaces or tabs.
-_STATE_TEXT = re.compile(r"[\x20-\x7e\t]*", re.ASCII)
+PRINTABLE_LINE = re.compile(r"[\x20-\x7e\t]*", re.ASCII)
 #: The columns read (be_id .. srv_port); HAProxy writes more, and newer versions may add some at the end.
 _STATE_COLUMNS = 19
 _STATE_NUMERIC = (5, 6, 7, 18)  # srv_op_state, srv_admin_state, srv_uweight, srv_port (0 when none)
@@ -549,8 +548,8 @@ def _state_line(line: str) -> ServerState | None:
     """One server line of ``show servers state``; None for a server that is not ours (a backend or
     server name haproxy-sync never renders). Raises :class:`SocketError` naming a line that does not
     parse: the answer is untrusted, and nothing in it is converted before it passed its allowlist."""
-    cols = line.split() if _STATE_TEXT.fullmatch(line) else []
-    if len(cols) < _STATE_COLUMNS or not all(_STATE_NUMBER.fullmatch(cols[i]) for i in _STATE_NUMERIC):
+    cols = line.split() if PRINTABLE_LINE.fullmatch(line) else []
+    if len(cols) < _STATE_COLUMNS or not all(DIGITS.fullmatch(cols[i]) for i in _STATE_NUMERIC):
         raise SocketError(f"unexpected `show servers state` answer: cannot read server line {line[:120]!r}")
     if not (rules.is_name(cols[1]) and rules.is_name(cols[3])):
         return None
@@ -560,7 +559,7 @@ def _state_line(line: str) -> ServerState | None:
     )
 
 
-def _data_lines(text: str) -> list[str]:
+def data_lines(text: str) -> list[str]:
     """The lines of a CLI answer that hold anything, split on ``\\n`` only (as HAProxy reads its files)."""
     return [line for line in text.split("\n") if line.strip(" \t")]
 
@@ -572,8 +571,8 @@ def parse_servers_state(text: str) -> tuple[ServerState, ...]:
     parse makes the whole answer unusable: a half-read state must not drive repairs or reloads.
     Lines are split on ``\\n`` only, as HAProxy reads its state file.
     """
-    lines = _data_lines(text)
-    if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
+    lines = data_lines(text)
+    if not lines or not DIGITS.fullmatch(lines[0].strip(" \t")):
         raise SocketError(f"unexpected `show servers state` answer: {text.strip()[:200]!r}")
     states = (_state_line(line) for line in lines[1:] if not line.startswith("#"))
     return tuple(state for state in states if state is not None)
@@ -589,13 +588,13 @@ def filter_server_state(text: str, keep: Callable[[ServerState], bool]) -> str:
     Only what parses is written (HAProxy loads this file): the version line, comment lines of plain
     text, and server lines of ours that ``keep`` accepts. A line that does not parse is dropped.
     """
-    lines = _data_lines(text)
-    if not lines or not _STATE_NUMBER.fullmatch(lines[0].strip(" \t")):
+    lines = data_lines(text)
+    if not lines or not DIGITS.fullmatch(lines[0].strip(" \t")):
         return ""
     kept = [lines[0].strip(" \t")]
     for line in lines[1:]:
         if line.startswith("#"):
-            if _STATE_TEXT.fullmatch(line):
+            if PRINTABLE_LINE.fullmatch(line):
                 kept.append(line)
             continue
         try:
@@ -621,94 +620,6 @@ def runtime_commands(stats_socket: Path, sequence: list[Command] | tuple[Command
 
 def servers_state(stats_socket: Path, backend: str | None = None) -> tuple[ServerState, ...]:
     return parse_servers_state(socket_command(stats_socket, commands.show_servers_state(backend)))
-
-
-# --- drains: does a leaving server still carry anything? ---
-
-
-@dataclass(frozen=True)
-class ServerLoad:
-    """What one server still carries. The counters are the ones HAProxy 3.0's own removability rule
-    (``wait srv-removable``) reads: connections in use, queued requests and streams on the server."""
-
-    weight: int  # effective weight: 0 means the balancer sends it nothing new
-    queued: int
-    sessions: int
-    connections: int  # ``used_cur``: connections in use, idle pooled ones not counted
-
-    @property
-    def idle(self) -> bool:
-        """Nothing new can reach it and nothing is on it: its drain is over."""
-        return self.weight == 0 and self.queued == 0 and self.sessions == 0 and self.connections == 0
-
-
-def _header(line: str, prefix: str, separator: str | None, wanted: tuple[str, ...], what: str) -> list[int]:
-    """The positions of ``wanted`` in a ``# name name ...`` header line, or :class:`SocketError`."""
-    if not line.startswith(prefix) or not _STATE_TEXT.fullmatch(line):
-        raise SocketError(f"unexpected `{what}` answer: {line[:120]!r}")
-    names = [name.strip() for name in line[len(prefix):].split(separator)]
-    missing = [name for name in wanted if name not in names]
-    if missing:
-        raise SocketError(f"unexpected `{what}` answer: no column {', '.join(missing)} in {line[:120]!r}")
-    return [names.index(name) for name in wanted]
-
-
-def _counts(cols: list[str], positions: list[int], line: str, what: str) -> list[int]:
-    """The numeric columns of one answer line; digits only, checked before any is converted."""
-    if len(cols) <= max(positions) or not all(_STATE_NUMBER.fullmatch(cols[i]) for i in positions):
-        raise SocketError(f"unexpected `{what}` answer: cannot read line {line[:120]!r}")
-    return [int(cols[i]) for i in positions]
-
-
-def parse_stat_servers(text: str, backend: str) -> dict[str, tuple[int, int, int]]:
-    """``show stat <backend> 4 -1`` (CSV): server name -> (weight, queued, sessions) for ``backend``."""
-    lines = _data_lines(text)
-    if not lines:
-        raise SocketError("unexpected `show stat` answer: empty")
-    px, sv, weight, qcur, scur = _header(lines[0], "# ", ",", ("pxname", "svname", "weight", "qcur", "scur"),
-                                         "show stat")
-    found: dict[str, tuple[int, int, int]] = {}
-    for line in lines[1:]:
-        cols = line.split(",") if _STATE_TEXT.fullmatch(line) else []
-        if len(cols) <= max(px, sv):
-            raise SocketError(f"unexpected `show stat` answer: cannot read line {line[:120]!r}")
-        if cols[px] != backend or not rules.is_name(cols[sv]):
-            continue
-        w, q, s = _counts(cols, [weight, qcur, scur], line, "show stat")
-        found[cols[sv]] = (w, q, s)
-    return found
-
-
-def parse_servers_conn(text: str, backend: str) -> dict[str, int]:
-    """``show servers conn <backend>``: server name -> connections in use (``used_cur``)."""
-    lines = _data_lines(text)
-    if not lines:
-        raise SocketError("unexpected `show servers conn` answer: empty")
-    target, used = _header(lines[0], "#", None, ("bkname/svname", "used_cur"), "show servers conn")
-    found: dict[str, int] = {}
-    for line in lines[1:]:
-        cols = line.split() if _STATE_TEXT.fullmatch(line) else []
-        if len(cols) <= target:
-            raise SocketError(f"unexpected `show servers conn` answer: cannot read line {line[:120]!r}")
-        be, _, server = cols[target].partition("/")
-        if be != backend or not rules.is_name(server):
-            continue
-        found[server] = _counts(cols, [used], line, "show servers conn")[0]
-    return found
-
-
-def server_loads(stats_socket: Path, backend: str) -> dict[str, ServerLoad]:
-    """What each server of ``backend`` still carries; a server missing from either answer is left out."""
-    stats = parse_stat_servers(socket_command(stats_socket, commands.show_stat_servers(backend)), backend)
-    conns = parse_servers_conn(socket_command(stats_socket, commands.show_servers_conn(backend)), backend)
-    return {name: ServerLoad(weight, queued, sessions, conns[name])
-            for name, (weight, queued, sessions) in stats.items() if name in conns}
-
-
-def knows_when_servers_are_idle(stats_socket: Path) -> bool:
-    """Whether this HAProxy defines when a server has no connections left (``wait srv-removable``,
-    3.0), told by its own answer to ``wait -h``: 2.6 answers "Unknown command"."""
-    return "srv-removable" in socket_command(stats_socket, commands.WAIT_USAGE)
 
 
 def show_map(stats_socket: Path, map_path: Path) -> dict[str, str]:
@@ -747,99 +658,6 @@ def save_server_state(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(state_file, text, mode=0o644, setting="haproxy.server_state_file")
     return True
-
-
-#: A line of ``dump stats-file``: a header (``#fe guid,stot,...``), an object's guid and its counters, or blank.
-_STATS_HEADER = re.compile(r"#[a-z]{2,8} guid(?:,[a-z0-9_]{1,40}){1,200},?", re.ASCII)
-_STATS_VALUES = re.compile(r"[A-Za-z0-9_.:-]{1,127}(?:,-?[0-9]{0,20}){1,200},?", re.ASCII)
-#: What a stats-file holds between reloads: nothing (one newline is what HAProxy 3.0 loads silently).
-EMPTY_STATS_FILE = "\n"
-
-
-def stats_dump_problem(text: str) -> str | None:
-    """Why ``dump stats-file``'s answer is not a file HAProxy should load, or None when every line is
-    one of its three kinds. HAProxy reads this file at startup: nothing else may get into it."""
-    if not text.strip():
-        return "the answer is empty"
-    for line in text.split("\n"):
-        if line and not (_STATS_HEADER.fullmatch(line) or _STATS_VALUES.fullmatch(line)):
-            return f"cannot read line {line[:120]!r}"
-    return None
-
-
-def save_stats_file(stats_socket: Path, path: Path) -> bool:
-    """Before a reload on 3.0: HAProxy's counters where its next worker's ``stats-file`` reads them.
-
-    Returns False (and leaves the file as it was) when the socket does not answer or the answer does
-    not read: the reload goes on, its counters start from zero as on 2.6.
-    """
-    try:
-        text = socket_command(stats_socket, commands.DUMP_STATS_FILE, timeout=10.0)
-    except SocketError:
-        return False
-    if stats_dump_problem(text) is not None:
-        return False
-    atomic_write(path, text, mode=0o644, setting="haproxy.stats_file")
-    return True
-
-
-def clear_stats_file(path: Path) -> None:
-    """After the reload: an empty stats-file, so a later cold start does not load counters of the past
-    (a counter that goes back reads as a reset and a burst to ``rate()``)."""
-    if read_text(path) != EMPTY_STATS_FILE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, EMPTY_STATS_FILE, mode=0o644, setting="haproxy.stats_file")
-
-
-# --- running HAProxy ourselves (sandbox, tests, benchmarks) ---
-
-
-class HAProxyProcess:
-    """A master-worker HAProxy started in the foreground, as the sandbox and tests run it."""
-
-    def __init__(self, binary: str, config: Path, master_socket: Path, log_path: Path | None = None) -> None:
-        self.binary = binary
-        self.config = config
-        self.master_socket = master_socket
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> ProcInfo:
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [self.binary, "-W", "-S", str(self.master_socket), "-f", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        if self.log_path:
-            log.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise HAProxyError(f"HAProxy exited with {self.process.returncode} at start; see {self.log_path}")
-            try:
-                info = show_proc(self.master_socket)
-                if info.current_worker:
-                    return info
-            except SocketError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise HAProxyError(f"HAProxy did not start a worker within {timeout:g}s")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the master and its workers; SIGKILL the whole group if they linger."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # workers outliving the master
 
 
 def process_start_time(pid: int) -> float:

@@ -47,6 +47,7 @@ class StateView:
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, reason kind) -> count, > 0
     applied_once: bool = False
     confirmed: bool = False
+    reload_owed: bool = False  # the template or settings were re-read: the next apply reloads
     last_apply: str = ""
     last_apply_path: str = ""
     last_apply_age: float | None = None
@@ -186,6 +187,8 @@ async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
             "version": __version__,
             "ready": not state.not_ready(),
             "reasons": state.not_ready(),
+            "confirmed": state.confirmed,
+            "reload_owed": state.reload_owed,
             "last_apply": state.last_apply,
             "last_apply_path": state.last_apply_path,
             "last_apply_age_seconds": state.last_apply_age,

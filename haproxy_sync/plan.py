@@ -14,7 +14,7 @@ Lifecycle of a slot, driven by Consul's status (passing < warning < critical):
     maint --instance gone--> free            maint/draining --passing again--> ready
 
 A drain ends at ``drain_timeout``, or earlier when HAProxy says the server carries nothing any more
-(``idle``: read by the daemon where HAProxy defines it, 3.0; see :func:`haproxy.server_loads`).
+(``idle``: read by the daemon where HAProxy defines it, 3.0; see :func:`drains.server_loads`).
 
 Drain is expressed as weight 0, not the runtime ``drain`` state, because weight 0 can be written in
 haproxy.cfg: the file on disk always describes what runs, so a restart gives the same state.
@@ -457,50 +457,6 @@ def summarize(old: Mapping[str, BackendSlots], new: Mapping[str, BackendSlots], 
         if added or removed or weight or health:
             lines.append(f"{backend}: {' '.join(parts)}")
     return lines
-
-
-# --- flap damping ---
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A status seen for an instance, and since when: the memory of flap damping."""
-
-    status: Status
-    since: float
-
-
-def damp(
-    applied: Snapshot | None, observed: Snapshot, history: Mapping[tuple[str, str], Seen], now: float, hold_down: float
-) -> tuple[Snapshot, dict[tuple[str, str], Seen], float | None]:
-    """Hold each instance at its applied status until a new status was seen for ``hold_down``.
-
-    Returns the snapshot to apply, the updated history, and when the earliest held change matures.
-    New instances and removals are not held: damping is about health flapping, not membership.
-    """
-    if hold_down <= 0 or applied is None:
-        return observed, {}, None
-    new_history: dict[tuple[str, str], Seen] = {}
-    services = []
-    deadline: float | None = None
-    for service in observed.services:
-        before = {inst.key: inst for inst in applied.get(service.name).instances}
-        instances = []
-        for inst in service.instances:
-            old = before.get(inst.key)
-            if old is None or old.status is inst.status:
-                instances.append(inst)
-                continue
-            seen = history.get(inst.key)
-            since = seen.since if seen is not None and seen.status is inst.status else now
-            new_history[inst.key] = Seen(inst.status, since)
-            if now - since >= hold_down:
-                instances.append(inst)
-            else:
-                instances.append(replace(inst, status=old.status))
-                deadline = min(deadline or since + hold_down, since + hold_down)
-        services.append(Service(service.name, tuple(instances)))
-    return Snapshot.of(services), new_history, deadline
 
 
 # --- the empty-backend guard ---

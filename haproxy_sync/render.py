@@ -16,11 +16,11 @@ from typing import Any
 
 import jinja2
 
-from haproxy_sync import __version__, haproxy, rules
+from haproxy_sync import __version__, rules
 from haproxy_sync.config import ServiceSettings, Settings
 from haproxy_sync.haproxy import Features
 from haproxy_sync.plan import BackendSlots, Slot
-from haproxy_sync.routing import Routing, routing_for
+from haproxy_sync.routing import Routing
 
 
 class TemplateError(Exception):
@@ -149,16 +149,14 @@ def load_template(path: Path) -> jinja2.Template:
 
 
 def render(
-    tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing | None = None,
-    features: Features | None = None,
+    tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing,
+    features: Features,
 ) -> str:
     """Render the config text; any error inside the template is reported with its file and line.
 
-    ``routing`` defaults to the configured services alone (no discovered ones); ``features`` to what
-    ``haproxy.binary`` says of itself (``haproxy -v``, asked once per binary file).
+    ``routing`` and ``features`` (what the HAProxy binary can do) are decided once per apply by the
+    caller (``pipeline.prepare``), never guessed here.
     """
-    routing = routing if routing is not None else routing_for(settings, {})
-    features = features if features is not None else haproxy.features(settings.haproxy.binary)
     try:
         return template.render(template_context(tables, settings, routing, features))
     except jinja2.TemplateSyntaxError as exc:

@@ -8,7 +8,7 @@ a reservation ends when the grace runs out or the route is given to someone. Pur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class RouteReservations:
@@ -30,3 +30,28 @@ class RouteReservations:
                 self._departed.setdefault(key, (backend, now))
         self._departed = {key: held for key, held in self._departed.items()
                           if key not in after and held[0] not in still_holding}
+
+
+class RouteMemory:
+    """What routing remembers between applies: who held which route before this daemon first routed
+    (the map on disk, read once when first asked), and the routes reserved for holders that left."""
+
+    def __init__(self, on_disk: Callable[[], dict[str, str]]) -> None:
+        self._read_disk = on_disk
+        self._on_disk: dict[str, str] | None = None
+        self.reservations = RouteReservations()
+
+    def holders(self, routed: Mapping[str, str] | None) -> dict[str, str] | None:
+        """Who holds which route when nothing was routed yet (``routed`` None): the map on disk."""
+        if routed is not None:
+            return None
+        if self._on_disk is None:
+            self._on_disk = self._read_disk()
+        return dict(self._on_disk)
+
+    def reserved(self, now: float, grace: float) -> dict[str, str]:
+        return self.reservations.reserved(now, grace)
+
+    def routed(self, before: Mapping[str, str] | None, after: Mapping[str, str], now: float) -> None:
+        """A good apply took the routes from ``before`` (None: the first, from the map on disk) to ``after``."""
+        self.reservations.note(before if before is not None else (self._on_disk or {}), after, now)

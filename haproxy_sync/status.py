@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from haproxy_sync import haproxy, rules
-from haproxy_sync.apply import routes_on_disk
 from haproxy_sync.catalog import Instance, Snapshot, Status
 from haproxy_sync.config import Settings
-from haproxy_sync.consul import ConsulError, read_routed
+from haproxy_sync.consul import ConsulError
 from haproxy_sync.logs import one_line
+from haproxy_sync.pipeline import read_observed
 from haproxy_sync.plan import BackendSlots, find_drift, slots_from_config
 from haproxy_sync.routing import route_drift, routing_for
 
@@ -122,16 +122,45 @@ def _not_in_config(instances: tuple[Instance, ...], table: BackendSlots) -> list
     return missing
 
 
+@dataclass(frozen=True)
+class DaemonView:
+    """What ``render --plan`` needs of the running daemon's ``/status``: what a file cannot tell."""
+
+    confirmed: bool  # HAProxy is known to run the daemon's last apply
+    reload_owed: bool  # settings or the template were re-read: the next apply reloads
+
+
+def fetch_daemon_status(settings: Settings, timeout: float = 2.0) -> tuple[dict[str, Any] | None, str]:
+    """The daemon's ``/status`` JSON, or None and why not (metrics off, not reachable, not JSON)."""
+    if not settings.metrics.listen:
+        return None, "metrics.listen is off, so no daemon can be asked"
+    url = f"http://{settings.metrics.listen}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = json.loads(response.read(1 << 20))
+    except (OSError, ValueError) as exc:
+        return None, f"daemon not reachable at {url}: {exc}"
+    if not isinstance(body, dict):
+        return None, f"daemon at {url} answered something other than a JSON object"
+    return body, ""
+
+
+def daemon_view(settings: Settings) -> tuple[DaemonView | None, str]:
+    """The running daemon's confirmation and owed reload; anything but true booleans counts as false."""
+    body, error = fetch_daemon_status(settings)
+    if body is None:
+        return None, error
+    return DaemonView(body.get("confirmed") is True, body.get("reload_owed") is True), ""
+
+
 def gather(settings: Settings) -> Report:
     """Read Consul once, HAProxy's servers, the live config and the daemon's /status; never raises."""
     report = Report([])
     snapshot = None
     routing = routing_for(settings, {})
     try:
-        read = asyncio.run(read_routed(settings, deadline=5))
-        latest = {name: svc for name, (svc, _) in read.services.items()}
-        routing = routing_for(settings, latest, read.discovered, holders=routes_on_disk(settings))
-        snapshot = Snapshot.of(latest[s.name] for s in routing.services)
+        observed = asyncio.run(read_observed(settings, deadline=5))
+        routing, snapshot = observed.routing, observed.snapshot
         report.unrouted = [f"{item.service}: {item.reason}" for item in routing.unrouted]
     except ConsulError as exc:
         report.consul_error = str(exc)
@@ -149,11 +178,7 @@ def gather(settings: Settings) -> Report:
     live = haproxy.read_text(settings.haproxy.config_path)
     report.backends = build_report(settings, snapshot, live, states, routing.backends)
     if settings.metrics.listen:
-        try:
-            with urllib.request.urlopen(f"http://{settings.metrics.listen}/status", timeout=2) as response:
-                report.daemon = json.loads(response.read())
-        except (OSError, ValueError) as exc:
-            report.daemon_error = f"daemon not reachable at http://{settings.metrics.listen}/status: {exc}"
+        report.daemon, report.daemon_error = fetch_daemon_status(settings)
     return report
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,9 +21,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jinja2
+
 from haproxy_sync import haproxy
+from haproxy_sync.catalog import Service
+from haproxy_sync.config import Settings
+from haproxy_sync.dev.process import HAProxyProcess
+from haproxy_sync.dev.workdir import Workdir, WorkdirPaths, merged, parse_sections
+from haproxy_sync.pipeline import Prepared, observe, prepare
+from haproxy_sync.render import load_template
 
 T = TypeVar("T")
+
+
+def prepared_for(settings: Settings, *services: Service, template: jinja2.Template | None = None,
+                 discovered: frozenset[str] = frozenset()) -> Prepared:
+    """What a first start of the daemon prepares for ``services`` (no live config), with the features
+    of the HAProxy binary the settings name: the product's own pipeline, not a copy of it."""
+    observed = observe(settings, {s.name: s for s in services}, discovered)
+    template = template if template is not None else load_template(settings.template_path())
+    return prepare(settings, template, haproxy.features(settings.haproxy.binary), observed.routing,
+                   observed.snapshot)
 
 
 def haproxy_version() -> tuple[int, int]:
@@ -160,7 +179,7 @@ def all_passing(consul_url: str, count: int, service: str = "cabify") -> bool:
 
 
 @dataclass
-class Layout:
+class Layout(WorkdirPaths):
     """Paths and ports of one test's HAProxy + daemon, all in its own temp dir."""
 
     root: Path
@@ -172,39 +191,26 @@ class Layout:
     template: Path | None = None
     extra: str = ""  # lines added to the [sync] section
     consul_wait: str = "5s"
+    quiescence: tuple[str, str] = ("10ms", "200ms")  # sync.wait_min, sync.wait_max
     service_options: str = ""  # lines added to every [[services]] table
 
-    @property
-    def config_toml(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def haproxy_cfg(self) -> Path:
-        return self.root / "haproxy.cfg"
-
-    @property
-    def master_socket(self) -> Path:
-        return self.root / "master.sock"
-
-    @property
-    def stats_socket(self) -> Path:
-        return self.root / "admin.sock"
+    def workdir(self) -> Workdir:
+        """This layout as the sandbox's and benches' one config writer sees it."""
+        haproxy_keys: dict[str, Any] = {"binary": haproxy.find_binary("haproxy")}
+        if self.template:
+            haproxy_keys["template"] = str(self.template)
+        settings = merged(
+            {"consul": {"backoff_max": "2s", "wait": self.consul_wait}, "haproxy": haproxy_keys,
+             "metrics": {"stale_after": "2s"},
+             "sync": {"wait_min": self.quiescence[0], "wait_max": self.quiescence[1]}},
+            parse_sections(self.extra, "sync"),
+        )
+        options = tomllib.loads(self.service_options)
+        return Workdir(self.root, self.consul_url, self.http_port, self.stats_port, self.metrics_port,
+                       services=tuple({"name": name, **options} for name in self.services), settings=settings)
 
     def write(self) -> Path:
-        services = "".join(f'[[services]]\nname = "{name}"\n{self.service_options}' for name in self.services)
-        template = f'template = "{self.template}"\n' if self.template else ""
-        self.config_toml.write_text(
-            f'[consul]\naddress = "{self.consul_url}"\nbackoff_max = "2s"\nwait = "{self.consul_wait}"\n'
-            f'[haproxy]\nbinary = "{haproxy.find_binary("haproxy")}"\n'
-            f'config_path = "{self.haproxy_cfg}"\nmaster_socket = "{self.master_socket}"\n'
-            f'stats_socket = "{self.stats_socket}"\nserver_state_file = "{self.root / "server-state"}"\n'
-            f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
-            f'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n{template}'
-            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\nstale_after = "2s"\n'
-            f'[sync]\nwait_min = "10ms"\nwait_max = "200ms"\nnetworks = ["127.0.0.0/8"]\n'
-            f"{self.extra}{services}"
-        )
-        return self.config_toml
+        return self.workdir().write()
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -276,17 +282,17 @@ class DaemonProcess:
         return self.process.returncode
 
 
-def HAProxyProcess_for(layout: Layout) -> haproxy.HAProxyProcess:
+def HAProxyProcess_for(layout: Layout) -> HAProxyProcess:
     """Start a master-worker HAProxy from the layout's haproxy.cfg; the caller stops it."""
     binary = haproxy.find_binary("haproxy")
     assert binary, "haproxy is not installed"
-    process = haproxy.HAProxyProcess(binary, layout.haproxy_cfg, layout.master_socket, layout.root / "haproxy.log")
+    process = HAProxyProcess(binary, layout.haproxy_cfg, layout.master_socket, layout.root / "haproxy.log")
     process.start()
     return process
 
 
 @contextlib.contextmanager
-def running_haproxy(layout: Layout) -> Iterator[haproxy.HAProxyProcess]:
+def running_haproxy(layout: Layout) -> Iterator[HAProxyProcess]:
     process = HAProxyProcess_for(layout)
     try:
         yield process

@@ -27,8 +27,12 @@ from pathlib import Path
 
 from haproxy_sync import haproxy
 from haproxy_sync.config import SCHEMA, Settings, load_settings
-from haproxy_sync.daemon import Daemon, run_once
+from haproxy_sync.daemon import Daemon
 from haproxy_sync.dev.devconsul import DevConsulThread
+from haproxy_sync.dev.process import HAProxyProcess
+from haproxy_sync.dev.workdir import Workdir
+from haproxy_sync.pipeline import run_once
+from haproxy_sync.wiring import serve
 
 log = logging.getLogger(__name__)
 SERVICE = "cabify"
@@ -104,21 +108,11 @@ class Sandbox:
     apps: list[AppInstance] = field(default_factory=list)
 
     def settings(self, workdir: Path, consul_address: str) -> Settings:
-        config = workdir / "config.toml"
-        config.write_text(
-            f'[consul]\naddress = "{consul_address}"\n'
-            f'[haproxy]\nbinary = "{self.haproxy_binary}"\n'
-            f'config_path = "{workdir / "haproxy.cfg"}"\n'
-            f'master_socket = "{workdir / "master.sock"}"\n'
-            f'stats_socket = "{workdir / "admin.sock"}"\n'
-            f'server_state_file = "{workdir / "server-state"}"\n'
-            f'http_bind = "127.0.0.1:{self.http_port}"\nstats_bind = "127.0.0.1:{self.stats_port}"\n'
-            'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
-            f'[log]\nlevel = "{self.log_level}"\n'
-            '[sync]\nnetworks = ["127.0.0.0/8"]\n'  # the sandbox's apps run on this machine
-            f'[metrics]\nlisten = "{f"127.0.0.1:{self.metrics_port}" if self.metrics_port else ""}"\n'
-            f'[[services]]\nname = "{SERVICE}"\n'
-        )
+        config = Workdir(
+            workdir, consul_address, self.http_port, self.stats_port, self.metrics_port or None,
+            haproxy_binary=self.haproxy_binary, services=({"name": SERVICE},),
+            settings={"log": {"level": self.log_level}},
+        ).write()
         return load_settings(config, env={})
 
     def run(self) -> int:
@@ -130,15 +124,15 @@ class Sandbox:
                 raise haproxy.HAProxyError(f"port {port} on 127.0.0.1 is in use; choose another with {flag}")
         with self._workdir() as workdir, _terminate_as_interrupt():
             consul = DevConsulThread(port=self.consul_port)
-            hap: haproxy.HAProxyProcess | None = None
+            hap: HAProxyProcess | None = None
             try:
                 consul.start()
                 settings = self.settings(workdir, consul.url)
                 self._start_apps(consul.url)
-                outcome = asyncio.run(run_once(settings))
-                if not outcome.ok:
-                    raise haproxy.HAProxyError(f"first render failed: {outcome.sentence}")
-                hap = haproxy.HAProxyProcess(
+                applied, sentence = asyncio.run(run_once(settings))
+                if not applied:
+                    raise haproxy.HAProxyError(f"first render failed: {sentence}")
+                hap = HAProxyProcess(
                     self.haproxy_binary, settings.haproxy.config_path, settings.haproxy.master_socket,
                     log_path=workdir / "haproxy.log",
                 )
@@ -147,7 +141,7 @@ class Sandbox:
                 # SIGHUP and edits re-read the file as it is now; writing it again would undo an edit
                 # and, with the file watched, trigger the next re-read.
                 source = settings.source
-                return asyncio.run(Daemon(settings, reload_settings=lambda: load_settings(source, env={})).run())
+                return asyncio.run(serve(Daemon(settings, reload_settings=lambda: load_settings(source, env={}))))
             except KeyboardInterrupt:
                 return 0
             finally:

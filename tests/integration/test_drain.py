@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_sync import haproxy
+from haproxy_sync import drains, haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import Stack, consul_put, haproxy_version, wait_until
 
@@ -55,7 +55,7 @@ class Stream:
 
 
 def slot_carrying_the_stream(stack: Stack) -> str:
-    loads = haproxy.server_loads(stack.layout.stats_socket, "cabify")
+    loads = drains.server_loads(stack.layout.stats_socket, "cabify")
     busy = [name for name, load in loads.items() if load.sessions or load.connections]
     return busy[0] if len(busy) == 1 else ""
 

@@ -28,11 +28,12 @@ from haproxy_sync.catalog import Snapshot, parse_health_entries
 from haproxy_sync.commands import Command
 from haproxy_sync.config import load_settings
 from haproxy_sync.consul import parse_catalog_services
-from haproxy_sync.daemon import plan_tables
+from haproxy_sync.pipeline import prepare
 from haproxy_sync.plan import plan_runtime
-from haproxy_sync.render import load_template, render
+from haproxy_sync.render import load_template
 from haproxy_sync.routing import map_commands, map_text, parse_map_file, routing_for
 from tests.audit import grammar
+from tests.helpers import prepared_for
 
 HOSTILE_EXAMPLES = int(os.environ.get("HAPROXY_SYNC_HOSTILE_EXAMPLES", "1500"))
 TAG = "haproxy-sync"
@@ -137,15 +138,13 @@ def test_a_hostile_catalog_becomes_only_checked_lines_single_commands_and_owned_
     for name, entries in health.items():
         if name == "cabify" or name in discovered:
             latest[name], skipped[name] = parse_health_entries(name, entries)
-    routing = routing_for(settings_, latest, discovered)
-    snapshot = Snapshot.of(latest[s.name] for s in routing.services)
-    tables = plan_tables(settings_, snapshot, None, None, routing.backends)
-    text = render(tables, settings_, template, routing)
+    prepared = prepared_for(settings_, *latest.values(), template=template, discovered=frozenset(discovered))
+    features = haproxy.features(settings_.haproxy.binary)
+    routing, snapshot, tables, text = prepared.routing, prepared.snapshot, prepared.tables, prepared.text
 
     # The config: the lines of an empty catalog, plus backend sections made only of expected lines.
-    empty_routing = routing_for(settings_, {"cabify": latest["cabify"]}, ())
-    empty = render(plan_tables(settings_, Snapshot.of([]), None, None, empty_routing.backends), settings_, template,
-                   empty_routing)
+    empty = prepare(settings_, template, features, routing_for(settings_, {"cabify": latest["cabify"]}, ()),
+                    Snapshot.of([])).text
     head = empty.split("\n# Consul service")[0]
     assert text.startswith(head), "nothing from Consul changes global, defaults or the frontends"
     backend = ""
@@ -178,8 +177,8 @@ def test_a_hostile_catalog_becomes_only_checked_lines_single_commands_and_owned_
     assert len({r.key for r in routing.routes}) == len(routing.routes)
 
     # The runtime planner: every command is one command of the (independent) grammar.
-    before = plan_tables(settings_, Snapshot.of([]), None, None, routing.backends)
-    plan = plan_runtime(before, tables, render(before, settings_, template, routing), text)
+    before = prepare(settings_, template, features, routing, Snapshot.of([]))
+    plan = plan_runtime(before.tables, tables, before.text, text)
     sequence = [*plan.commands, *map_commands(str(settings_.haproxy.routes_map_path), {}, routing.map_entries)]
     line = ("; ".join(sequence) + "\n").encode()
     backends = {s.backend for s in routing.services}

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from haproxy_sync import haproxy
-from haproxy_sync.catalog import Snapshot, parse_health_entries
+from haproxy_sync.catalog import parse_health_entries
 from haproxy_sync.config import load_settings
-from haproxy_sync.daemon import plan_tables
-from haproxy_sync.render import load_template, render
+from haproxy_sync.render import load_template
+from tests.helpers import prepared_for
 
 NASTY = st.sampled_from(["\n", "\r", "#", '"', "'", " ", "\\", "\t", "{{", "}}", "\x00", "é", "ü", "\u2028"])
 text = st.one_of(
@@ -63,8 +63,8 @@ def test_arbitrary_catalog_renders_only_valid_server_lines(tmp_path: Path, entri
     settings_ = _settings(tmp_path)
     template = load_template(settings_.template_path())
     service, skipped = parse_health_entries("cabify", entries)
-    text = render(plan_tables(settings_, Snapshot.of([service]), None, None), settings_, template)
-    baseline = render(plan_tables(settings_, Snapshot.of([]), None, None), settings_, template)
+    text = prepared_for(settings_, service, template=template).text
+    baseline = prepared_for(settings_, template=template).text
     server_lines = [line for line in text.splitlines() if line.startswith("    server ")]
     assert len(server_lines) == max(8, 2 * len(service.instances)), "the base count, or room to double"
     assert sum(1 for line in server_lines if not line.endswith("# free")) == len(service.instances)
@@ -91,7 +91,6 @@ def test_arbitrary_catalog_passes_haproxy_check(tmp_path: Path, entries: list[di
     settings_ = _settings(tmp_path)
     service, _ = parse_health_entries("cabify", entries)
     cfg = tmp_path / "haproxy.cfg"
-    tables = plan_tables(settings_, Snapshot.of([service]), None, None)
-    cfg.write_text(render(tables, settings_, load_template(settings_.template_path())))
+    cfg.write_text(prepared_for(settings_, service).text)
     (tmp_path / "routes.map").write_text("")
     haproxy.validate(binary, cfg)

@@ -44,6 +44,9 @@ class FakeApplier:
     def read_live(self, settings: Settings) -> str | None:
         return self.live
 
+    def features(self, settings: Settings) -> haproxy.Features:
+        return haproxy.Features((2, 6, 12))
+
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return {}
 

@@ -211,7 +211,7 @@ def test_restart_drains_a_slot_whose_instance_left_meanwhile() -> None:
 
 
 def test_hold_down_damps_flapping_health() -> None:
-    from haproxy_sync.plan import damp
+    from haproxy_sync.damping import damp
 
     applied = Snapshot.of([svc(inst(1), inst(2))])
     flapped = Snapshot.of([svc(inst(1), inst(2, Status.CRITICAL))])

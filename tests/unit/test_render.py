@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy
-from haproxy_sync.catalog import Snapshot, parse_health_entries
+from haproxy_sync.catalog import parse_health_entries
 from haproxy_sync.config import load_settings
-from haproxy_sync.daemon import plan_tables
-from haproxy_sync.render import TemplateError, load_template, render
+from haproxy_sync.render import TemplateError, load_template
+from tests.helpers import prepared_for
 
 
 def entries(n: int, **over: object) -> list[dict]:
@@ -30,19 +30,16 @@ def settings(tmp_path: Path):
     return load_settings(path, env={})
 
 
-def snapshot(raw: list[dict]) -> Snapshot:
-    return Snapshot.of([parse_health_entries("cabify", raw)[0]])
-
-
-def tables(settings, raw: list[dict]):
-    return plan_tables(settings, snapshot(raw), None, None)
+def render(settings, raw: list[dict], template=None) -> str:
+    """The text a first start renders for these health entries of cabify."""
+    return prepared_for(settings, parse_health_entries("cabify", raw)[0], template=template).text
 
 
 def test_same_snapshot_same_bytes_whatever_the_order(settings) -> None:
     template = load_template(settings.template_path())
     raw = entries(5)
-    first = render(tables(settings, raw), settings, template)
-    again = render(tables(settings, list(reversed(raw))), settings, template)
+    first = render(settings, raw, template)
+    again = render(settings, list(reversed(raw)), template)
     assert first == again
     assert first.count("\n    server slot") == 10, "5 instances, room for twice as many"
     assert first.count("  # cabify-") == 5
@@ -53,7 +50,7 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
     raw[1]["Checks"] = [{"Status": "critical"}]
     raw[2]["Service"]["Weights"] = {"Passing": 5, "Warning": 0}
     raw[2]["Checks"] = [{"Status": "warning"}]
-    text = render(tables(settings, raw), settings, load_template(settings.template_path()))
+    text = render(settings, raw)
     for directive in ("master-worker", f"stats socket {tmp_path}/admin.sock mode 660 level admin",
                       f"server-state-file {tmp_path}/state", "option httplog", "option redispatch",
                       "option idle-close-on-response", "load-server-state-from-file global", "hard-stop-after 30000ms",
@@ -74,7 +71,7 @@ def test_default_template_is_production_shaped_and_valid(settings, tmp_path: Pat
 
 def test_ipv6_addresses_are_bracketed(settings) -> None:
     template = load_template(settings.template_path())
-    text = render(tables(settings, entries(1, Address="2001:db8::1")), settings, template)
+    text = render(settings, entries(1, Address="2001:db8::1"), template)
     assert "server slot1 [2001:db8::1]:9000 check" in text
 
 
@@ -82,7 +79,7 @@ def test_undefined_variable_names_file_and_line(settings, tmp_path: Path) -> Non
     path = tmp_path / "t.j2"
     path.write_text("global\n  maxconn 1\n{{ backends[0].nmae }}\n")
     with pytest.raises(TemplateError, match=rf"^{re.escape(str(path))}:3: UndefinedError"):
-        render(tables(settings, entries(1)), settings, load_template(path))
+        render(settings, entries(1), load_template(path))
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -101,4 +98,4 @@ def test_a_raising_expression_names_file_and_line(settings, tmp_path: Path) -> N
     path = tmp_path / "t.j2"
     path.write_text("a\nb\n{{ 1 // 0 }}\n")
     with pytest.raises(TemplateError, match=rf"{re.escape(str(path))}:3: ZeroDivisionError"):
-        render(tables(settings, entries(1)), settings, load_template(path))
+        render(settings, entries(1), load_template(path))

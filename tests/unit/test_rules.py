@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import commands, haproxy, rules
-from haproxy_sync.catalog import ForeignEntry, Snapshot, parse_health_entries
+from haproxy_sync.catalog import ForeignEntry, parse_health_entries
 from haproxy_sync.config import load_settings
-from haproxy_sync.daemon import plan_tables
-from haproxy_sync.render import TemplateError, load_template, render
-from haproxy_sync.routing import routing_for
+from haproxy_sync.render import TemplateError, load_template
+from tests.helpers import prepared_for
 
 SEPARATORS = [";", "\n", "\r", " ", "\t", "#", "\\", '"', "'", "\0", "%", "\u2028", "\x85"]
 
@@ -99,18 +98,19 @@ def settings(tmp_path: Path):
     return load_settings(cfg, env={})
 
 
-def _tables(settings, instance_id: str = "web-1\n    server evil 1.2.3.4:80", node: str = "n1;x"):
+def _render(settings, template: Path, instance_id: str = "web-1\n    server evil 1.2.3.4:80",
+            node: str = "n1;x") -> str:
     entry = {"Node": {"Node": node, "Address": "10.0.0.1"},
              "Service": {"ID": instance_id, "Service": "cabify", "Address": "", "Port": 80}, "Checks": []}
     service, _ = parse_health_entries("cabify", [entry])
-    return plan_tables(settings, Snapshot.of([service]), None, None)
+    return prepared_for(settings, service, template=load_template(template)).text
 
 
 def test_a_custom_template_reaches_only_labels_of_consul_ids(tmp_path: Path, settings) -> None:
     template = tmp_path / "t.j2"
     template.write_text("{% for b in backends %}{% for s in b.servers %}{{ s.instance_id }} {{ s.node }}|"
                         "{% endfor %}{% endfor %}\n")
-    text = render(_tables(settings), settings, load_template(template), routing_for(settings, {}))
+    text = _render(settings, template)
     first = text.split("|")[0]
     assert "\n" not in first and " server" not in first and ";" not in first
     assert all(rules.is_name(part) for part in first.split(" "))
@@ -122,7 +122,7 @@ def test_a_template_cannot_print_a_line_break_or_an_unchecked_object(tmp_path: P
     template = tmp_path / "t.j2"
     template.write_text(f"global\n  {{{{ {expression} }}}}\n")
     with pytest.raises(TemplateError, match=r"t\.j2:2: Refused: value printed by the template"):
-        render(_tables(settings), settings, load_template(template), routing_for(settings, {}))
+        _render(settings, template)
 
 
 def test_unicode_folding_never_passes_for_ascii() -> None:

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from haproxy_sync import daemon as daemon_module
-from haproxy_sync import haproxy
+from haproxy_sync import drains, haproxy, stats_file
+from haproxy_sync import watchset as watchset_module
 from haproxy_sync.apply import read_running
 from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import Settings, load_settings
@@ -259,7 +259,7 @@ class FakeWatch:
 
 
 def test_series_of_discovered_services_go_when_their_watch_stops(settings: Settings, monkeypatch) -> None:
-    monkeypatch.setattr(daemon_module, "ServiceWatch", FakeWatch)
+    monkeypatch.setattr(watchset_module, "ServiceWatch", FakeWatch)
 
     async def scenario() -> Metrics:
         daemon = Daemon(settings)
@@ -267,14 +267,13 @@ def test_series_of_discovered_services_go_when_their_watch_stops(settings: Setti
         for round_ in range(100):  # 100 rounds of 5 branches that come, fail, get guarded and go
             daemon.discovered = frozenset(f"branch-{round_}-{i}" for i in range(5))
             daemon._sync_watches()
-            for name, (watch, _) in daemon.watches.items():
+            for name, watch in daemon.watches.services():
                 watch.on_error(name, "timeout")  # type: ignore[attr-defined]
                 daemon.metrics.guard.labels(name, "held").inc()
         daemon.discovered = frozenset()
         daemon._sync_watches()
-        assert list(daemon.watches) == ["web"], "the configured service keeps its watch"
-        for _, task in daemon.watches.values():
-            task.cancel()
+        assert daemon.watches.names() == {"web"}, "the configured service keeps its watch"
+        await daemon.watches.close()
         return daemon.metrics
 
     metrics = asyncio.run(scenario())
@@ -295,14 +294,14 @@ def test_drain_readings_are_allowlisted_and_name_only_the_asked_backend() -> Non
     stats = (f"{STAT_HEADER}\nweb,slot1,0,0,2,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\n"
              "web,slot2,0,0,0,3,,9,0,0,,0,,0,0,0,0,UP,0,1,\nother,slot1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,0,1,\n"
              "web,bad name!,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,0,1,\n\n")
-    assert haproxy.parse_stat_servers(stats, "web") == {"slot1": (0, 0, 2), "slot2": (0, 0, 0)}
+    assert drains.parse_stat_servers(stats, "web") == {"slot1": (0, 0, 2), "slot2": (0, 0, 0)}
     conns = (f"{CONN_HEADER}\nweb/slot1 3/1 10.0.0.1 9001 - 5000 1 1 0 0 0 -1 0 0 0\n"
              "web/slot2 3/2 10.0.0.2 9002 - 5000 0 1 0 0 0 -1 2 1 1\n"
              "other/slot1 4/1 10.0.0.3 1 - 5000 7 0 0 0 0 -1 0 0 0\n")
-    assert haproxy.parse_servers_conn(conns, "web") == {"slot1": 1, "slot2": 0}
-    assert not haproxy.ServerLoad(0, 0, 2, 1).idle and haproxy.ServerLoad(0, 0, 0, 0).idle
-    assert not haproxy.ServerLoad(1, 0, 0, 0).idle, "weight above 0: new requests can still come"
-    assert not haproxy.ServerLoad(0, 1, 0, 0).idle, "a queued request is still to be served"
+    assert drains.parse_servers_conn(conns, "web") == {"slot1": 1, "slot2": 0}
+    assert not drains.ServerLoad(0, 0, 2, 1).idle and drains.ServerLoad(0, 0, 0, 0).idle
+    assert not drains.ServerLoad(1, 0, 0, 0).idle, "weight above 0: new requests can still come"
+    assert not drains.ServerLoad(0, 1, 0, 0).idle, "a queued request is still to be served"
 
 
 @pytest.mark.parametrize("text", [
@@ -314,7 +313,7 @@ def test_drain_readings_are_allowlisted_and_name_only_the_asked_backend() -> Non
 ])
 def test_a_stat_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
     with pytest.raises(haproxy.SocketError, match="show stat"):
-        haproxy.parse_stat_servers(text, "web")
+        drains.parse_stat_servers(text, "web")
 
 
 @pytest.mark.parametrize("text", [
@@ -325,7 +324,7 @@ def test_a_stat_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
 ])
 def test_a_servers_conn_answer_that_does_not_parse_is_a_socket_error(text: str) -> None:
     with pytest.raises(haproxy.SocketError, match="show servers conn"):
-        haproxy.parse_servers_conn(text, "web")
+        drains.parse_servers_conn(text, "web")
 
 
 DUMP = ("#fe guid,stot,bin,bout,\nfe:http,8,656,4704,\n\n#be guid,stot,bin,lastsess,\n"
@@ -333,10 +332,10 @@ DUMP = ("#fe guid,stot,bin,bout,\nfe:http,8,656,4704,\n\n#be guid,stot,bin,lasts
 
 
 def test_a_stats_dump_is_written_only_when_every_line_is_one_haproxy_loads() -> None:
-    assert haproxy.stats_dump_problem(DUMP) is None
+    assert stats_file.stats_dump_problem(DUMP) is None
     for bad in ["", "\n\n", DUMP + "global\n", DUMP + "srv:web:slot1,3,x,\n", DUMP.replace("#be", "# be"),
                 DUMP + "srv web,1,\n", DUMP + "fe:http,1\r\n", DUMP + "Unknown command.\n"]:
-        assert haproxy.stats_dump_problem(bad) is not None, bad
+        assert stats_file.stats_dump_problem(bad) is not None, bad
 
 
 def test_the_version_is_read_from_haproxy_v() -> None:

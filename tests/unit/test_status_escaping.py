@@ -12,9 +12,7 @@ import pytest
 from haproxy_sync import haproxy, rules, status
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.config import Settings, load_settings
-from haproxy_sync.daemon import plan_tables
-from haproxy_sync.render import load_template, render
-from haproxy_sync.routing import routing_for
+from tests.helpers import prepared_for
 
 HOSTILE_ID = "web-x\nweb      9/9/9  9/9/9/9  none\x1b[2J\x1b]0;owned\x07\r\u2028\x85" + "A" * 200
 BACKENDS = (("web", "web"),)
@@ -33,10 +31,8 @@ def inst(instance_id: str, address: str = "10.0.0.1", port: int = 8080, state: S
 
 def live_config(settings: Settings, *instances: Instance) -> tuple[str, tuple[haproxy.ServerState, ...]]:
     """The config the daemon renders for ``instances``, and HAProxy's servers running exactly it."""
-    snapshot = Snapshot.of([Service("web", instances)])
-    routing = routing_for(settings, {"web": snapshot.get("web")})
-    tables = plan_tables(settings, snapshot, None, None, routing.backends)
-    text = render(tables, settings, load_template(settings.template_path()), routing)
+    prepared = prepared_for(settings, Service("web", instances))
+    text, tables = prepared.text, prepared.tables
     states = tuple(
         haproxy.ServerState("web", slot.name, slot.address, slot.port, 0 if slot.maint else 2,
                             0x01 if slot.maint else 0, slot.weight)
