@@ -7,8 +7,8 @@ side against the same seeded sequence of changes under the same keep-alive load,
 ``bench/results/churn.{json,md,png}``. docs/benchmarks.md, "Churn", says what it measures and why.
 
 Modules: :mod:`changes` (the seeded sequence, pure), :mod:`blocks` (the interleaved quiet and churn
-blocks and the paired throughput statistics, pure), :mod:`stack` (the processes), :mod:`observe`
-(convergence, workers, RSS, read from HAProxy itself; CPU per process), :mod:`runner` (one run),
-:mod:`report` (numbers, table, JSON, PNG); ``loadgen.py`` and ``streamer.py`` are standalone scripts
-run as their own processes.
+blocks and the paired throughput statistics, pure), :mod:`observe` (convergence, workers, RSS, read
+from HAProxy itself; CPU per process), :mod:`runner` (one run, on bench/common's stack), :mod:`report`
+(numbers, table, JSON, PNG); ``loadgen.py`` is a standalone script run as its own process, as is
+bench/common's ``streamer.py``.
 """

@@ -13,14 +13,17 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
+from bench.common import RESULTS
+from bench.common.process import StackError, interrupt_on
+from bench.common.report import shown
+from bench.common.syncers import add_syncer_arguments, find_consul_template, version_of
+from bench.common.under_test import use_haproxy
 from haproxy_sync import haproxy
 
 from .changes import make_plan
 from .report import summarize, table, write_outputs
 from .runner import HARNESS_CPU, MODES, SCENARIOS, ModeRun, Params, pin_check, run_mode, shared_stack
-from .stack import REPO, StackError, find_consul_template, use_haproxy, version_of
 
 # Warm-up: the load's rate still climbs for 6-7 s after its connections are up (the first 1-2 s after the old 5 s
 # warm-up were 20-30% low in 4 of the 6 modes of the last full run), and the first quiet block must not catch that.
@@ -85,14 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="seed of the change sequence and streams [42]")
     parser.add_argument("--poll-ms", type=float, default=5.0,
                         help="how often `show servers state` is read to time convergence [5]")
-    parser.add_argument("--haproxy-sync-set", action="append", default=[], metavar="SECTION.KEY=TOML",
-                        help="add a setting to haproxy-sync's config.toml in both of its modes, for experiments, "
-                             "e.g. --haproxy-sync-set sync.watch_files=false (repeatable; recorded in the JSON)")
-    parser.add_argument("--consul-template", type=Path, metavar="PATH",
-                        help="a consul-template binary to use instead of the pinned one built with go install")
-    parser.add_argument("--no-install", action="store_true", help="never run go install; skip the mode instead")
+    add_syncer_arguments(parser, " in both of its modes", "the mode")
     parser.add_argument("--keep", action="store_true", help="keep the work directories (logs, configs) for a look")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
+    parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help="where churn.json, churn.md and churn.png go [bench/results]")
     args = parser.parse_args(argv)
     if args.baseline is not None:
@@ -108,14 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not modes:
         parser.error(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
     args.modes = [m for m in MODES if m in modes]
-    settings = []
-    for item in args.haproxy_sync_set:
-        name, sep, value = item.partition("=")
-        section, dot, key = name.strip().partition(".")
-        if not sep or not dot or not section or not key or not value.strip():
-            parser.error(f"--haproxy-sync-set {item!r}: expected SECTION.KEY=VALUE, e.g. sync.watch_files=false")
-        settings.append((section, key, value.strip()))
-    args.haproxy_sync_set = tuple(settings)
+    args.haproxy_sync_set = tuple(args.haproxy_sync_set)
     if args.duration <= 0 or args.changes <= 0 or args.blocks < 1 or args.quiet <= 0:
         parser.error("--duration, --changes, --blocks and --quiet-block must be positive")
     if args.settle < 0 or args.warmup < 0:
@@ -131,10 +122,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -142,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if haproxy.find_binary("haproxy") is None:
         print("HAProxy is not installed (apt-get install haproxy); nothing to measure", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on(signal.SIGTERM)
     if args.pin:  # before any process or thread starts: they all inherit it; the load generator is moved
         os.sched_setaffinity(0, {HARNESS_CPU})
     params = Params(
@@ -188,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    print("wrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths.values())
-          + f" in {time.monotonic() - started:.0f} s")
+    print(f"wrote {shown(paths)} in {time.monotonic() - started:.0f} s")
     return 1 if any(r.get("error") for r in results) else 0
 
 

@@ -25,26 +25,19 @@ the settle at the end (outside both):
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
-import json
 import math
-import os
-import platform
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from haproxy_sync import haproxy
+from bench.common import report as common
 
 from .blocks import Window, block_ratios, cpu_percent, mean_ci95, rate_in, verdict
 from .changes import Plan
 from .observe import Sample
 from .runner import ModeRun, Params
-from .stack import REPO
 
 MODE_COLORS = {"consul-template": "tab:red", "reload": "tab:orange", "runtime": "tab:green"}
 THROUGHPUT_TARGET = 0.95  # issue #4: the Runtime API mode keeps at least 95% of the no-churn throughput
@@ -371,46 +364,9 @@ def _not_converged(conv: dict[str, Any]) -> str:
     return f"{missing}{detail} of {conv['changes'] - conv['write_errors']}"
 
 
-def environment() -> dict[str, Any]:
-    try:
-        hap = subprocess.run([haproxy.find_binary("haproxy") or "haproxy", "-v"], capture_output=True,
-                             text=True, timeout=10, check=False).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        hap = "unknown"
-    return {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "haproxy": hap,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "haproxy_sync_code": code_identity(),
-    }
-
-
-def code_identity() -> dict[str, str]:
-    """Which haproxy-sync was measured: the commit, whether the package differed from it, a content hash.
-
-    Results only mean something next to the code they measured, and that code may be uncommitted.
-    """
-    package = REPO / "haproxy_sync"
-    digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
-                                  check=False).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes_in_haproxy_sync": "yes" if git("status", "--porcelain", "--", "haproxy_sync") else "no",
-        "sha256_of_haproxy_sync": digest.hexdigest()[:16],
-    }
-
-
 def write_outputs(out_dir: Path, results: list[dict[str, Any]], params: Params, plan: Plan, command: str,
-                  consul_template: str, started: float) -> dict[str, Path]:
-    """Write churn.json, churn.md and churn.png (each via a .tmp file and a rename)."""
+                  consul_template: str, started: float) -> list[Path]:
+    """Write churn.json, churn.md and churn.png (bench/common's writer: each via a .tmp file and a rename)."""
     doc = {
         "benchmark": "churn",
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -419,36 +375,11 @@ def write_outputs(out_dir: Path, results: list[dict[str, Any]], params: Params, 
         "parameters": {**params.__dict__,
                        "haproxy_sync_set": [f"{a}.{b}={c}" for a, b, c in params.haproxy_sync_set]},
         "consul_template": consul_template,
-        "environment": environment(),
+        "environment": common.environment(),
         "plan": plan.to_json(),
         "results": results,
     }
-    return write_files(out_dir, "churn", doc, markdown(doc), lambda png: plot(results, png))
-
-
-def write_files(
-    out_dir: Path, stem: str, doc: dict[str, Any], text: str, draw: Callable[[Path], str]
-) -> dict[str, Path]:
-    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png``, each via a .tmp file and a rename.
-
-    ``draw`` writes the PNG and returns "" or why it could not; then a PNG of an earlier run is
-    removed, since it would not match the table.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("json", "md", "png")}
-    _atomic_text(paths["json"], json.dumps(doc, indent=1) + "\n")
-    _atomic_text(paths["md"], text)
-    reason = draw(paths["png"])
-    if reason:
-        print(f"no PNG: {reason}")
-        paths.pop("png").unlink(missing_ok=True)
-    return paths
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    return common.write_outputs(out_dir / "churn", doc, markdown(doc), lambda png: plot(results, png))
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -544,10 +475,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
             _plot_workers(column[3], r["series"], style)
         _dress(column, scenario, runs[0]["series"]["windows"]["churn"])
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=90, format="png")
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return ""
 
 

@@ -45,26 +45,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common.backends import BackendPool, Streamer
+from bench.common.consul import DevConsul
+from bench.common.metrics import scrape, total
+from bench.common.ports import HOST, free_ports
+from bench.common.process import Proc, StackError, clean_env, wait_for
+from bench.common.syncers import ConsulTemplate, HaproxySync, Syncer, overrides
+from bench.common.under_test import HAProxyUnderTest, haproxy_binary
 from haproxy_sync import haproxy
+from haproxy_sync.dev.workdir import Workdir, merged
 
 from .blocks import Schedule, Window, shift
 from .changes import Change, Plan
 from .observe import ConvergenceTracker, Outcome, ProcessSampler, Sample, matches, reload_count
-from .stack import (
-    HERE,
-    BackendPool,
-    Consul,
-    ConsulTemplate,
-    HaproxySync,
-    Proc,
-    StackError,
-    Streamer,
-    Syncer,
-    Target,
-    clean_env,
-    free_ports,
-    wait_for,
-)
+
+HERE = Path(__file__).resolve().parent
+#: Server slots per backend for haproxy-sync: the default. The first plan gives max(8, 2 x the instances
+#: at start) = 20 slots for ``--initial 10``; the pool of 24 (``--pool``) outgrows them, and growth is
+#: ``add server`` on the Runtime API path (a reload only where HAProxy refuses dynamic servers).
+SLOTS = 8
+#: haproxy-sync's settings beside the Workdir's defaults. The quiescence timers stay at their defaults
+#: (10 ms / 1 s): the benchmark measures what users get; ``sync.runtime_api`` picks the mode.
+SETTINGS = {"log": {"level": "info"}, "consul": {"backoff_max": "2s"}, "sync": {"slots": SLOTS}}
+SERVICES = ({"name": "cabify"}, {"name": "stream", "host": "stream.local"})
 
 
 @dataclass(frozen=True)
@@ -201,34 +204,33 @@ def run_mode(shared: Shared, scenario: str, mode: Mode, plan: Plan, params: Para
 def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir: Path, plan: Plan,
               params: Params, consul_template: Path | None) -> None:
     streaming = run.scenario == "streaming"
-    consul = Consul(workdir)
+    consul = DevConsul(workdir)
     stack.callback(consul.stop)
     ports = {inst.id: inst.port for inst in plan.pool}
     for instance_id in plan.initial:
-        consul.register(instance_id, ports[instance_id], weight=10)
+        register(consul, instance_id, ports[instance_id], weight=10)
     if streaming:
         streamer = shared.ensure_streamer()
-        consul.register("stream-1", streamer.port, weight=1, service="stream")
+        register(consul, "stream-1", streamer.port, weight=1, service="stream")
     wait_for(lambda: len(consul.health("cabify")) == len(plan.initial), 10, "the initial instances in devconsul")
 
-    http_port, stats_port = free_ports(2)
-    target = Target(workdir, http_port, stats_port)
+    cell = layout(workdir, consul.url, run.mode.key == "runtime", params.haproxy_sync_set)
+    target = HAProxyUnderTest(workdir)
     syncer: Syncer
     if run.mode.key == "consul-template":
         assert consul_template is not None
-        syncer = ConsulTemplate(consul_template, target, consul)
+        syncer = ConsulTemplate(consul_template, HERE / "haproxy.ctmpl", cell, consul.address)
     else:
-        syncer = HaproxySync(target, consul, runtime_api=run.mode.key == "runtime", extra=params.haproxy_sync_set)
+        syncer = HaproxySync(cell)
     syncer.initial_render()
-    hap = target.start_haproxy()
-    stack.callback(hap.stop)
+    target.start()
+    stack.callback(target.stop)
     syncer.start()
     stack.callback(syncer.stop)
-    assert hap.process is not None
     _wait_initial_state(target, plan, streaming, syncer)
 
     poller = ConvergenceTracker(target.stats_socket, interval=params.poll_ms / 1000)
-    sampler = _sampler(shared, target, hap, consul, syncer, streaming)
+    sampler = _sampler(shared, target, consul, syncer, streaming)
     hard_deadline = time.monotonic() + params.load_seconds + 120
     poller.start(hard_deadline)
     sampler.start(hard_deadline)
@@ -237,9 +239,9 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
 
     load_out = workdir / "load"
     argv = [
-        sys.executable, str(HERE / "loadgen.py"), "--port", str(http_port), "--connections", str(params.connections),
-        "--duration", str(params.load_seconds), "--out", str(load_out), "--seed", str(params.seed),
-        "--streams", str(params.streams if streaming else 0),
+        sys.executable, str(HERE / "loadgen.py"), "--port", str(cell.http_port),
+        "--connections", str(params.connections), "--duration", str(params.load_seconds), "--out", str(load_out),
+        "--seed", str(params.seed), "--streams", str(params.streams if streaming else 0),
     ]
     loadgen = Proc("loadgen", argv, workdir / "loadgen.log", env=clean_env(), stdout_pipe=True)
     stack.callback(loadgen.stop)
@@ -269,7 +271,16 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     run.polls, run.poll_errors = poller.polls, poller.poll_errors
     run.servers = (poller.servers_first, poller.servers_max)
     run.load = _read_load(load_out, ready)
-    run.syncer = syncer.log_summary()
+    run.syncer = syncer_summary(syncer)
+
+
+def layout(root: Path, consul_url: str, runtime_api: bool, extra: tuple[tuple[str, str, str], ...] = ()) -> Workdir:
+    """The mode's paths, ports and haproxy-sync settings (its config.toml, in haproxy-sync's modes);
+    ``extra``: ``--haproxy-sync-set``, experiments only, recorded in the JSON."""
+    http_port, stats_port, metrics_port = free_ports(3)
+    settings = merged(SETTINGS, {"sync": {"runtime_api": runtime_api}}, *overrides(extra))
+    return Workdir(root, consul_url, http_port, stats_port, metrics_port=metrics_port,
+                   haproxy_binary=haproxy_binary(), services=SERVICES, settings=settings)
 
 
 def _windows(schedule: Schedule, origin: float, settle: float) -> dict[str, list[Window]]:
@@ -282,16 +293,16 @@ def _windows(schedule: Schedule, origin: float, settle: float) -> dict[str, list
     }
 
 
-def _sampler(shared: Shared, target: Target, hap: haproxy.HAProxyProcess, consul: Consul, syncer: Syncer,
+def _sampler(shared: Shared, target: HAProxyUnderTest, consul: DevConsul, syncer: Syncer,
              streaming: bool) -> ProcessSampler:
     """HAProxy's workers and RSS, plus the CPU of every role (the load generator joins once started).
 
     The syncer is sampled as its main process plus the children it has reaped (``haproxy -c``,
     consul-template's ``sh -c`` reload commands): see :func:`observe.tree_cpu_seconds`.
     """
-    assert hap.process is not None and shared.pool is not None and shared.pool.haproxy.process is not None
-    sampler = ProcessSampler(target.master_socket, hap.process.pid)
-    sampler.watch("backends", shared.pool.haproxy.process.pid)
+    assert shared.pool is not None
+    sampler = ProcessSampler(target.master_socket, target.master_pid)
+    sampler.watch("backends", shared.pool.pid)
     sampler.watch("devconsul", consul.proc.pid)
     if syncer.proc is not None:
         sampler.watch("syncer", syncer.proc.pid)
@@ -325,7 +336,7 @@ def pin_check() -> str:
             f"use {len(available)} CPU(s): {sorted(available)}")
 
 
-def _wait_initial_state(target: Target, plan: Plan, streaming: bool, syncer: Syncer) -> None:
+def _wait_initial_state(target: HAProxyUnderTest, plan: Plan, streaming: bool, syncer: Syncer) -> None:
     """Every initial instance served with weight 10 (and the stream backend up) before any load."""
     probes = [Change(-1, 0.0, "initial", inst.id, inst.port, 10, 10 if inst.id in plan.initial else None)
               for inst in plan.pool]
@@ -342,7 +353,7 @@ def _wait_initial_state(target: Target, plan: Plan, streaming: bool, syncer: Syn
             return False
         return all(matches(states, probe) for probe in probes)
 
-    wait_for(ready, 30, f"HAProxy to serve the {len(plan.initial)} initial instances (see {target.workdir})")
+    wait_for(ready, 30, f"HAProxy to serve the {len(plan.initial)} initial instances (see {target.root})")
 
 
 def _read_ready(loadgen: Proc, timeout: float) -> float:
@@ -366,7 +377,7 @@ def _sleep_until(when: float) -> None:
         time.sleep(delay)
 
 
-def _apply_changes(consul: Consul, poller: ConvergenceTracker, changes: tuple[Change, ...], origin: float,
+def _apply_changes(consul: DevConsul, poller: ConvergenceTracker, changes: tuple[Change, ...], origin: float,
                    schedule: Schedule, syncer: Syncer) -> None:
     """Make each Consul write at its offset, mapped into its churn block; the poller learns of it just
     before the write."""
@@ -381,9 +392,27 @@ def _apply_changes(consul: Consul, poller: ConvergenceTracker, changes: tuple[Ch
             return
 
 
-def _write(consul: Consul, change: Change) -> None:
+def register(consul: DevConsul, instance_id: str, port: int, weight: int, service: str = "cabify") -> None:
+    """Register (or re-register: checks keep their state) an instance with an HTTP and a TTL check.
+
+    Both checks start ``passing``, so an added instance is routable at once and its convergence
+    measures the tool, not Consul's first check interval. The TTL check is the flap switch: the
+    benchmark fails and passes it, as an app reporting its own health would.
+    """
+    consul.put("/v1/agent/service/register", {
+        "ID": instance_id, "Name": service, "Address": HOST, "Port": port,
+        "Weights": {"Passing": weight, "Warning": 1},
+        "Checks": [
+            {"CheckID": f"http:{instance_id}", "Name": "http", "HTTP": f"http://{HOST}:{port}/health",
+             "Interval": "5s", "Timeout": "1s", "Status": "passing"},
+            {"CheckID": f"flap:{instance_id}", "Name": "flap", "TTL": "1h", "Status": "passing"},
+        ],
+    })
+
+
+def _write(consul: DevConsul, change: Change) -> None:
     if change.kind == "add" or change.kind == "weight":
-        consul.register(change.instance, change.port, change.weight)
+        register(consul, change.instance, change.port, change.weight)
     elif change.kind == "remove":
         consul.put(f"/v1/agent/service/deregister/{change.instance}")
     elif change.kind == "flap_down":
@@ -402,6 +431,32 @@ def _read_load(prefix: Path, ready: float) -> LoadResult:
         with path.open("rb") as handle:
             arr.frombytes(handle.read())
     return LoadResult(ready, t_end, latency, status, [tuple(f) for f in summary["failures"]], summary["streams"])
+
+
+def syncer_summary(syncer: Syncer) -> dict[str, Any]:
+    """What the syncer did, for the JSON: haproxy-sync's counters from its /metrics (read while it still
+    runs), consul-template's rendered templates and commands; log lines only as excerpts."""
+    lines = syncer.log_lines()
+    if isinstance(syncer, HaproxySync):
+        applies = "haproxy_sync_applies_total"
+        series = scrape(syncer.metrics_url, (applies,))
+        return {
+            "log": str(syncer.log_path),
+            "applied": total(series, applies),
+            "reloaded": total(series, applies, path="reload"),
+            "runtime": total(series, applies, path="runtime"),
+            "metrics_answered": bool(series),
+            "reload_lines": [line[:300] for line in lines if "reloaded in" in line][:30],
+            "errors": [line[:300] for line in lines if "level=error" in line or "level=warning" in line][:20],
+        }
+    assert isinstance(syncer, ConsulTemplate)
+    return {
+        "log": str(syncer.log_path),
+        "reload_command": syncer.reload_command,
+        "rendered": sum("rendered" in line and "[INFO]" in line for line in lines),
+        "commands": sum("executing command" in line for line in lines),
+        "errors": [line for line in lines if "[ERR]" in line or "[WARN]" in line][:20],
+    }
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,14 +35,15 @@ def scrape(metrics_url: str, wanted: Iterable[str] | None = None, timeout: float
         return {}
 
 
-def total(series: dict[str, float], name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    found = 0.0
+def samples(series: dict[str, float], name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of ``name`` in a parsed scrape."""
     for key, value in series.items():
         base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        have = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if part)
-        if all(have.get(k) == v for k, v in labels.items()):
-            found += value
-    return found
+        if base == name:
+            yield dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if part), value
+
+
+def total(series: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum((value for have, value in samples(series, name) if all(have.get(k) == v for k, v in labels.items())),
+               0.0)

@@ -22,16 +22,15 @@ import json
 import platform
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import haproxy_sync
+from bench.common.process import interrupt
+from bench.common.report import git, haproxy_version, write_outputs
 
 from .churn import MIN_DURATION, Churn
 from .draw import Line, Panel, draw
@@ -149,22 +148,13 @@ def store_from_json(data: dict[str, Any]) -> Store:
 
 def git_revision() -> str:
     """The commit the sandbox ran, and whether haproxy_sync/ had uncommitted changes (others edit it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "haproxy_sync"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "haproxy_sync")
     return f"{head}{' + uncommitted changes in haproxy_sync/' if dirty else ''}" if head else "unknown"
 
 
-def haproxy_version() -> str:
-    try:
-        out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    match = re.search(r"version (\S+)", out)
+def short_haproxy_version() -> str:
+    match = re.search(r"version (\S+)", haproxy_version())
     return match.group(1) if match else "unknown"
 
 
@@ -182,19 +172,6 @@ def log_findings(path: Path) -> dict[str, Any]:
         if "reload" in line and "no reload" not in line:
             reloads.append(line)
     return {"levels": levels, "warnings_and_errors": notable, "reload_lines": reloads}
-
-
-def wait_ready(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SandboxError(f"haproxy-sync's /ready did not answer 200 within {timeout:g}s")
 
 
 def caption(meta: dict[str, Any], events: list[dict[str, Any]], load: dict[str, int], started: float) -> str:
@@ -227,14 +204,6 @@ def caption(meta: dict[str, Any], events: list[dict[str, Any]], load: dict[str, 
     )
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into an exception so that every ``finally`` runs."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Stop
-
-
 def run(args: argparse.Namespace, panels: list[dict[str, Any]]) -> dict[str, Any]:
     """The sandbox run: returns everything the JSON keeps."""
     log_dir = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))  # kept after the run: the sandbox's log
@@ -247,7 +216,7 @@ def run(args: argparse.Namespace, panels: list[dict[str, Any]]) -> dict[str, Any
     try:
         sandbox.start()
         print(sandbox.summary, end="", flush=True)
-        wait_ready(sandbox.metrics_port)
+        sandbox.wait_ready()
         scraper = Scraper(
             [Target("haproxy-sync", f"127.0.0.1:{sandbox.metrics_port}"),
              Target("haproxy", f"127.0.0.1:{sandbox.stats_port}")],
@@ -274,7 +243,7 @@ def run(args: argparse.Namespace, panels: list[dict[str, Any]]) -> dict[str, Any
     return {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            "haproxy_sync": haproxy_sync.__version__, "revision": revision, "haproxy": haproxy_version(),
+            "haproxy_sync": haproxy_sync.__version__, "revision": revision, "haproxy": short_haproxy_version(),
             "python": platform.python_version(), "instances": args.instances, "duration": args.duration,
             "rate": args.rate, "run_seconds": round(time.monotonic() - began, 1), "sandbox_exit": code,
             "started": churn.started, "json": args.out.with_suffix(".json").as_posix(),
@@ -298,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json is not None:
         data = json.loads(args.from_json.read_text())
     else:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, interrupt)  # so that every ``finally`` runs
         try:
             data = run(args, panels)
-        except (KeyboardInterrupt, _Stop):
+        except KeyboardInterrupt:
             print("interrupted; everything started was stopped, nothing written", file=sys.stderr)
             return 130
         except SandboxError as exc:
@@ -317,11 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     data["panels_with_data"] = {p.title: has_data(p.lines) for p in drawn}
     meta = data["meta"]
     text = caption(meta, data["events"], data["load"], meta["started"])
-    png = args.out.with_suffix(".png")
-    draw(drawn, store.times, "haproxy-sync", f"sandbox run, {meta['date']}, times UTC", text, png)
-    args.out.with_suffix(".json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    print(f"wrote {png} and {args.out.with_suffix('.json')} ({len(store.times)} scrapes, "
-          f"run {meta['run_seconds']} s)")
+    paths = write_outputs(args.out, data, compact=True, draw=lambda png: draw(
+        drawn, store.times, "haproxy-sync", f"sandbox run, {meta['date']}, times UTC", text, png))
+    print(f"wrote {' and '.join(map(str, paths))} ({len(store.times)} scrapes, run {meta['run_seconds']} s)")
     for title, ok in data["panels_with_data"].items():
         print(f"  {'data   ' if ok else 'NO DATA'}  {title}")
     for row in data["names"]:

@@ -167,5 +167,5 @@ def draw(panels: list[Panel], epochs: Sequence[float], title: str, subtitle: str
     fig.text(16 / WIDTH_PX, (caption_px - 12) / height_px, wrapped, color=MUTED, fontsize=11, va="top",
              ha="left", linespacing=1.35)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, facecolor=PAGE)
+    fig.savefig(out, dpi=DPI, facecolor=PAGE, format="png")
     plt.close(fig)

@@ -4,37 +4,31 @@ Why the ``dev`` command and not a stack of our own: the picture should show what
 when they run the sandbox the README describes (devconsul, seven app instances, HAProxy in
 master-worker mode, the daemon with its metrics), started the way they start it.
 
-The process runs in its own session, so Ctrl-C in the terminal reaches only the orchestrator, which
-then stops it with SIGTERM (the sandbox then stops HAProxy, the app instances and devconsul and
-removes its runtime directory) and waits a bounded time; only if it is still there after that is its
-process group killed, by its id. Everything listens on and talks to 127.0.0.1.
+The process runs in its own session (bench/common's :class:`~bench.common.process.Proc`), so Ctrl-C in
+the terminal reaches only the orchestrator, which then stops it with SIGTERM (the sandbox then stops
+HAProxy, the app instances and devconsul and removes its runtime directory) and waits a bounded time;
+only if it is still there after that is its process group killed, by its id. Everything listens on and
+talks to 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common.ports import free_ports
+from bench.common.consul import ConsulClient
+from bench.common.metrics import samples, scrape
+from bench.common.ports import HOST, free_ports
+from bench.common.process import Proc, StackError, http_get, wait_for
 
-HOST = "127.0.0.1"
 
-
-class SandboxError(Exception):
+class SandboxError(StackError):
     """The sandbox did not come up or a call to it failed; the message says which and where its log is."""
-
 
 
 
@@ -48,11 +42,12 @@ class Sandbox:
     consul_port: int = 0
     stats_port: int = 0
     metrics_port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    proc: Proc | None = None
     summary: str = ""
     consul_url: str = ""
     runtime_dir: Path | None = None
     _stdout_lines: list[str] = field(default_factory=list)
+    _client: ConsulClient | None = None
 
     @property
     def stderr_path(self) -> Path:
@@ -67,16 +62,14 @@ class Sandbox:
             "--http-port", str(self.http_port), "--consul-port", str(self.consul_port),
             "--stats-port", str(self.stats_port), "--metrics-port", str(self.metrics_port),
         ]
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True,
-            )
+        self.proc = Proc("haproxy-sync dev", command, self.stderr_path, cwd=None, stdout_pipe=True)
         reader = threading.Thread(target=self._read_stdout, name="sandbox-stdout", daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
         while "Try:" not in "".join(self._stdout_lines):
-            if self.process.poll() is not None:
-                raise SandboxError(f"haproxy-sync dev exited with {self.process.returncode}; see {self.stderr_path}")
+            if not self.proc.alive():
+                raise SandboxError(f"haproxy-sync dev exited with {self.proc.process.returncode}; "
+                                   f"see {self.stderr_path}")
             if time.monotonic() > deadline:
                 raise SandboxError(f"haproxy-sync dev printed no summary in {timeout:g}s; see {self.stderr_path}")
             time.sleep(0.1)
@@ -89,38 +82,37 @@ class Sandbox:
         self.runtime_dir = Path(config.group(1)).parent
 
     def _read_stdout(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for raw in self.process.stdout:
+        assert self.proc is not None and self.proc.process.stdout is not None
+        for raw in self.proc.process.stdout:
             self._stdout_lines.append(raw.decode(errors="replace"))
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then wait up to ``timeout``; kill the process group only if it is still there."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until haproxy-sync's ``/ready`` answers 200 (its first apply done, HAProxy confirmed)."""
         try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"haproxy-sync dev (pid {process.pid}) did not stop in {timeout:g}s; killing its group",
-                  file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait(10)
+            wait_for(lambda: http_get(f"http://{HOST}:{self.metrics_port}/ready")[0] == 200, timeout,
+                     "haproxy-sync's /ready to answer 200", interval=0.2)
+        except StackError as exc:
+            raise SandboxError(str(exc)) from None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then wait up to ``timeout``; its process group is killed only if it is still there."""
+        if self._client is not None:
+            self._client.close()
+        return self.proc.stop(timeout=timeout) if self.proc is not None else None
 
     # ---- Consul -----------------------------------------------------------------------------------
 
-    def consul(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> Any:
-        """One call to devconsul's HTTP API; the decoded JSON answer (or ``None`` for an empty one)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.consul_url}{path}", data=data, method=method)
+    def consul(self, method: str, path: str, body: object | None = None) -> Any:
+        """One call to devconsul's HTTP API; the decoded JSON answer (or ``None`` for an empty one).
+
+        On one kept connection (bench/common's client): the churn thread is its only caller.
+        """
+        if self._client is None:
+            self._client = ConsulClient(self.consul_url)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                raw = response.read()
-        except (urllib.error.URLError, OSError) as exc:
+            return self._client.call(method, path, body)
+        except (OSError, StackError) as exc:
             raise SandboxError(f"Consul {method} {path} failed: {exc}") from exc
-        return json.loads(raw) if raw.strip() else None
 
     def instance_ports(self, service: str = "cabify") -> dict[str, int]:
         """Service ID -> port of every registered instance (read from ``/v1/health/service``)."""
@@ -138,14 +130,11 @@ class Sandbox:
 
     def servers(self, backend: str) -> dict[str, int]:
         """haproxy-sync's ``haproxy_sync_servers`` for one backend, now: planned state -> slots."""
-        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        found: dict[str, int] = {}
-        for match in re.finditer(r'^haproxy_sync_servers\{([^}]*)\} (\S+)$', text, re.MULTILINE):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-            if labels.get("backend") == backend:
-                found[labels["state"]] = int(float(match.group(2)))
-        return found
+        series = scrape(f"http://{HOST}:{self.metrics_port}", ("haproxy_sync_servers",), timeout=5)
+        if not series:
+            raise SandboxError(f"haproxy-sync's /metrics on port {self.metrics_port} did not answer")
+        return {labels["state"]: int(value) for labels, value in samples(series, "haproxy_sync_servers")
+                if labels.get("backend") == backend}
 
     def deregister(self, service_id: str) -> None:
         self.consul("PUT", f"/v1/agent/service/deregister/{service_id}")

@@ -16,11 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench.churn.report import code_identity
-from bench.churn.stack import REPO, BackendPool, StackError
+from bench.common import RESULTS
+from bench.common.backends import BackendPool
+from bench.common.process import StackError, interrupt_on
+from bench.common.report import code_identity, shown
 
 from .edge import QUERIES, Params, measure, short_version, version_line
 from .report import table, write_outputs
@@ -28,7 +29,7 @@ from .report import table, write_outputs
 DEFAULT_SIZES = (100, 1000)
 DEFAULT_HAPROXY = "/usr/sbin/haproxy"
 RESPONDER = ("Every instance points at one of 10 local ports of a second HAProxy answering 200 to everything "
-             "(bench/churn's BackendPool), so HAProxy's checks pass.")
+             "(bench/common's BackendPool), so HAProxy's checks pass.")
 
 DESCRIPTION = """\
 Exporter-series benchmark: how many Prometheus series HAProxy's built-in exporter (/metrics on the
@@ -36,7 +37,7 @@ rendered config's `frontend stats`) serves per edge at N services x 10 instances
 the no-maint query parameter, where haproxy-sync's pre-created free slots are servers in maintenance.
 
 For each --haproxy binary and each size in --sizes: the config is rendered in-process exactly as the
-product renders it (parse_health_entries, routing_for, plan_tables, render on the built-in template,
+product renders it (parse_health_entries, pipeline.observe and pipeline.prepare on the built-in template,
 write_live with `haproxy -c`; no Consul), run by a fresh master-worker HAProxy, and once its stats
 port answers and --settle seconds passed, /metrics, /metrics?no-maint and /metrics?no-maint= are each
 scraped --scrapes times. Reported per run: series (non-empty, non-comment lines), server series and
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated service counts [100,1000]")
     parser.add_argument("--haproxy", action="append", metavar="PATH",
                         help=f"an HAProxy binary to measure; repeatable, run in the order given [{DEFAULT_HAPROXY}]")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "exporter_series",
+    parser.add_argument("--out", type=Path, default=RESULTS / "exporter_series",
                         help="output stem: writes <out>.json and <out>.md [bench/results/exporter_series]")
     parser.add_argument("--instances", type=int, default=10, help="instances per service [10]")
     parser.add_argument("--settle", type=float, default=3.0,
@@ -103,17 +104,12 @@ def log_tail(path: Path, lines: int = 6) -> list[str]:
         return []
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     # Both as KeyboardInterrupt, so the finally blocks stop every process; SIGINT explicitly too,
     # because a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt_on(signal.SIGTERM, signal.SIGINT)
     try:
         versions = {binary: version_line(binary) for binary in args.haproxy}
     except StackError as exc:
@@ -170,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     paths = write_outputs(args.out, doc)
     print(table(results))
-    say("wrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths)
-        + f" in {time.monotonic() - started:.0f} s")
+    say(f"wrote {shown(paths)} in {time.monotonic() - started:.0f} s")
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -4,12 +4,12 @@ Why in-process and without Consul: what is measured is HAProxy's exporter on the
 writes, not haproxy-sync's reads. So the catalog is turned into the JSON Consul's health endpoint
 answers and goes through the product's own path from there: ``catalog.parse_health_entries`` (the
 trust boundary, with the settings' address policy), ``routing.routing_for`` (discovery by tag, as
-bench/scale runs it), ``daemon.plan_tables`` (slots as a first start plans them, free slots included),
+bench/scale runs it), ``pipeline.prepare`` (slots as a first start plans them, free slots included),
 ``render.render`` on the built-in template, and ``daemon.write_live`` (``haproxy -c`` with the binary
 under test, then the config and its routes map). Only the file and socket paths and the two binds
 differ from a real edge, and they live in the run's temp directory.
 
-The instances all point at bench/churn's :class:`~bench.churn.stack.BackendPool` (a second HAProxy
+The instances all point at bench/common's :class:`~bench.common.backends.BackendPool` (a second HAProxy
 answering 200 on one port per instance index), so HAProxy's checks of ~10,000 servers pass without
 the responder falling behind: a Python HTTP server would have to answer ~5,000 checks a second at
 1,000 services (``inter 2s``) on a 2-core machine, and checks failing there would change the figures
@@ -27,16 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.churn.stack import HOST, StackError, free_ports, wait_for
-from bench.scale.catalog import DEFAULT_SERVICE, TAG, Catalog
-from bench.scale.stack import count_servers
+from bench.common.catalog import DEFAULT_SERVICE, TAG, Catalog
+from bench.common.ports import HOST, free_ports
+from bench.common.process import StackError, wait_for
+from bench.common.under_test import HAProxyUnderTest, count_backends, count_servers
 from haproxy_sync import haproxy
 from haproxy_sync.apply import write_live
-from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
+from haproxy_sync.catalog import Service, parse_health_entries
 from haproxy_sync.config import Settings, default_template_path, load_settings
-from haproxy_sync.daemon import plan_tables
-from haproxy_sync.render import load_template, render
-from haproxy_sync.routing import map_text, routing_for
+from haproxy_sync.dev.workdir import Workdir
+from haproxy_sync.pipeline import observe, prepare
+from haproxy_sync.render import load_template
 
 #: What is scraped, in this order each round. ``?no-maint`` is what the question names; ``?no-maint=``
 #: is what Prometheus sends for ``params: {no-maint: [""]}`` (the monitoring role's scrape job), so
@@ -103,25 +104,17 @@ def write_settings(workdir: Path, binary: str, http_port: int, stats_port: int,
     """A config.toml as an edge's, paths and binds moved into ``workdir``; loaded by the product's loader.
 
     Discovery by tag with one configured ``default`` service, as bench/scale runs haproxy-sync; Consul's
-    address is a port nothing listens on, since nothing here reads Consul. ``template``: none means
-    the built-in one (see :func:`template_without_strict_limits` for the only other).
+    address is a port nothing listens on, since nothing here reads Consul (nor serves haproxy-sync's
+    metrics). ``template``: none means the built-in one (see :func:`template_without_strict_limits` for the
+    only other); the instances' 10.x addresses are allowed beside the loopback.
     """
-    (consul_port,) = free_ports(1)
-    toml = workdir / "config.toml"
-    toml.write_text(
-        f'[consul]\naddress = "http://{HOST}:{consul_port}"  # never contacted\n'
-        f'[discovery]\nenabled = true\ntag = "{TAG}"\n'
-        f'[haproxy]\nbinary = "{binary}"\n'
-        f'config_path = "{workdir / "haproxy.cfg"}"\n'
-        f'master_socket = "{workdir / "master.sock"}"\nstats_socket = "{workdir / "admin.sock"}"\n'
-        f'server_state_file = "{workdir / "server-state"}"\n'
-        f'http_bind = "{HOST}:{http_port}"\nstats_bind = "{HOST}:{stats_port}"\n'
-        'user = ""\ngroup = ""\nlog_target = "stderr format short local0 notice"\n'
-        + (f'template = "{template}"\n' if template is not None else "")
-        +         '[sync]\nnetworks = ["127.0.0.0/8", "10.0.0.0/8"]\n'
-        f'[[services]]\nname = "{DEFAULT_SERVICE}"\n'
-    )
-    return load_settings(toml, env={})
+    (consul_port,) = free_ports(1)  # never contacted
+    hap = {"template": str(template)} if template is not None else {}
+    layout = Workdir(workdir, f"http://{HOST}:{consul_port}", http_port, stats_port, haproxy_binary=binary,
+                     services=({"name": DEFAULT_SERVICE},),
+                     settings={"discovery": {"enabled": True, "tag": TAG}, "haproxy": hap,
+                               "sync": {"networks": ["127.0.0.0/8", "10.0.0.0/8"]}})
+    return load_settings(layout.write(), env={})
 
 
 def health_entries(catalog: Catalog) -> dict[str, list[dict[str, Any]]]:
@@ -159,17 +152,17 @@ def build(settings: Settings, catalog: Catalog) -> Built:
             raise StackError(f"the product skipped {len(skipped)} instance(s) of {name}: {skipped[0].reason}")
         services[name] = service
     tagged = [name for name, service in services.items() if any(TAG in inst.tags for inst in service.instances)]
-    routing = routing_for(settings, services, discovered=tagged)
+    observed = observe(settings, services, frozenset(tagged))
+    routing = observed.routing
     if routing.unrouted:
         first = routing.unrouted[0]
         raise StackError(f"{len(routing.unrouted)} service(s) left unrouted, e.g. {first.service}: {first.reason}")
-    snapshot = Snapshot.of(services.values())
-    tables = plan_tables(settings, snapshot, None, None, backends=routing.backends)
-    text = render(tables, settings, load_template(settings.template_path()), routing)
-    write_live(settings, text, map_text(routing.map_entries))  # haproxy -c with the binary under test
+    prepared = prepare(settings, load_template(settings.template_path()), haproxy.features(settings.haproxy.binary),
+                       routing, observed.snapshot)
+    text = prepared.text
+    write_live(settings, text, prepared.routes)  # haproxy -c with the binary under test
     servers, enabled = count_servers(text)
-    return Built(text, sum(1 for line in text.splitlines() if line.startswith("backend ")), servers,
-                 servers - enabled, time.perf_counter() - started)
+    return Built(text, count_backends(text), servers, servers - enabled, time.perf_counter() - started)
 
 
 def stats_answers(port: int) -> bool:
@@ -271,9 +264,8 @@ def measure(binary: str, services: int, params: Params, pool_ports: tuple[int, .
     workdir.mkdir(parents=True)
     http_port, stats_port = free_ports(2)
     catalog = Catalog(services, params.instances, pool_ports)
-    log = workdir / "haproxy.log"
     result: dict[str, Any] = {"services": services, "instances_total": catalog.total + 1, "template": "built-in"}
-    process: haproxy.HAProxyProcess | None = None
+    process: HAProxyUnderTest | None = None
     try:
         template: Path | None = None
         while True:
@@ -286,15 +278,14 @@ def measure(binary: str, services: int, params: Params, pool_ports: tuple[int, .
                 "backends": built.backends, "servers": built.servers, "servers_disabled": built.servers_disabled,
                 "config_bytes": len(built.text.encode()), "render_seconds": round(built.render_seconds, 3),
             })
-            process = haproxy.HAProxyProcess(binary, settings.haproxy.config_path, settings.haproxy.master_socket,
-                                             log)
+            process = HAProxyUnderTest(workdir, binary)  # the paths of the settings' [haproxy]
             started = time.monotonic()
             try:
                 process.start(timeout=params.start_timeout)
                 break
-            except haproxy.HAProxyError:
+            except StackError:
                 process.stop()
-                alert = fd_alert(log)
+                alert = fd_alert(process.log_path)
                 if template is not None or not alert:
                     raise
             say(f"  HAProxy refused to start: {alert}; again with `no strict-limits` added to the built-in template")
@@ -325,8 +316,8 @@ def measure(binary: str, services: int, params: Params, pool_ports: tuple[int, .
         result["exports_every_server"] = result["scrapes"]["(none)"]["servers_exported"] == result["runtime_servers"]
         result["no_maint_exports_the_servers_in_rotation"] = all(
             result["scrapes"][query]["servers_exported"] == in_rotation for query in QUERIES if query)
-        if process.process is not None and process.process.poll() is not None:
-            raise StackError(f"HAProxy exited with {process.process.returncode} during the scrapes")
+        if (code := process.exit_code()) is not None:
+            raise StackError(f"HAProxy exited with {code} during the scrapes")
     finally:
         if process is not None:
             process.stop()

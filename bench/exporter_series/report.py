@@ -6,9 +6,10 @@ paragraph's ratios are computed here from the JSON, never typed in).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from bench.common import report as common
 
 ALL, BARE, EMPTY = "(none)", "?no-maint", "?no-maint="
 
@@ -94,7 +95,7 @@ def paragraph(doc: dict[str, Any]) -> str:
         f"the `frontend stats` of the rendered config as `/metrics` and as `/metrics?no-maint`. Each edge holds N "
         f"services x {p['instances']} passing instances (discovered by tag, plus the configured `default` service "
         f"with one), built in-process without Consul through the product's own path (`parse_health_entries`, "
-        f"`routing_for`, `plan_tables`, `render` on the built-in template, `write_live` with `haproxy -c`), so every "
+        f"`pipeline.observe`, `pipeline.prepare` on the built-in template, `write_live` with `haproxy -c`), so every "
         f"backend has the free slots a first start plans, written as `disabled` servers. Each config ran in a "
         f"fresh master-worker HAProxy (`HAProxyProcess`); after the stats port answered, {p['settle']:g} s for "
         f"checks, then {p['scrapes']} rounds of scrapes of each URL (counts from the last round, times the median). "
@@ -118,17 +119,6 @@ def markdown(doc: dict[str, Any]) -> str:
     )
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    """Via a .tmp beside it (git-ignored in bench/results), so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_outputs(out: Path, doc: dict[str, Any]) -> list[Path]:
-    """``<out>.json`` and ``<out>.md``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_name(out.name + ".json"), out.with_name(out.name + ".md")]
-    _atomic_text(paths[0], json.dumps(doc, indent=1) + "\n")
-    _atomic_text(paths[1], markdown(doc))
-    return paths
+    """``<out>.json`` and ``<out>.md`` (bench/common's writer: each via a .tmp file and a rename)."""
+    return common.write_outputs(out, doc, markdown(doc))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, settings
 
+from bench.common.report import write_outputs
 from tests.property.test_hostile_catalog import HOSTILE_EXAMPLES, catalogs
 
 DANGEROUS = set(" ;#[]\"'\\") | {chr(c) for c in range(0x20)} | {"\x7f"}
@@ -87,8 +87,7 @@ def main() -> int:
     print(f"found in {summary['found']}/{args.seeds} searches: median {summary['median']}, p90 {summary['p90']}, "
           f"max {summary['max']} examples; the property runs {HOSTILE_EXAMPLES} examples "
           f"({HOSTILE_EXAMPLES / summary['max']:.1f}x the slowest search)" if hits else "never found")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps({"summary": summary, "runs": found}, indent=1) + "\n")
+    write_outputs(args.out, {"summary": summary, "runs": found})
     return 0 if hits and len(hits) == args.seeds else 1
 
 

@@ -10,8 +10,9 @@ measures them side by side, in one invocation, under the same load and the same 
 
 Run it from the repository root: ``.venv/bin/python -m bench.reload_options --help``.
 
-Layout: :mod:`.config` (the variants and the HAProxy configs), :mod:`.stack` (processes and ports),
-:mod:`.load` (wrk and the long-lived stream clients), :mod:`.observe` (the reload schedule and the
-``show proc`` sampler), :mod:`.runner` (one measured run), :mod:`.report` (numbers, table, files),
-``bench/churn/streamer.py`` (the aiohttp streaming backend, shared with the churn benchmark).
+Layout: :mod:`.config` (the variants and the config of the HAProxy under test), :mod:`.stack`
+(bench/common's processes, and the ports they share), :mod:`.load` (wrk and the long-lived stream
+clients), :mod:`.observe` (the reload schedule and the ``show proc`` sampler), :mod:`.runner` (one
+measured run), :mod:`.report` (numbers, table, files); the backend pool and the aiohttp streaming
+backend are bench/common's, shared with the churn benchmark.
 """

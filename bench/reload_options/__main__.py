@@ -16,17 +16,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench.churn.stack import use_haproxy
+from bench.common import RESULTS
+from bench.common.process import StackError, interrupt_on
+from bench.common.report import shown
+from bench.common.under_test import use_haproxy
 from haproxy_sync import haproxy
 
 from .config import BASELINE, VARIANTS, Variant, long_lived_variants
 from .load import LoadError, find_wrk
 from .report import environment, idle_table, keepalive_table, long_lived_table, summarize, write_outputs
 from .runner import POST_LOAD_OBSERVE, Schedule, run, run_idle
-from .stack import REPO, Stack, StackError
+from .stack import Stack
 
 LEAD = 1.0  # seconds of load before the first reload
 TAIL = 2.5  # seconds of load after the last reload is due: late failures still count
@@ -79,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-repeats", type=int, help="runs per variant of the long-lived scenario [1]")
     parser.add_argument("--no-idle", action="store_true",
                         help="skip the idle-keep-alive scenario (one reload per variant, idle clients, no load)")
-    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results",
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where reload_options.{json,md,png} go [bench/results]")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: re-write the table, .md and .png from the results dir's JSON")
@@ -113,10 +115,6 @@ def chosen_variants(args: argparse.Namespace) -> list[Variant]:
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return [known[n] for n in names]
-
-
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def report_only(results_dir: Path) -> int:
@@ -178,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.reload_options", *(argv if argv is not None else sys.argv[1:])])
     print(f"{len(jobs)} runs, about {estimate / 60:.1f} min; {binary}", file=sys.stderr)
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (nohup, &)
+    interrupt_on(signal.SIGTERM, signal.SIGINT)  # SIGINT even when started with it ignored (nohup, &)
     started = time.time()
     clock = time.monotonic()
     runs: list[dict[str, Any]] = []
@@ -243,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(long_lived_table(rows))
     if not args.no_idle:
         print(idle_table(runs))
-    for path in write_outputs(args.results_dir, meta, runs, rows):
-        print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", file=sys.stderr)
+    print(f"wrote {shown(write_outputs(args.results_dir, meta, runs, rows))}", file=sys.stderr)
     print(f"took {meta['elapsed_s'] / 60:.1f} min", file=sys.stderr)
     return 0
 

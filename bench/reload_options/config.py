@@ -1,4 +1,4 @@
-"""The variants under test and the two HAProxy configs (the one under test and the backends).
+"""The variants under test and the config of the HAProxy under test (the backends are bench/common's pool).
 
 Why the configs are this small: the question is what the soft-stop options do to a reload, so
 everything else is held still — one frontend, one round-robin backend of never-bottleneck servers,
@@ -95,25 +95,4 @@ def under_test_config(variant: Variant, ports: Ports) -> str:
         "\n"
         "backend stream\n"
         f"    server s1 127.0.0.1:{ports.streamer}\n"
-    )
-
-
-def backends_config(ports: Ports) -> str:
-    """A second HAProxy that answers ``200 ok`` itself on every backend port: never the bottleneck."""
-    binds = "".join(f"    bind 127.0.0.1:{port}\n" for port in ports.backends)
-    return (
-        "# reload-options benchmark: the backends (answer 200 ok, no upstream)\n"
-        "global\n"
-        "    maxconn 4000\n"
-        "\n"
-        "defaults\n"
-        "    mode http\n"
-        "    timeout connect 5s\n"
-        "    timeout client 30s\n"
-        "    timeout server 30s\n"
-        "    timeout http-keep-alive 30s\n"
-        "\n"
-        "frontend ok\n"
-        f"{binds}"
-        "    http-request return status 200 content-type text/plain string ok\n"
     )

@@ -15,14 +15,14 @@ can re-derive the tables from ``bench/results/reload_options.json`` alone). Defi
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from bench.common import report as common
 
 SERIES_STEP = 2.0  # seconds between the points of the "old workers over time" column
 
@@ -207,21 +207,13 @@ def idle_table(runs: Runs) -> str:
 
 
 def environment(binary: str) -> dict[str, Any]:
-    def first_line(argv: list[str]) -> str:
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except OSError:
-            return "unknown"
-        text = (out.stdout + out.stderr).strip().splitlines()
-        return text[0] if text else "unknown"
-
     try:
         load = Path("/proc/loadavg").read_text().split()[:3]
     except OSError:
         load = []
     return {
-        "haproxy": first_line([binary, "-v"]),
-        "wrk": first_line(["wrk", "--version"]),
+        "haproxy": common.haproxy_version(binary),
+        "wrk": common.first_line(["wrk", "--version"]),
         "python": platform.python_version(),
         "cpus": len(os.sched_getaffinity(0)),
         "loadavg_at_start": load,
@@ -259,19 +251,12 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], runs: Runs) -> st
 
 
 def write_outputs(results_dir: Path, meta: dict[str, Any], runs: Runs, rows: list[dict[str, Any]]) -> list[Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = results_dir / "reload_options.json"
-    json_path.write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1) + "\n")
-    md_path = results_dir / "reload_options.md"
-    md_path.write_text(markdown(meta, rows, runs))
-    written = [json_path, md_path]
-    png = plot(results_dir / "reload_options.png", runs)
-    if png is not None:
-        written.append(png)
-    return written
+    """reload_options.{json,md,png} (bench/common's writer: each via a .tmp file and a rename)."""
+    return common.write_outputs(results_dir / "reload_options", {"meta": meta, "summary": rows, "runs": runs},
+                                markdown(meta, rows, runs), lambda png: plot(png, runs))
 
 
-def plot(path: Path, runs: Runs) -> Path | None:
+def plot(path: Path, runs: Runs) -> str:
     """Old workers over time (repeat 1) for the longest keep-alive schedule and the long-lived scenario."""
     try:
         import matplotlib
@@ -280,10 +265,10 @@ def plot(path: Path, runs: Runs) -> Path | None:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        return None
+        return "matplotlib is not installed (pip install -e '.[bench]')"
     reloading = [r for r in runs if r["scenario"] != "idle" and r["reloads"]["planned"] and r["repeat"] == 1]
     if not reloading:
-        return None
+        return "no run reloaded"
     keepalive = [r for r in reloading if r["scenario"] == "keep-alive"]
     longest = max((r["reloads"]["planned"] for r in keepalive), default=0)
     keepalive = [r for r in keepalive if r["reloads"]["planned"] == longest]
@@ -312,6 +297,6 @@ def plot(path: Path, runs: Runs) -> Path | None:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
-    return path
+    return ""

@@ -15,9 +15,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 
-from bench.churn.stack import REPO, find_consul_template, version_of
+from bench.common import RESULTS
+from bench.common.process import interrupt_on
+from bench.common.report import shown
+from bench.common.syncers import add_syncer_arguments, find_consul_template, version_of
 from haproxy_sync import haproxy
 
 from .report import document, markdown, table, write_outputs
@@ -38,7 +40,7 @@ Per size and tool it reports:
                    50 ms; the placeholder config's worker replaced by a reload); haproxy-sync: /ready too.
                    Taken --cold-repeat times, each from the same start (tool stopped, HAProxy restarted
                    on the placeholder, the tool's files removed); the median, with min-max
-  render           the config's render with all Consul data in hand: haproxy-sync plan_tables + Jinja2
+  render           the config's render with all Consul data in hand: haproxy-sync pipeline.lay_out + Jinja2
                    (in-process, bench/scale/probe.py), consul-template its last template execution
                    (debug log timestamps); "+ haproxy -c": plus validating that config
   one-shot CLI     haproxy-sync render --dry-run --check / consul-template -once, process wall time
@@ -81,15 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "is reported, with min and max (1: a single start) [3]")
     parser.add_argument("--health-checks", action="store_true",
                         help="HAProxy health checks on every server in both configs (default off: see "
-                             "bench/scale/stack.py for why)")
-    parser.add_argument("--haproxy-sync-set", action="append", default=[], metavar="SECTION.KEY=TOML",
-                        help="add a setting to haproxy-sync's config.toml, for experiments, e.g. "
-                             "--haproxy-sync-set 'consul.wait=\"5m\"' (repeatable; recorded in the JSON)")
-    parser.add_argument("--consul-template", type=Path, metavar="PATH",
-                        help="a consul-template binary instead of the pinned one built with go install")
-    parser.add_argument("--no-install", action="store_true", help="never run go install; skip consul-template instead")
+                             "bench/scale/cell.py for why)")
+    add_syncer_arguments(parser, "", "consul-template")
     parser.add_argument("--keep", action="store_true", help="keep the work directories (configs, logs) for a look")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results",
+    parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help="where scale.json, scale.md and scale.png go [bench/results]")
     parser.add_argument("--report-only", action="store_true",
                         help="re-make scale.md and scale.png from the scale.json in --out-dir; run nothing")
@@ -98,15 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         parser.error("--sizes takes comma-separated integers, e.g. 100,300")
-    settings = []
-    for item in args.haproxy_sync_set:
-        dotted, sep, value = item.partition("=")
-        section, dot, key = dotted.partition(".")
-        if not sep or not dot or not section or not key or not value:
-            parser.error(f"--haproxy-sync-set takes SECTION.KEY=TOML_VALUE, e.g. 'sync.wait_min=\"50ms\"'; "
-                         f"got {item!r}")
-        settings.append((section.strip(), key.strip(), value.strip()))
-    args.haproxy_sync_set = tuple(settings)
+    args.haproxy_sync_set = tuple(args.haproxy_sync_set)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in args.tools if t not in TOOLS]
     if unknown:
@@ -124,10 +113,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -138,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Both as KeyboardInterrupt, so the finally blocks stop every process; SIGINT explicitly too,
     # because a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt_on(signal.SIGTERM, signal.SIGINT)
     params = Params(instances=args.instances, idle=args.idle, burst_changes=args.burst_changes,
                     burst_writes=args.burst_writes, burst_window=args.burst_window, quiet=args.quiet,
                     settle_max=args.settle_max, render_repeat=args.render_repeat, cold_repeat=args.cold_repeat,
@@ -178,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                    ct_label, started)
     paths = write_outputs(args.out_dir, doc)
     print(markdown(doc))
-    say("wrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in paths.values())
-        + f" in {(time.monotonic() - started) / 60:.1f} min")
+    say(f"wrote {shown(paths)} in {(time.monotonic() - started) / 60:.1f} min")
     return 1 if any(r.get("error") for r in results) else 0
 
 

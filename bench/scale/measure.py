@@ -3,8 +3,8 @@
 Why /proc and not the tools' own numbers: the same reading for a Python daemon and a Go binary.
 CPU is ``utime + stime`` of ``/proc/<pid>/stat`` (all threads of the process; ``cutime + cstime``
 added where the children count, e.g. consul-template's reload commands), RSS is ``VmRSS`` of
-``/proc/<pid>/status``. HAProxy's RSS is its master plus every worker (bench/soak's
-:func:`~bench.soak.sampler.haproxy_footprint`).
+``/proc/<pid>/status``. HAProxy's RSS is its master plus every worker (bench/common's
+:func:`~bench.common.under_test.footprint`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import re
 import statistics
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.common.metrics import samples
 from bench.common.metrics import scrape as scrape_metrics
-from bench.soak.sampler import haproxy_footprint
+from bench.common.process import http_get
+from bench.common.under_test import footprint
 from haproxy_sync import commands, haproxy
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,7 +51,7 @@ def rss_mb(pid: int) -> float | None:
 
 
 def haproxy_rss_mb(master_pid: int) -> float:
-    return round(haproxy_footprint(master_pid)[1], 2)
+    return round(footprint(master_pid)[1], 2)
 
 
 def show_proc(master_socket: Path) -> haproxy.ProcInfo | None:
@@ -90,15 +90,7 @@ def served_servers(stats_socket: Path, skip_backends: frozenset[str]) -> dict[tu
 
 def http_status(url: str, host: str = "", timeout: float = 5.0) -> int:
     """GET ``url`` (with a Host header); the status, or 0 when nothing answered."""
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
-        return 0
+    return http_get(url, timeout, host_header=host)[0]
 
 
 def scrape(metrics_url: str) -> dict[str, float]:
@@ -109,12 +101,9 @@ def scrape(metrics_url: str) -> dict[str, float]:
 def applies(series: dict[str, float]) -> dict[str, float]:
     """``haproxy_sync_applies_total`` summed by path (runtime, reload, none)."""
     by_path: dict[str, float] = {}
-    for key, value in series.items():
-        match = re.match(r"haproxy_sync_applies_total\{(.*)\}$", key)
-        if match:
-            labels = dict(part.split("=", 1) for part in match.group(1).split(",") if "=" in part)
-            path = labels.get("path", "?")
-            by_path[path] = by_path.get(path, 0.0) + value
+    for labels, value in samples(series, "haproxy_sync_applies_total"):
+        path = labels.get("path", "?")
+        by_path[path] = by_path.get(path, 0.0) + value
     return by_path
 
 

@@ -5,8 +5,8 @@ timers wrapped around the functions that command calls, and prints one JSON obje
 
 * ``total``: the whole command (settings, every Consul read, plan, render, ``haproxy -c``), without
   the interpreter's start and imports (``import_seconds`` has those, once);
-* ``plan``: ``haproxy_sync.daemon.plan_tables`` (slot tables from the snapshot and the live config);
-* ``render``: ``haproxy_sync.render.render`` (Jinja2, the text of haproxy.cfg);
+* ``plan``: ``haproxy_sync.pipeline.lay_out`` (slot tables from the snapshot and the live config);
+* ``render``: ``haproxy_sync.render.render`` as the pipeline calls it (Jinja2, the text of haproxy.cfg);
 * ``validate``: ``haproxy_sync.haproxy.validate`` (``haproxy -c`` on the rendered text);
 * ``read``: the rest of ``total`` (settings, discovery and health reads, parsing them).
 
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 WRAPPED = {
-    "plan": ("haproxy_sync.daemon", "plan_tables"),
-    "render": ("haproxy_sync.render", "render"),
+    "plan": ("haproxy_sync.pipeline", "lay_out"),
+    "render": ("haproxy_sync.pipeline", "render"),
     "validate": ("haproxy_sync.haproxy", "validate"),
 }
 

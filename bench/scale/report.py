@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.churn.report import environment, write_files
+from bench.common import report as common
 
 TOOL_COLORS = {"haproxy-sync": "tab:green", "consul-template": "tab:red"}
 TARGET_SIZE = 1000  # issue #8: the targets are stated at 1,000 services
@@ -248,10 +248,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
     fig.suptitle("bench/scale: cost against catalog size (log x; dotted: issue #8's targets for haproxy-sync)",
                  fontsize=12)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=80, format="png")
+    fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return ""
 
 
@@ -264,14 +262,14 @@ def document(results: list[dict[str, Any]], params: dict[str, Any], command: str
         "command": command,
         "parameters": params,
         "consul_template": consul_template,
-        "environment": environment(),
+        "environment": common.environment(),
         "results": results,
         "ratios": ratios(results),
         "targets": targets(results),
     }
 
 
-def write_outputs(out_dir: Path, doc: dict[str, Any]) -> dict[str, Path]:
-    """scale.json, scale.md and scale.png, each through a temporary file and a rename."""
-    return write_files(out_dir, "scale", doc, markdown(doc), lambda png: plot(doc["results"], png))
+def write_outputs(out_dir: Path, doc: dict[str, Any]) -> list[Path]:
+    """scale.json, scale.md and scale.png (bench/common's writer: each via a .tmp file and a rename)."""
+    return common.write_outputs(out_dir / "scale", doc, markdown(doc), lambda png: plot(doc["results"], png))
 

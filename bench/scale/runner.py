@@ -20,7 +20,7 @@ The order is chosen so that each figure is read in a known state:
    Both tools hold a blocking query per service that Consul answers every ``wait`` (60 s for both,
    plus up to 1/16 of jitter) even when nothing changed; a 60 s window that opens 4-60 s after the
    tool started (as it does here) holds exactly one such round of answers and re-polls.
-5. **Burst**: devconsul makes the writes of :func:`~bench.scale.catalog.make_burst`
+5. **Burst**: devconsul makes the writes of :func:`~bench.scale.burst.make_burst`
    ``--burst-window / writes`` apart on its own loop (its landing times are recorded: a loop busy
    answering the queries the previous write woke lands the next one a little late); meanwhile and
    after, HAProxy's ``show servers state`` is read until every tagged server has its final weight
@@ -48,11 +48,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.churn.stack import HOST, BackendPool, StackError, clean_env
+from bench.common import REPO
+from bench.common.backends import BackendPool
+from bench.common.catalog import DEFAULT_SERVICE, Catalog, host_of
+from bench.common.consul import DevConsul
+from bench.common.ports import HOST
+from bench.common.process import StackError, clean_env, stop_all
+from bench.common.syncers import ConsulTemplate, HaproxySync, Syncer
+from bench.common.under_test import HAProxyUnderTest, count_backends, count_servers
+from haproxy_sync.dev.workdir import Workdir
 
 from . import measure
-from .catalog import DEFAULT_SERVICE, Burst, Catalog, host_of, make_burst
-from .stack import ConsulTemplate, HaproxySync, ScaleConsul, Target, Tool, count_backends, count_servers, stop_all
+from .burst import Burst, make_burst
+from .cell import layout, populate, tool_for, under_test, weights_over_time
 
 TOOLS = ("haproxy-sync", "consul-template")
 
@@ -94,25 +102,21 @@ def run_one(tool_key: str, services: int, params: Params, workdir: Path, consul_
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         step("devconsul, backends, HAProxy")
-        consul = ScaleConsul(workdir)
+        consul = DevConsul(workdir)
         parts.append(consul)
         pool = BackendPool(workdir / "pool", params.instances)
         parts.append(pool)
         catalog = Catalog(services, params.instances, tuple(pool.ports))
-        result["populate_seconds"] = round(consul.populate(catalog), 3)
-        target = Target(workdir)
-        target.start()
+        result["populate_seconds"] = round(populate(consul, catalog), 3)
+        cell = layout(workdir, consul, params.health_checks, params.haproxy_sync_set)
+        target = under_test(cell)
         parts.append(target)
-        tool: Tool
-        if tool_key == "haproxy-sync":
-            tool = HaproxySync(target, consul, params.health_checks, params.haproxy_sync_set)
-        else:
-            assert consul_template is not None
-            tool = ConsulTemplate(consul_template, target, consul, params.health_checks)
+        target.start()
+        tool = tool_for(tool_key, cell, consul, params.health_checks, consul_template)
         parts.append(tool)  # stopped in the finally block even when its start fails
         step(f"cold start ({catalog.total} instances registered in {result['populate_seconds']:.1f} s)")
         result["cold_start"] = cold_starts(tool, target, services + 1, params.cold_timeout, params.cold_repeat, step)
-        result["config"] = config_facts(target, catalog)
+        result["config"] = config_facts(target, cell, catalog)
         cold = result["cold_start"]
         spread = f" (median of {len(cold['samples'])}, {cold['min']:.2f}-{cold['max']:.2f})" \
             if len(cold["samples"]) > 1 else ""
@@ -149,7 +153,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 # --- cold start ---
 
 
-def cold_starts(tool: Tool, target: Target, backends: int, timeout: float, repeat: int,
+def cold_starts(tool: Syncer, target: HAProxyUnderTest, backends: int, timeout: float, repeat: int,
                 step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`cold_start` ``repeat`` times from the same starting state; the median, min, max and samples.
 
@@ -157,7 +161,7 @@ def cold_starts(tool: Tool, target: Target, backends: int, timeout: float, repea
     is left out of its median but kept in ``ready_samples``); ``rss_mb_after`` is the last start's,
     whose tool keeps running for the rest of the cell.
     """
-    baseline = {entry.name for entry in target.workdir.iterdir()}  # before the tool's first start
+    baseline = {entry.name for entry in target.root.iterdir()}  # before the tool's first start
     runs: list[dict[str, Any]] = []
     removed: set[str] = set()
     for index in range(repeat):
@@ -184,7 +188,7 @@ def cold_starts(tool: Tool, target: Target, backends: int, timeout: float, repea
     return out
 
 
-def reset_cold(tool: Tool, target: Target, baseline: set[str], index: int) -> list[str]:
+def reset_cold(tool: Syncer, target: HAProxyUnderTest, baseline: set[str], index: int) -> list[str]:
     """Put the cell back where its first cold start began; returns the names of the files removed.
 
     The tool is stopped, then HAProxy (the tool's stop may still write the live config). Its logs go
@@ -193,17 +197,17 @@ def reset_cold(tool: Tool, target: Target, baseline: set[str], index: int) -> li
     before the first start is removed: haproxy-sync's ``haproxy.cfg.last-good``, ``routes.map`` and
     ``server-state`` (HAProxy would load the last run's server state on the first reload), a temp file
     of an interrupted write, HAProxy's stats socket; nothing a warm start could find is left. Then
-    HAProxy starts afresh on the placeholder config Target.start writes, as it did the first time.
+    HAProxy starts afresh on the placeholder config each start writes (cell.under_test), as the first time.
     """
     tool.stop()
     target.stop()
-    aside = target.workdir / f"cold-{index}"
+    aside = target.root / f"cold-{index}"
     aside.mkdir(exist_ok=True)
     for path in tool.logs():
         if path.exists():
             path.rename(aside / path.name)
     removed = []
-    for entry in sorted(target.workdir.iterdir()):
+    for entry in sorted(target.root.iterdir()):
         if entry.name not in baseline and not entry.is_dir():
             entry.unlink()
             removed.append(entry.name)
@@ -211,18 +215,18 @@ def reset_cold(tool: Tool, target: Target, baseline: set[str], index: int) -> li
     return removed
 
 
-def cold_start(tool: Tool, target: Target, backends: int, timeout: float) -> dict[str, Any]:
+def cold_start(tool: Syncer, target: HAProxyUnderTest, backends: int, timeout: float) -> dict[str, Any]:
     """Start the tool; seconds until HAProxy runs a config with every backend (and /ready, for haproxy-sync)."""
-    began = tool.started_at = time.monotonic()
+    began = time.monotonic()
     tool.start()
     deadline = began + timeout
     applied: float | None = None
     while applied is None:
         if not tool.alive():
             assert tool.proc is not None
-            raise StackError(f"{tool.label} exited during its start: {tool.proc.log_tail(5)}")
+            raise StackError(f"{tool.name} exited during its start: {tool.proc.log_tail(5)}")
         if time.monotonic() > deadline:
-            raise StackError(f"{tool.label} did not apply a full config within {timeout:g}s")
+            raise StackError(f"{tool.name} did not apply a full config within {timeout:g}s")
         info = measure.show_proc(target.master_socket)
         if info is not None and info.reloads >= 1 and info.current_worker not in (None, target.first_worker):
             text = target.config.read_text(errors="replace")
@@ -243,11 +247,11 @@ def cold_start(tool: Tool, target: Target, backends: int, timeout: float) -> dic
     return out
 
 
-def config_facts(target: Target, catalog: Catalog) -> dict[str, Any]:
+def config_facts(target: HAProxyUnderTest, cell: Workdir, catalog: Catalog) -> dict[str, Any]:
     """What the live config holds, and whether it routes (a request per host kind, through HAProxy)."""
     text = target.config.read_text(errors="replace")
     servers, enabled = count_servers(text)
-    url = f"http://{HOST}:{target.http_port}/"
+    url = f"http://{HOST}:{cell.http_port}/"
     return {
         "bytes": len(text.encode()),
         "backends": count_backends(text),
@@ -267,7 +271,7 @@ def render_haproxy_sync(tool: HaproxySync, repeat: int) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "bench.scale.probe", "--config", str(tool.config_toml), "--repeat", str(repeat)],
         capture_output=True, text=True, timeout=600, env=clean_env(), stdin=subprocess.DEVNULL, check=False,
-        cwd=str(Path(__file__).resolve().parents[2]),
+        cwd=str(REPO),
     )
     if result.returncode != 0:
         raise StackError(f"render probe failed: {result.stderr.strip()[-500:]}")
@@ -285,7 +289,7 @@ def render_haproxy_sync(tool: HaproxySync, repeat: int) -> dict[str, Any]:
     plan, render, check = median("plan"), median("render"), median("validate")
     return {
         "measured": "haproxy-sync render --dry-run --check, in-process, median of warm runs; "
-                    "render = plan_tables + render (Jinja2), check = haproxy.validate (haproxy -c)",
+                    "render = pipeline.lay_out + render (Jinja2), check = haproxy.validate (haproxy -c)",
         "render": None if render is None else round(render + (plan or 0.0), 4),
         "plan": plan,
         "jinja": render,
@@ -311,7 +315,7 @@ def render_consul_template(tool: ConsulTemplate, repeat: int) -> dict[str, Any]:
     """
     totals: list[float] = []
     renders: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="scale-ct-", dir=tool.target.workdir) as scratch:
+    with tempfile.TemporaryDirectory(prefix="scale-ct-", dir=tool.root) as scratch:
         out = Path(scratch) / "haproxy.cfg"
         for _ in range(max(1, repeat)):
             out.unlink(missing_ok=True)
@@ -362,7 +366,7 @@ def last_render_span(lines: list[str]) -> float | None:
 # --- idle ---
 
 
-def idle(tool: Tool, target: Target, consul: ScaleConsul, seconds: float) -> dict[str, Any]:
+def idle(tool: Syncer, target: HAProxyUnderTest, consul: DevConsul, seconds: float) -> dict[str, Any]:
     """CPU and RSS while nothing changes: the tool, devconsul and HAProxy's master + workers."""
     window = measure.Window({"tool": tool.pid, "devconsul": consul.proc.pid})
     haproxy_rss: list[float] = []
@@ -377,7 +381,7 @@ def idle(tool: Tool, target: Target, consul: ScaleConsul, seconds: float) -> dic
             per_second.append(round(cpu - last_cpu, 3))
         last_cpu = cpu
         if not tool.alive():
-            raise StackError(f"{tool.label} exited while idle")
+            raise StackError(f"{tool.name} exited while idle")
         time.sleep(min(1.0, max(0.0, end - time.monotonic())))
     window.sample()
     cpu_share = window.cpu_percent()
@@ -395,7 +399,7 @@ def idle(tool: Tool, target: Target, consul: ScaleConsul, seconds: float) -> dic
 # --- the burst ---
 
 
-def _apply_count(tool: Tool, timeout: float = 0.0) -> tuple[float, dict[str, float]] | None:
+def _apply_count(tool: Syncer, timeout: float = 0.0) -> tuple[float, dict[str, float]] | None:
     """(applies so far, detail) of the tool: haproxy-sync's metrics, consul-template's rendered lines.
 
     None when haproxy-sync's /metrics did not answer (a daemon busy with thousands of answers can be
@@ -416,14 +420,14 @@ def _apply_count(tool: Tool, timeout: float = 0.0) -> tuple[float, dict[str, flo
     return float(rendered), {"rendered": float(rendered), "reload_commands": float(tool.reloads_run())}
 
 
-def _must_count(tool: Tool) -> tuple[float, dict[str, float]]:
+def _must_count(tool: Syncer) -> tuple[float, dict[str, float]]:
     counted = _apply_count(tool, timeout=30.0)
     if counted is None:
-        raise StackError(f"{tool.label}'s /metrics did not answer within 30 s")
+        raise StackError(f"{tool.name}'s /metrics did not answer within 30 s")
     return counted
 
 
-def run_burst(tool: Tool, target: Target, consul: ScaleConsul, catalog: Catalog, burst: Burst,
+def run_burst(tool: Syncer, target: HAProxyUnderTest, consul: DevConsul, catalog: Catalog, burst: Burst,
               params: Params) -> dict[str, Any]:
     """Send the burst's writes on schedule, then wait (bounded) for HAProxy to serve it and things to go quiet."""
     expected = burst.expected_servers(catalog)
@@ -437,7 +441,7 @@ def run_burst(tool: Tool, target: Target, consul: ScaleConsul, catalog: Catalog,
 
     def send() -> None:
         try:
-            landed.extend(consul.weights_over_time(burst.writes, interval))
+            landed.extend(weights_over_time(consul, burst.writes, interval))
         except BaseException as exc:  # handed to the main thread below
             failure.append(exc)
 
@@ -495,14 +499,14 @@ def run_burst(tool: Tool, target: Target, consul: ScaleConsul, catalog: Catalog,
     }
 
 
-def log_facts(tool: Tool) -> dict[str, Any]:
+def log_facts(tool: Syncer) -> dict[str, Any]:
     """Warnings and errors the tool logged (the first few), so a number is never read without them."""
-    lines = tool.log_lines() if isinstance(tool, HaproxySync | ConsulTemplate) else []
+    lines = tool.log_lines()
     if isinstance(tool, HaproxySync):
         bad = [line for line in lines if re.search(r"level=(warning|error)|Traceback", line)]
         applied = sum(1 for line in lines if re.search(r"(^|\s)applied ", line))
     else:
         bad = [line for line in lines if "[ERR]" in line or "[WARN]" in line]
         applied = sum(1 for line in lines if "(runner) rendered" in line)
-    return {"path": str(getattr(tool, "log_path", "")), "lines": len(lines), "applied_lines": applied,
+    return {"path": str(tool.log_path), "lines": len(lines), "applied_lines": applied,
             "warnings_and_errors": len(bad), "first_warnings": [line[:300] for line in bad[:8]]}

@@ -5,5 +5,6 @@ a test: pytest never collects it (its files are not ``test_*`` and live outside 
 
 Why a separate package from ``bench/churn``: the churn benchmark measures what a change costs the
 traffic (failed requests, latency); this one measures what hours of changes cost the daemon itself
-(memory, file descriptors, threads). They share no code so that either can change on its own.
+(memory, file descriptors, threads). They share only bench/common's stack and report writer, so
+either scenario can change on its own.
 """

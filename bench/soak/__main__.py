@@ -28,32 +28,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
 
 import haproxy_sync
+from bench.common.backends import BackendPool
+from bench.common.consul import ConsulClient
+from bench.common.ports import free_ports
+from bench.common.process import StackError, interrupt_on
+from bench.common.report import git, haproxy_version
+from bench.common.syncers import HaproxySync
+from bench.common.under_test import HAProxyUnderTest, haproxy_binary
 from haproxy_sync.dev.devconsul import DevConsulThread
 
+from . import daemon as soaked
 from . import leaks
 from .analysis import analyse, steps
 from .driver import Churn
-from .report import suspicions, table, write_json, write_png
+from .report import suspicions, table, write_outputs
 from .sampler import Sampler, counter_delta, haproxy_state, scrape
-from .stack import (
-    REPO,
-    Backends,
-    Daemon,
-    Layout,
-    StackError,
-    free_ports,
-    haproxy_binary,
-    run_once,
-    start_haproxy,
-    status_json,
-    sync_line,
-)
 
 DEFAULT_OUT = Path("bench/results/soak")  # relative to the repository root, where -m runs
 
@@ -135,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.min_instances <= args.initial <= args.max_instances:
         parser.error("need 0 < --min-instances <= --initial <= --max-instances")
     try:
-        args.sync_lines = tuple(sync_line(option) for option in args.sync)
+        args.sync_lines = tuple(soaked.sync_line(option) for option in args.sync)
     except ValueError as exc:
         parser.error(str(exc))
     if not 1 <= args.services <= 20:
@@ -145,19 +139,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def environment() -> dict[str, Any]:
     """What the numbers were measured on, so that two results can be compared fairly."""
-    binary = haproxy_binary()
-    version = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                            cwd=REPO, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "haproxy_sync"],
-                           capture_output=True, text=True, timeout=10, cwd=REPO, check=False)
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "haproxy_sync": haproxy_sync.__version__,
-        "git_commit": commit.stdout.strip(),
-        "haproxy_sync_modified": bool(dirty.stdout.strip()),  # uncommitted changes under haproxy_sync/
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        # uncommitted changes under haproxy_sync/
+        "haproxy_sync_modified": bool(git("status", "--porcelain", "--untracked-files=no", "--", "haproxy_sync")),
         "python": platform.python_version(),
-        "haproxy": (version.stdout.splitlines() or ["?"])[0],
+        "haproxy": haproxy_version(haproxy_binary()),
         "psutil": psutil.__version__,
         "platform": platform.platform(),
         "cpus": psutil.cpu_count(),
@@ -177,10 +166,6 @@ def log_summary(path: Path) -> dict[str, int]:
             counts["error"] += "level=error" in line or "level=critical" in line
             counts["traceback"] += "Traceback" in line
     return counts
-
-
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _ignore_signals() -> None:
@@ -210,27 +195,30 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     consul = DevConsulThread(port=0)
     consul.start()
     stack.callback(consul.stop)
-    backends = Backends(workdir, [p for group in backend_ports.values() for p in group], binary)
+    backends = BackendPool(workdir, [p for group in backend_ports.values() for p in group], binary=binary,
+                           answer=soaked.backend_token(), **soaked.BACKENDS)
     stack.callback(backends.stop)
-    backends.start()
-    layout = Layout(workdir, consul.url, services, ports[0], ports[1], ports[2], binary, args.sync_lines)
-    layout.write()
-    churn = Churn(consul.url, backend_ports, seed=args.seed, rate=args.rate,
+    layout = soaked.layout(workdir, consul.url, services, ports[:3], binary, args.sync_lines)
+    client = ConsulClient(consul.url)
+    stack.callback(client.close)
+    churn = Churn(client, backend_ports, seed=args.seed, rate=args.rate,
                   min_instances=args.min_instances, max_instances=args.max_instances)
     churn.register_initial(args.initial)
-    run_once(layout)
-    hap = start_haproxy(layout)
+    trace_dir = workdir / "tracemalloc" if args.tracemalloc else None
+    daemon = soaked.daemon(layout, trace_dir)
+    daemon.initial_render()
+    hap = HAProxyUnderTest(workdir, binary)
     stack.callback(hap.stop)
-    assert hap.process is not None
-    daemon = Daemon(layout, workdir / "tracemalloc" if args.tracemalloc else None)
+    hap.start()
     stack.callback(daemon.stop)
     daemon.start()
+    daemon.wait_ready(30.0, interval=0.2)
     print(f"soak: stack up in {workdir} (daemon pid {daemon.pid}); churning for {args.duration:g} s at "
           f"{args.rate:g} changes/s, a sample every {args.interval:g} s", flush=True)
 
-    sampler = Sampler(daemon.pid, hap.process.pid)
+    sampler = Sampler(daemon.pid, hap.master_pid)
     metrics_start = scrape(layout.metrics_url)
-    haproxy_start = haproxy_state(layout.master_socket, hap.process.pid)
+    haproxy_start = haproxy_state(layout.master_socket, hap.master_pid)
     samples = [sampler.sample()]
     deadline = sampler.started + args.duration
     churner = threading.Thread(target=churn.run, args=(deadline, stop), name="churn", daemon=True)
@@ -250,14 +238,13 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         due = min(sampler.started + k * args.interval, deadline)
         time.sleep(max(0.0, due - time.monotonic()))
         if not daemon.alive():
-            raise StackError(f"the daemon exited with {daemon.process.returncode if daemon.process else '?'} "
-                             f"during the run; see {daemon.log_path}")
+            raise soaked.exited(daemon)
         samples.append(sampler.sample())
         elapsed = samples[-1].t
         while dump_at and elapsed >= dump_at[0]:
             dump_at.pop(0)
             dump_t.append(round(time.monotonic() - sampler.started, 1))
-            dumps.append(daemon.dump_trace())
+            dumps.append(soaked.dump_trace(daemon.pid, trace_dir, len(dumps) + 1))
         if elapsed >= next_report:
             next_report += 60.0
             print(f"soak: {elapsed / 60:.0f} min: RSS {samples[-1].rss_mb:.2f} MB, FDs {samples[-1].fds}, "
@@ -268,14 +255,14 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     cpu_mean = sampler.mean_cpu_percent()  # over the churn only, before the settle below
     if args.tracemalloc:
         dump_t.append(round(time.monotonic() - sampler.started, 1))
-        dumps.append(daemon.dump_trace())
+        dumps.append(soaked.dump_trace(daemon.pid, trace_dir, len(dumps) + 1))
 
     sample_dicts = [sample.as_dict() for sample in samples]
     if args.tracemalloc:
-        leaks.attach_traced(sample_dicts, daemon.memory_log, sampler.started)
-    end_state = _settle(layout)
+        leaks.attach_traced(sample_dicts, soaked.memory_log(layout, trace_dir), sampler.started)
+    end_state = _settle(daemon)
     metrics_end = scrape(layout.metrics_url)
-    haproxy_end = haproxy_state(layout.master_socket, hap.process.pid)
+    haproxy_end = haproxy_state(layout.master_socket, hap.master_pid)
     return {
         "samples": sample_dicts,
         "churn": churn.stats.as_dict() | {"instances_at_end": churn.instance_counts(),
@@ -303,13 +290,13 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     }
 
 
-def _settle(layout: Layout, timeout: float = 30.0) -> dict[str, Any]:
+def _settle(daemon: HaproxySync, timeout: float = 30.0) -> dict[str, Any]:
     """After the churn: wait (bounded) until ``haproxy-sync status`` finds no drift, and return it."""
     deadline = time.monotonic() + timeout
-    report = status_json(layout)
+    report = soaked.status_json(daemon)
     while not report.get("healthy") and time.monotonic() < deadline:
         time.sleep(2.0)
-        report = status_json(layout)
+        report = soaked.status_json(daemon)
     report["settle_seconds"] = round(timeout - max(0.0, deadline - time.monotonic()), 1)
     return report
 
@@ -320,12 +307,10 @@ def finish(result: dict[str, Any], warmup_seconds: float, out: Path) -> None:
     if traced := result.get("tracemalloc"):
         traced["steps"] = leaks.explain_steps(result["samples"], steps(result["samples"]), traced.get("dump_t", []))
     result["suspicious"] = suspicions(result)
-    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
-    write_json(result, json_path)
-    png_problem = write_png(result, png_path)
+    paths = write_outputs(result, out)
     print()
     print(table(result))
-    print(f"\nwrote {json_path}" + (f" and {png_path}" if png_problem is None else f"; {png_problem}"))
+    print(f"\nwrote {' and '.join(map(str, paths))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         result["params"]["warmup"] = args.warmup
         finish(result, args.warmup_seconds, args.out)
         return 0
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    interrupt_on(signal.SIGTERM)
     workdir = Path(tempfile.mkdtemp(prefix="haproxy-sync-soak-"))
     keep = args.keep
     started = time.monotonic()

@@ -28,7 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stack import HOST, consul_request, wait_for
+from bench.common.consul import ConsulClient, ConsulError
+from bench.common.ports import HOST
+from bench.common.process import wait_for
 
 KINDS = ("register", "deregister", "status", "weight", "noise")
 KIND_WEIGHTS = (0.2, 0.2, 0.3, 0.15, 0.15)
@@ -86,11 +88,11 @@ class ChurnStats:
 class Churn:
     """Drives the seeded change sequence against a Consul HTTP API until a deadline or a stop."""
 
-    def __init__(self, consul_url: str, ports: dict[str, list[int]], *, seed: int, rate: float,
+    def __init__(self, consul: ConsulClient, ports: dict[str, list[int]], *, seed: int, rate: float,
                  min_instances: int, max_instances: int) -> None:
         if not 0 < min_instances <= max_instances:
             raise ValueError("need 0 < min_instances <= max_instances")
-        self.consul_url = consul_url
+        self.consul = consul  # used by one thread at a time: the caller's for the set-up, then the churn's
         self.ports = ports  # per service; twice max_instances, so a free one always exists
         self.rng = random.Random(seed)
         self.rate = rate
@@ -110,10 +112,10 @@ class Churn:
         for service, instances in self.live.items():
             count = len(instances)
             wait_for(lambda s=service, n=count: self._all_passing(s, n), timeout,
-                     f"{count} passing instances of {service} in devconsul")
+                     f"{count} passing instances of {service} in devconsul", interval=0.1)
 
     def _all_passing(self, service: str, count: int) -> bool:
-        entries = consul_request(self.consul_url, "GET", f"/v1/health/service/{service}")
+        entries = self.consul.call("GET", f"/v1/health/service/{service}")
         return len(entries) == count and all(c["Status"] == "passing" for e in entries for c in e["Checks"])
 
     # --- the loop ---
@@ -154,7 +156,7 @@ class Churn:
                 self._reweigh(service)
             else:
                 self._noise(service)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ConsulError) as exc:
             self.stats.errors[kind] += 1
             self.stats.last_error = f"{kind}: {exc}"
         else:
@@ -172,12 +174,12 @@ class Churn:
         self.sequence += 1
         instance = Instance(service, f"{service}-{self.sequence}", port,
                             weight_passing=self.rng.randint(1, 10), weight_warning=self.rng.randint(0, 3))
-        consul_request(self.consul_url, "PUT", "/v1/agent/service/register", instance.registration())
+        self.consul.put("/v1/agent/service/register", instance.registration())
         self.live[service][instance.instance_id] = instance
 
     def _deregister(self, service: str) -> None:
         instance = self._pick(service)
-        consul_request(self.consul_url, "PUT", f"/v1/agent/service/deregister/{instance.instance_id}")
+        self.consul.put(f"/v1/agent/service/deregister/{instance.instance_id}")
         del self.live[service][instance.instance_id]
 
     def _flip(self, service: str) -> None:
@@ -194,7 +196,7 @@ class Churn:
         instance = self._pick(service)
         instance.weight_passing = self.rng.choice([w for w in range(1, 11) if w != instance.weight_passing])
         instance.weight_warning = self.rng.randint(0, 3)
-        consul_request(self.consul_url, "PUT", "/v1/agent/service/register", instance.registration())
+        self.consul.put("/v1/agent/service/register", instance.registration())
 
     def _noise(self, service: str) -> None:
         instance = self._pick(service)
@@ -203,7 +205,7 @@ class Churn:
     def _ttl(self, instance: Instance, status: str, note: str) -> None:
         check = urllib.parse.quote(instance.ttl_check, safe=":")
         query = urllib.parse.urlencode({"note": note})
-        consul_request(self.consul_url, "PUT", f"/v1/agent/check/{STATUS_VERB[status]}/{check}?{query}")
+        self.consul.put(f"/v1/agent/check/{STATUS_VERB[status]}/{check}?{query}")
 
     def instance_counts(self) -> dict[str, int]:
         return {service: len(instances) for service, instances in self.live.items()}

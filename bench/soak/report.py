@@ -8,9 +8,10 @@ after that.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from bench.common import report as common
 
 from .analysis import window
 
@@ -156,12 +157,10 @@ def suspicions(result: dict[str, Any]) -> list[str]:
     return found
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
-    """Write via a temp file and a rename, so an interrupted write never leaves half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
+def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
+    """``<out>.json`` and ``<out>.png`` (bench/common's writer: via a temp file and a rename, so an
+    interrupted write never leaves half a result)."""
+    return common.write_outputs(out, result, draw=lambda png: write_png(result, png))
 
 
 def write_png(result: dict[str, Any], path: Path) -> str | None:
@@ -172,7 +171,7 @@ def write_png(result: dict[str, Any], path: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (.venv/bin/pip install -e '.[bench]'); no PNG written"
+        return "matplotlib is not installed (.venv/bin/pip install -e '.[bench]')"
     samples = result["samples"]
     analysis = result["analysis"]
     warmup = analysis["warmup_seconds"]
@@ -203,7 +202,6 @@ def write_png(result: dict[str, Any], path: Path) -> str | None:
                  f"(seed {params['seed']}): RSS {rss['slope_per_hour']:+.2f} MB/h, {verdicts['rss']}; "
                  f"FDs {verdicts['fds']}", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return None

@@ -8,7 +8,6 @@ leak. Open descriptors and threads are counted by the kernel too (``/proc/<pid>/
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import psutil
 
 from bench.common import metrics as common_metrics
+from bench.common.under_test import footprint
 from haproxy_sync import haproxy
 
 MB = 1024 * 1024
@@ -69,7 +69,7 @@ class Sampler:
         cpu = 100.0 * (cpu_seconds - last_cpu) / (now - last_at) if now - last_at > 0.5 else 0.0
         self._last_cpu = (now, cpu_seconds)
         heap, anon, files = rss_by_kind(self.daemon)
-        count, rss = haproxy_footprint(self.haproxy_pid)
+        count, rss = footprint(self.haproxy_pid)
         return Sample(round(now - self.started, 3), memory.rss / MB, memory.uss / MB, fds, threads, cpu, count, rss,
                       heap, anon, files)
 
@@ -96,26 +96,10 @@ def rss_by_kind(process: psutil.Process) -> tuple[float, float, float]:
     return heap / MB, anon / MB, files / MB
 
 
-def haproxy_footprint(master_pid: int) -> tuple[int, float]:
-    """(processes, total RSS in MB) of a HAProxy master and its workers; (0, 0) when it is gone."""
-    try:
-        master = psutil.Process(master_pid)
-        processes = [master, *master.children(recursive=True)]
-    except psutil.Error:
-        return 0, 0.0
-    total = 0
-    alive = 0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-            alive += 1
-    return alive, total / MB
-
-
 def haproxy_state(master_socket: Path, master_pid: int) -> dict[str, Any]:
     """Workers (current and older generations), reloads and RSS of the HAProxy under test."""
     state: dict[str, Any] = {}
-    count, rss = haproxy_footprint(master_pid)
+    count, rss = footprint(master_pid)
     state["processes"] = count
     state["rss_mb"] = round(rss, 2)
     try:

@@ -1,4 +1,6 @@
-"""The streaming backend of scenario 2: long responses that keep a connection busy for 10-30 s.
+"""The streaming backend: long responses that keep a connection busy for 10-30 s.
+
+Used by bench/churn (its streaming scenario) and bench/reload_options (its long-lived scenario).
 
 Why it exists: what a reload really costs is not the short requests (HAProxy hands those over
 cleanly with ``idle-close-on-response``) but the long-lived ones: an old worker must live until its
@@ -9,7 +11,7 @@ answer ``ok`` at once (Consul's and HAProxy's checks).
 
 aiohttp, one process, one loop: 20-odd concurrent streams cost it nothing. Run it as a script::
 
-    python bench/churn/streamer.py --port 9100
+    python bench/common/streamer.py --port 9100
 """
 
 from __future__ import annotations
