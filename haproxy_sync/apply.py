@@ -100,9 +100,17 @@ def apply_config(
         write_live(settings, text, routes)
         action = "written"
     keep = None if tables is None else functools.partial(_state_fits, tables)
-    haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
+    try:
+        haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
+    except haproxy.HAProxyError as exc:  # a full or read-only state dir must not stop the reload
+        log.warning("%s; reloading without it: the new worker's checks rebuild health state", exc)
     carry_counters = haproxy.features(hap.binary).stats_file
-    if carry_counters and not stats_file.save_stats_file(hap.stats_socket, hap.stats_file_path):
+    try:
+        saved = not carry_counters or stats_file.save_stats_file(hap.stats_socket, hap.stats_file_path)
+    except haproxy.HAProxyError as exc:
+        log.warning("%s", exc)
+        saved = False
+    if not saved:
         log.warning("could not save HAProxy's counters to %s before the reload (dump stats-file); the new "
                     "worker's counters start from zero", hap.stats_file_path)
     started = time.monotonic()
@@ -113,9 +121,12 @@ def apply_config(
         if haproxy.read_text(haproxy.last_good_path(path)) not in (None, text) and haproxy.restore_last_good(path):
             raise haproxy.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}") from None
         raise
-    haproxy.remember_last_good(path)
-    if carry_counters:
-        stats_file.clear_stats_file(hap.stats_file_path)
+    try:
+        haproxy.remember_last_good(path)
+        if carry_counters:
+            stats_file.clear_stats_file(hap.stats_file_path)
+    except haproxy.HAProxyError as exc:  # HAProxy runs the new config: only the copies beside it are behind
+        log.warning("after the reload: %s; the next good apply writes it again", exc)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
     return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
 
@@ -212,6 +223,10 @@ class Applier(Protocol):
 
     def features(self, settings: Settings) -> haproxy.Features: ...
 
+    def running(self, settings: Settings) -> dict[tuple[str, str], Running]: ...
+
+    def restore_routes(self, settings: Settings, routing: Routing) -> None: ...
+
     def routes_on_disk(self, settings: Settings) -> dict[str, str]: ...
 
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
@@ -233,6 +248,12 @@ class HAProxyApplier:
 
     def features(self, settings: Settings) -> haproxy.Features:
         return haproxy.features(settings.haproxy.binary)
+
+    def running(self, settings: Settings) -> dict[tuple[str, str], Running]:
+        return read_running(settings.haproxy.stats_socket)
+
+    def restore_routes(self, settings: Settings, routing: Routing) -> None:
+        write_routes(settings, map_text(routing.map_entries))
 
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return routes_on_disk(settings)

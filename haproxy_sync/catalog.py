@@ -14,7 +14,8 @@ move without the data changing.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,24 @@ class Skipped:
     kind: SkipKind = SkipKind.ENTRY
 
 
+def skipped_summary(what: str, skipped: Sequence[Skipped], examples: int = 3) -> str:
+    """One log line for everything one answer left out, however much: counts by kind, a few examples.
+
+    An answer of 200,000 invalid instances must not become 200,000 lines (a flood that hides the
+    rest of the journal and costs more than the answer); the counts and ``instances_skipped``
+    say how many, the examples say what they look like.
+    """
+    kinds = Counter(item.kind.label for item in skipped)
+    counts = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+    def example(item: Skipped) -> str:
+        named = f"service={item.service!r}" if item.instance_id == "*" else f"id={item.instance_id!r}"
+        return f"{named} reason={item.reason!r}"
+
+    shown = "; ".join(example(item) for item in skipped[:examples])
+    more = f"; and {len(skipped) - examples} more" if len(skipped) > examples else ""
+    return f"skipped {len(skipped)} of {what} ({counts}): {shown}{more}; left out of haproxy.cfg"
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     """An instance with the HAProxy server name it is given in its backend."""
@@ -219,6 +238,11 @@ class Snapshot:
         return cls(tuple(services))
 
 
+#: The most instances one service is served with; the rest are skipped (reason "limit"), so that no
+#: answer can grow a slot table (and HAProxy's servers of a backend) without bound.
+MAX_INSTANCES = 8192
+
+
 def parse_health_entries(
     service_name: str, entries: object, policy: rules.AddressPolicy = rules.STRICT
 ) -> tuple[Service, tuple[Skipped, ...]]:
@@ -243,6 +267,13 @@ def parse_health_entries(
             skipped.append(Skipped(service_name, exc.instance_id[:80], exc.reason, exc.kind))
             continue
         instances[inst.key] = inst
+    if len(instances) > MAX_INSTANCES:
+        # Served: the first MAX_INSTANCES in (node, ID) order, the same ones answer after answer.
+        kept = sorted(instances)[:MAX_INSTANCES]
+        over = sorted(instances.keys() - set(kept))
+        skipped.extend(Skipped(service_name, key[1][:80], f"over the bound of {MAX_INSTANCES} instances a service",
+                               SkipKind.LIMIT) for key in over)
+        instances = {key: instances[key] for key in kept}
     return Service(service_name, tuple(instances.values())), tuple(skipped)
 
 

@@ -6,6 +6,11 @@ Exit codes: 0 success; 1 an error (one line on stderr, a traceback only with ``-
 
 from __future__ import annotations
 
+# Before the imports (most of a second): a SIGHUP from now on is a re-read, never a kill.
+from haproxy_sync import early_signals
+
+early_signals.install()
+
 import asyncio
 import difflib
 import functools
@@ -88,6 +93,8 @@ def _command(func: Callable[..., int]) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(**params: Any) -> None:
         debug = bool(params.get("debug"))
+        if func.__name__ != "run" or params.get("once"):
+            early_signals.release()  # only the daemon takes SIGHUP as a re-read
         try:
             code = func(**params)
         except ConfigError as exc:
@@ -127,7 +134,7 @@ def run(once: bool, **params: Any) -> int:
     """
     from haproxy_sync.daemon import Daemon
     from haproxy_sync.pipeline import run_once
-    from haproxy_sync.wiring import serve
+    from haproxy_sync.wiring import run_process, stuck_threads
 
     settings = _load(params)
     _configure_logs(settings)
@@ -136,7 +143,13 @@ def run(once: bool, **params: Any) -> int:
         log.log(logging.INFO if applied else logging.ERROR, "once: %s", sentence)
         return EXIT_OK if applied else EXIT_ERROR
     daemon = Daemon(settings, reload_settings=lambda: _load(params))
-    return asyncio.run(serve(daemon))
+    code = run_process(daemon)
+    if stuck_threads():  # a step cancelled by the stop: its thread holds nothing the next start needs
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -195,7 +208,8 @@ def check(**params: Any) -> int:
     """Validate the config file and the template, without Consul or a running HAProxy.
 
     Every problem of the config file is reported at once. The template is rendered with a sample
-    catalog and, when HAProxy is installed, the result goes through `haproxy -c`.
+    catalog and the result goes through `haproxy -c` (HAProxy must be installed: found as `run`
+    finds it, on PATH and then in /usr/sbin and /usr/local/sbin).
     """
     from haproxy_sync.pipeline import check_prepared, prepare, sample
     from haproxy_sync.render import load_template
@@ -206,11 +220,10 @@ def check(**params: Any) -> int:
     observed = sample(settings)
     features = haproxy.features(settings.haproxy.binary)
     prepared = prepare(settings, template, features, observed.routing, observed.snapshot)
-    checked = "rendered with a sample catalog"
-    if haproxy.find_binary(settings.haproxy.binary):
-        check_prepared(settings, template, features, prepared)
-        checked += " and passed haproxy -c"
-    click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} {checked}")
+    check_prepared(settings, template, features, prepared)  # no HAProxy to check with is an error, as for run
+    click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} rendered with a "
+               f"sample catalog and passed haproxy -c ({haproxy.find_binary(settings.haproxy.binary)}, "
+               f"HAProxy {features.version_text})")
     return EXIT_OK
 
 

@@ -33,6 +33,8 @@ from haproxy_sync.values import (
     parse_consul_address,
     parse_duration,
     parse_filter_expression,
+    parse_haproxy_path,
+    parse_haproxy_path_or_none,
     parse_health_path,
     parse_host,
     parse_host_patterns,
@@ -205,20 +207,20 @@ class DiscoverySettings:
 @dataclass(frozen=True)
 class HAProxySettings:
     binary: str = setting(parse_string, "haproxy", "HAProxy executable used for `haproxy -c`.")
-    config_path: Path = setting(parse_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written.")
+    config_path: Path = setting(parse_haproxy_path, "/etc/haproxy/haproxy.cfg", "Where the rendered config is written.")
     template: Path | None = setting(parse_path_or_none, "", "Jinja2 template; empty means the built-in one.")
     routes_map: Path | None = setting(
-        parse_path_or_none, "",
+        parse_haproxy_path_or_none, "",
         "HAProxy map file of host and path routes; empty: routes.map beside config_path.",
     )
     master_socket: Path = setting(parse_path, "/run/haproxy-master.sock", "HAProxy master CLI socket (reloads).")
-    stats_socket: Path = setting(parse_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket.")
+    stats_socket: Path = setting(parse_haproxy_path, "/run/haproxy/admin.sock", "HAProxy runtime API socket.")
     server_state_file: Path = setting(
-        parse_path, "/var/lib/haproxy/server-state",
+        parse_haproxy_path, "/var/lib/haproxy/server-state",
         "Server state carried across reloads.",
     )
     stats_file: Path | None = setting(
-        parse_path_or_none, "",
+        parse_haproxy_path_or_none, "",
         "HAProxy 3.0: counters carried across reloads (dump stats-file); empty: "
         "stats-file beside server_state_file. Unused on 2.6.",
     )
@@ -392,7 +394,7 @@ class _Value:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found; create it or drop --config"]) from None
     except PermissionError:
@@ -401,6 +403,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: is a directory, expected a TOML file"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    if not data:
+        # A truncated or emptied file must never turn into "all defaults": those manage
+        # /etc/haproxy/haproxy.cfg for a service called cabify.
+        raise ConfigError([f"{path}: the config file holds no settings (empty, or only comments); "
+                           "restore it, or drop --config to run on the built-in defaults"])
+    return data
 
 
 def _layer_file(

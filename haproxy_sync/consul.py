@@ -26,9 +26,10 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 import consul
 import consul.aio
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from haproxy_sync import rules
-from haproxy_sync.catalog import Service, Skipped, parse_health_entries
+from haproxy_sync.catalog import Service, Skipped, parse_health_entries, skipped_summary
 from haproxy_sync.config import ConsulSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ T = TypeVar("T")
 MIN_REQUEST_INTERVAL = 0.02
 #: Shortest time between two requests while the server answers without blocking.
 STALLED_INTERVAL = 1.0
+#: Index jumps backwards closer together than this are one episode, logged once.
+BACKWARDS_EPISODE = 60.0
 #: First retry delay after an error; doubles up to ``backoff_max``.
 BACKOFF_BASE = 0.25
 
@@ -70,8 +73,16 @@ def classify(exc: BaseException, service: str) -> ConsulError:
         return ConsulError("timeout", "no answer within the blocking wait plus margin")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return ConsulError("tls", f"TLS handshake failed: {_short(exc)}")
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE):
+        return ConsulError("fd_limit", "too many open files to connect to Consul: raise the open-files limit "
+                                       "(LimitNOFILE=65536 in the systemd unit) or lower consul.max_connections")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConsulError("unreachable", f"cannot connect: {_short(exc.os_error or exc)}")
+    if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, PayloadEncodingError):
+        # The bytes came, but cannot be decoded (garbage Content-Encoding, broken chunking): the
+        # answer is wrong, not the connection.
+        return ConsulError("bad_answer", f"answer body cannot be decoded: {_short(exc.__cause__)}")
     resets = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)
     if isinstance(exc, resets) or (isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)):
         return ConsulError("connection_reset", "connection closed before the answer was complete")
@@ -244,10 +255,12 @@ class BlockingWatch(Generic[T]):
         self.start_delay = start_delay
         self.gate = gate
         self.status = WatchStatus()
+        self.noun = "instances"  # what a skipped item of this watch is, for the log
         self._last_value: T | None = None
         self._last_skipped: tuple[Skipped, ...] = ()
         self._fault_since = 0.0
         self._stalled = False
+        self._backwards_at: float | None = None  # the last time the index went backwards
 
     @property
     def skipped(self) -> tuple[Skipped, ...]:
@@ -288,10 +301,21 @@ class BlockingWatch(Generic[T]):
             self._record_success(returned)
             index = next_index(sent, returned)
             if 0 < returned < sent:
-                log.info("consul watch service=%s index went backwards (%d -> %d): fresh read", self.service,
-                         sent, returned)
+                self._went_backwards(sent, returned)
             interval = self._pace(sent, returned, time.monotonic() - last_start)
             self._offer(value, skipped, returned)
+
+    def _went_backwards(self, sent: int, returned: int) -> None:
+        """Logged once per episode: an index that keeps flapping (two servers answering in turn, a
+        proxy mixing clusters) is one line, then debug, until it has been quiet for a minute."""
+        now = time.monotonic()
+        quiet = self._backwards_at is None or now - self._backwards_at > BACKWARDS_EPISODE
+        self._backwards_at = now
+        if quiet:
+            log.info("consul watch service=%s index went backwards (%d -> %d): fresh read; further jumps within "
+                     "%gs of each other are logged at debug", self.service, sent, returned, BACKWARDS_EPISODE)
+        else:
+            log.debug("consul watch service=%s index went backwards again (%d -> %d)", self.service, sent, returned)
 
     def _pace(self, sent: int, returned: int, took: float) -> float:
         """Consul's rule: rate-limit the loop, so an index that does not advance cannot spin the CPU.
@@ -345,11 +369,9 @@ class BlockingWatch(Generic[T]):
 
     def _offer(self, value: T, skipped: tuple[Skipped, ...], index: int) -> None:
         if skipped != self._last_skipped:
-            for item in skipped:
-                log.warning(
-                    "skipped instance service=%s id=%r reason=%r; it is left out of haproxy.cfg",
-                    item.service, item.instance_id, item.reason,
-                )
+            if skipped:
+                log.warning("consul watch service=%s: %s", self.service,
+                            skipped_summary(f"the answer's {self.noun}", skipped))
             self._last_skipped = skipped
         first = not self.status.first_read.is_set()
         self.status.first_read.set()
@@ -416,10 +438,20 @@ class ServiceWatch(BlockingWatch[Service]):
         )
 
     def _parse(self, raw: object) -> tuple[Service, tuple[Skipped, ...]]:
-        return parse_health_entries(self.service, raw if raw is not None else [], self.policy)
+        return parse_health_entries(self.service, documented(raw, self.service), self.policy)
 
     def _emit(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
         self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
+
+
+def documented(raw: object, what: str) -> object:
+    """``raw`` if Consul answered a body at all; a 404 (py-consul gives None for it) or a JSON
+    ``null`` is not "no instances": Consul answers ``[]`` for a service it does not know, so
+    anything else is a fault of the read, and the last good data stays."""
+    if raw is None:
+        raise ConsulError("bad_answer", f"the answer for {what!r} was a 404 or null, not the documented list; "
+                                        "keeping the last good data")
+    return raw
 
 
 def health_query(tag: str, filter_expression: str) -> dict[str, str]:
@@ -433,14 +465,19 @@ def health_query(tag: str, filter_expression: str) -> dict[str, str]:
 def parse_catalog_services(raw: object, tag: str) -> tuple[frozenset[str], tuple[Skipped, ...]]:
     """Names of the services carrying ``tag`` in a ``/v1/catalog/services`` answer ({name: [tags]}).
 
-    A name that cannot be a backend name is skipped with a reason, like any unsafe Consul string.
+    An answer of another shape (not an object, a value that is not a list) is a ``ValueError``: a
+    fault of the read, never "no services". A name that cannot be a backend name is skipped with a
+    reason, like any unsafe Consul string.
     """
     if not isinstance(raw, dict):
         raise ValueError("catalog/services answer is not a JSON object")
     names: set[str] = set()
     skipped: list[Skipped] = []
     for name, tags in raw.items():
-        if not isinstance(tags, list) or tag not in tags:
+        if not isinstance(tags, list):
+            raise ValueError(f"catalog/services answer gives service {str(name)[:80]!r} a {type(tags).__name__}, "
+                             "not a list of tags")
+        if tag not in tags:
             continue
         if not rules.is_name(name):
             skipped.append(Skipped(str(name)[:80], "*", "service name is not a safe backend name"))
@@ -456,6 +493,7 @@ class CatalogWatch(BlockingWatch[frozenset[str]]):
         self, client: consul.aio.Consul, tag: str, on_update: Callable[[frozenset[str], float], None], **options: Any
     ) -> None:
         super().__init__(client, "catalog", **options)
+        self.noun = "tagged services"
         self.tag = tag
         self.on_update = on_update
 
@@ -463,7 +501,7 @@ class CatalogWatch(BlockingWatch[frozenset[str]]):
         return await self.client.catalog.services(index=str(index) if index else None, wait=wait)
 
     def _parse(self, raw: object) -> tuple[frozenset[str], tuple[Skipped, ...]]:
-        return parse_catalog_services(raw if raw is not None else {}, self.tag)
+        return parse_catalog_services(documented(raw, "catalog"), self.tag)
 
     def _emit(self, value: frozenset[str], skipped: tuple[Skipped, ...], index: int) -> None:
         self.on_update(value, time.monotonic())
@@ -479,7 +517,7 @@ async def _read_services(
         async with limit:
             try:
                 _, entries = await asyncio.wait_for(client.health.service(name, **queries.get(name, {})), deadline)
-                return name, parse_health_entries(name, entries if entries is not None else [], policy)
+                return name, parse_health_entries(name, documented(entries, name), policy)
             except Exception as exc:
                 raise classify(exc, name) from None
 
@@ -500,7 +538,7 @@ async def read_tagged_services(
     """One non-blocking read of the services carrying ``tag``; raises :class:`ConsulError`."""
     try:
         _, raw = await asyncio.wait_for(client.catalog.services(), deadline)
-        return parse_catalog_services(raw if raw is not None else {}, tag)
+        return parse_catalog_services(documented(raw, "catalog"), tag)
     except Exception as exc:
         raise classify(exc, "catalog") from None
 
@@ -512,8 +550,8 @@ async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead
         discovered: frozenset[str] = frozenset()
         if settings.discovery.enabled:
             discovered, skipped = await read_tagged_services(client, settings.discovery.tag, deadline)
-            for item in skipped:
-                log.warning("skipped service %r: %s", item.service, item.reason)
+            if skipped:
+                log.warning("discovery: %s", skipped_summary("the tagged services", skipped))
         queries = service_queries(settings, discovered)
         services = await _read_services(client, list(queries), deadline, queries, settings.address_policy)
         return CatalogRead(services, discovered)

@@ -27,7 +27,7 @@ import consul.aio
 import jinja2
 import sdnotify
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, logs
 from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
@@ -42,6 +42,7 @@ from haproxy_sync.consul import (
     WatchUpdate,
     backoff_delay,
     classify,
+    documented,
     make_client,
     read_tagged_services,
     service_queries,
@@ -54,6 +55,7 @@ from haproxy_sync.persist import BackgroundWriter
 from haproxy_sync.pipeline import Baseline, Observed, Prepared, decide, observe, prepare
 from haproxy_sync.plan import (
     BackendSlots,
+    adoption_problem,
     describe,
     diff_snapshots,
     draining,
@@ -69,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: Non-blocking reads (first reads, and re-reads after an error) in flight at once, across all watches.
 FIRST_READS_IN_FLIGHT = 32
+#: Longest each step of a stop (the owed write, closing watches and the client) may take.
+STOP_STEP_TIMEOUT = 0.2
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
 
@@ -132,11 +136,15 @@ class Daemon:
         self.routes = RouteMemory(lambda: self.applier.routes_on_disk(self.settings))
         self.template: jinja2.Template | None = None
         self._wake = asyncio.Event()
+        self.stopping = asyncio.Event()  # set by request_stop: wiring.serve bounds how long a stop takes
+        self.busy_since: float | None = None  # when the loop woke for the step it is in; None while it waits
         self._changed = False
         self._stop = False
         self._hup = False
         self._reread_reason = "SIGHUP"
         self._structure_changed = False  # template or settings changed: the next apply reloads
+        self._socket_gone = False  # HAProxy's admin socket file was deleted (logged once)
+        self._rejected_config = ""  # why the last re-read of the settings was refused, until one is taken
         self._retry_at: float | None = None  # after a failed apply
         self.drains = DrainWatch(settings.haproxy.stats_socket)  # what draining servers carry, drain deadlines
         self.hold_down = HoldDown()
@@ -217,6 +225,12 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop = True
         self._wake.set()
+        self.stopping.set()
+
+    def responsive(self, now: float, within: float) -> bool:
+        """The loop is waiting for work, or has been at one step for less than ``within`` seconds: what
+        the systemd watchdog is pinged on, so that a loop stuck in one step stops the pings."""
+        return self.busy_since is None or now - self.busy_since < within
 
     def request_reload(self, reason: str = "SIGHUP") -> None:
         self._hup = True
@@ -242,9 +256,12 @@ class Daemon:
             await self._loop()
         finally:
             self.notifier.notify("STOPPING=1")
-            await self.writer.flush()
-            await self.watches.close()
-            await self.client.close()
+            # Bounded, so that a stop is a stop: a write still owed after this is done by the next start.
+            for step in (self.writer.flush(), self.watches.close(), self.client.close()):
+                try:
+                    await asyncio.wait_for(step, STOP_STEP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("stopping: a step did not end within %gs, left behind", STOP_STEP_TIMEOUT)
         log.info("stopped")
         return 0
 
@@ -257,9 +274,11 @@ class Daemon:
         waiting_logged = False
         while not self._stop:
             try:
+                self.busy_since = None
                 await self._sleep_until_woken()
                 if self._stop:
                     break
+                self.busy_since = time.monotonic()
                 if self._hup:
                     self._hup = False
                     self._reread()
@@ -350,6 +369,8 @@ class Daemon:
         if self.hold_down.held:
             change += f"; {self.hold_down.held} status changes held by hold_down"
         live = self._running_text if self._confirmed else self.applier.read_live(settings)
+        if self.tables is None and live is not None:
+            live = await self._adoptable(live, routing)
         features = await asyncio.to_thread(self.applier.features, settings)
         assert self.template is not None
         try:
@@ -387,6 +408,19 @@ class Daemon:
                            deferred=True)
         return await self._reload(prepared, change, reason)
 
+    async def _adoptable(self, live: str, routing: Routing) -> str | None:
+        """The live config to take slots over from at the first apply, or None to lay them out anew."""
+        try:
+            running = await asyncio.to_thread(self.applier.running, self.settings)
+        except haproxy.HAProxyError:
+            running = None  # HAProxy not answering: the file alone is checked
+        problem = adoption_problem(live, routing.backends, running)
+        if problem is None:
+            return live
+        log.warning("the live config %s cannot be taken over as it is (%s); every backend is laid out anew",
+                    self.settings.haproxy.config_path, problem)
+        return None
+
     def _note_routing(self, routing: Routing) -> None:
         """Log each change of the unrouted services once, and keep the routing gauges current."""
         if routing.unrouted != self._unrouted:
@@ -412,8 +446,7 @@ class Daemon:
             query = watch.query if watch else {}
             try:
                 _, entries = await asyncio.wait_for(self.client.health.service(name, **query), 15)
-                service, _ = parse_health_entries(name, entries if entries is not None else [],
-                                                  self.settings.address_policy)
+                service, _ = parse_health_entries(name, documented(entries, name), self.settings.address_policy)
             except Exception as exc:  # a failed re-read keeps the hold and tries again
                 error = classify(exc, name)
                 log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
@@ -499,9 +532,13 @@ class Daemon:
 
     def _persist_failed(self, exc: Exception) -> None:
         self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
-        log.error("HAProxy runs the new servers but writing them to disk failed: %s; the next apply "
-                  "goes through a reload to bring disk and HAProxy together again", exc)
+        self._failures += 1
+        delay = backoff_delay(self._failures, self.settings.consul.backoff_max)
+        log.error("HAProxy runs the new servers but writing them to disk failed: %s; retrying in %.1fs through "
+                  "a reload, which brings disk and HAProxy together again", exc, delay)
         self._doubt()
+        self._retry_at = time.monotonic() + delay
+        self._wake.set()
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval
@@ -510,8 +547,26 @@ class Daemon:
     async def _reconcile(self) -> None:
         """Read back what HAProxy runs; repair drift (a hand-made `disable server`, a lost command)."""
         self._schedule_reconcile()
-        if not self._confirmed or self.tables is None:
+        if not self._confirmed or self.tables is None or self.routing is None:
             return
+        hap = self.settings.haproxy
+        if not hap.stats_socket.exists():
+            if not self._socket_gone:
+                # A reload does not bring it back: HAProxy hands its bound sockets to the new worker.
+                log.error("reconcile: HAProxy's admin socket %s is gone (deleted?); runtime changes fail over to "
+                          "reloads until HAProxy is restarted, which binds it again", hap.stats_socket)
+                self._socket_gone = True
+            return
+        self._socket_gone = False
+        if not hap.routes_map_path.exists():
+            try:
+                await asyncio.to_thread(self.applier.restore_routes, self.settings, self.routing)
+            except haproxy.HAProxyError as exc:
+                log.warning("reconcile: the routes map %s is gone and cannot be written again: %s; trying again "
+                            "in %gs", hap.routes_map_path, exc, self.settings.sync.reconcile_interval)
+            else:
+                log.warning("reconcile: the routes map %s was gone (deleted?); written again from the routes "
+                            "HAProxy runs", hap.routes_map_path)
         try:
             drift = await asyncio.to_thread(self.applier.repair, self.settings, self.tables, self.routing)
         except haproxy.HAProxyError as exc:
@@ -590,7 +645,7 @@ class Daemon:
         sentence, path, at = self._last_apply
         return StateView(
             watches=watches, servers=servers, skipped=dict(skipped), applied_once=self.applied is not None,
-            confirmed=self._confirmed, reload_owed=self._structure_changed,
+            confirmed=self._confirmed, reload_owed=self._structure_changed, rejected_config=self._rejected_config,
             last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
             stale_after=self.settings.metrics.stale_after,
         )
@@ -610,9 +665,16 @@ class Daemon:
             prepare(settings, template, self.applier.features(settings), observed.routing, observed.snapshot,
                     self.tables)
         except (ConfigError, TemplateError) as exc:
-            log.error("%s: new configuration rejected, keeping the running one: %s", why,
-                      str(exc).replace("\n", "; "))
+            problem = str(exc).replace("\n", "; ")
+            log.error("%s: new configuration rejected, keeping the running one: %s", why, problem)
+            self.metrics.config_rereads.labels("rejected").inc()
+            self._rejected_config = problem
             return
+        self.metrics.config_rereads.labels("applied").inc()
+        self._rejected_config = ""
+        if settings.log != self.settings.log:
+            logs.configure(settings.log.level, settings.log.format)
+            log.info("%s: logging now level=%s format=%s", why, settings.log.level, settings.log.format)
         if settings.consul != self.settings.consul:
             log.warning("%s: [consul] changes take effect on restart; other changes applied now", why)
             settings = dataclasses.replace(settings, consul=self.settings.consul)

@@ -62,15 +62,21 @@ class SocketError(HAProxyError):
 
 
 def validate(binary: str, path: Path, timeout: float = 30.0) -> None:
-    """Run ``haproxy -c -f path``; raise :class:`ValidationError` with HAProxy's alerts when it fails."""
+    """Run ``haproxy -c -f path``; raise :class:`ValidationError` with HAProxy's alerts when it fails.
+
+    ``binary`` is found the way every command finds it (:func:`find_binary`), so ``check`` and
+    ``run`` can never disagree about which HAProxy checks the config.
+    """
+    found = find_binary(binary)
     try:
+        if found is None:
+            raise FileNotFoundError(binary)
         result = subprocess.run(
-            [binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=timeout, check=False
+            [found, "-c", "-f", str(path)], capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError:
-        raise ValidationError(
-            f"haproxy binary {binary!r} not found; install HAProxy or set haproxy.binary"
-        ) from None
+        raise ValidationError(f"haproxy binary {binary!r} not found ({BINARY_SEARCH}); install HAProxy or set "
+                              "haproxy.binary") from None
     except subprocess.TimeoutExpired:
         raise ValidationError(f"`{binary} -c` on {path} took longer than {timeout:g}s") from None
     output = (result.stdout + result.stderr).strip()
@@ -151,9 +157,13 @@ def read_text(path: Path) -> str | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise HAProxyError(symlink_refusal(path) or f"{path} is a symbolic link; remove it") from None
-        raise
-    with os.fdopen(fd) as handle:
-        return handle.read()
+        raise HAProxyError(f"cannot read {path}: {exc.strerror or exc}") from None
+    # Not UTF-8 (a hand edit, a disk error): read anyway, so that it compares unequal and is rewritten.
+    try:
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise HAProxyError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def last_good_path(path: Path) -> Path:
@@ -342,6 +352,10 @@ def restore_last_good(path: Path) -> bool:
 # --- the CLI sockets ---
 
 
+#: The most a CLI answer may hold (``show servers state`` of 16,384 servers is about 4 MiB).
+MAX_ANSWER_BYTES = 64 << 20
+
+
 def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: float = 5.0) -> str:
     """Send one command (or several, run in order) to a HAProxy CLI socket and return the whole answer.
 
@@ -353,13 +367,26 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
         raise TypeError("socket_command sends only Command values built by haproxy_sync.commands")
     line = "; ".join(batch)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout  # for the whole exchange: an answer that drips is cut off too
     chunks: list[bytes] = []
+    size = 0
     try:
+        sock.settimeout(timeout)
         sock.connect(str(path))
         sock.sendall(line.encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)  # non-interactive mode: HAProxy answers, then closes
-        while chunk := sock.recv(65536):
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise SocketError(f"HAProxy socket {path} answered {batch[0].verb!r} with more than "
+                                  f"{MAX_ANSWER_BYTES // (1 << 20)} MiB; not read further")
             chunks.append(chunk)
     except FileNotFoundError:
         raise SocketError(f"HAProxy socket {path} does not exist (is HAProxy running?)") from None
@@ -368,7 +395,8 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
     except PermissionError:
         raise SocketError(f"permission denied on HAProxy socket {path}; check its mode and group") from None
     except TimeoutError:
-        raise SocketError(f"HAProxy socket {path} did not answer {batch[0].verb!r} in {timeout:g}s") from None
+        raise SocketError(f"HAProxy socket {path} did not finish answering {batch[0].verb!r} within {timeout:g}s "
+                          f"({size} bytes came)") from None
     except OSError as exc:
         raise SocketError(f"HAProxy socket {path}: {exc.strerror or exc}") from None
     finally:
@@ -670,6 +698,10 @@ def process_start_time(pid: int) -> float:
     start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
     boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return boot_epoch + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+#: Where :func:`find_binary` looks, for the error that says it found nothing.
+BINARY_SEARCH = "looked on PATH, then in /usr/sbin and /usr/local/sbin"
 
 
 def find_binary(name: str) -> str | None:

@@ -48,6 +48,7 @@ class StateView:
     applied_once: bool = False
     confirmed: bool = False
     reload_owed: bool = False  # the template or settings were re-read: the next apply reloads
+    rejected_config: str = ""  # why the last re-read of the settings was refused (until one is taken)
     last_apply: str = ""
     last_apply_path: str = ""
     last_apply_age: float | None = None
@@ -59,6 +60,9 @@ class StateView:
             reasons.append("no config applied yet")
         elif not self.confirmed:
             reasons.append("HAProxy not confirmed running the current config")
+        if self.rejected_config:
+            reasons.append(f"the last re-read of the configuration was rejected, the previous one runs: "
+                           f"{self.rejected_config[:300]}")
         for watch in self.watches:
             if watch.age is None:
                 reasons.append(f"no good read of {watch.service} from Consul yet")
@@ -109,6 +113,9 @@ class Metrics:
         self.unrouted = Gauge(
             "haproxy_sync_services_unrouted", "Tagged services left unrouted (bad or missing meta, conflicts).",
             registry=reg)
+        self.config_rereads = Counter(
+            "haproxy_sync_config_rereads_total", "Re-reads of the settings and template (SIGHUP, an edited file), "
+            "by result (applied, rejected).", ["result"], registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
         #: The labelled metrics with a ``service`` label kept in this registry (the scrape-time series

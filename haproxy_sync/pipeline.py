@@ -27,13 +27,14 @@ import jinja2
 
 from haproxy_sync import haproxy, rules
 from haproxy_sync.apply import apply_config, routes_on_disk, write_live
-from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
+from haproxy_sync.catalog import Service, Snapshot, parse_health_entries, skipped_summary
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import read_routed
 from haproxy_sync.plan import (
     BackendSlots,
     Plan,
+    adoption_problem,
     assign_all,
     describe,
     diff_snapshots,
@@ -216,8 +217,8 @@ async def read_observed(settings: Settings, deadline: float = 15.0) -> Observed:
     """One non-blocking read of every routed service, routed with the routes on disk as their holders."""
     read = await read_routed(settings, deadline)
     for name, (_, skipped) in read.services.items():
-        for item in skipped:
-            log.warning("skipped instance service=%s id=%r reason=%r", name, item.instance_id, item.reason)
+        if skipped:
+            log.warning("service %s: %s", name, skipped_summary("its instances", skipped))
     latest = {name: service for name, (service, _) in read.services.items()}
     return observe(settings, latest, read.discovered, holders=routes_on_disk(settings))
 
@@ -232,11 +233,15 @@ async def read_and_prepare(settings: Settings, template: jinja2.Template, featur
     hap = settings.haproxy
     live = haproxy.read_text(hap.config_path)
     baseline = None
-    if live is not None:
+    problem = adoption_problem(live, observed.routing.backends) if live is not None else None
+    if problem is not None:
+        log.warning("the live config %s cannot be taken over as it is (%s); planned as laid out anew",
+                    hap.config_path, problem)
+    elif live is not None:
         baseline = Baseline(slots_from_config(live, observed.snapshot, observed.routing.backends),
                             parse_map_file(haproxy.read_text(hap.routes_map_path) or ""), live)
     prepared = prepare(settings, template, features, observed.routing, observed.snapshot,
-                       baseline.tables if baseline is not None else None, live)
+                       baseline.tables if baseline is not None else None, live if problem is None else None)
     return OneRead(prepared, live, baseline)
 
 
@@ -249,8 +254,8 @@ def check_prepared(settings: Settings, template: jinja2.Template, features: hapr
     """
     binary = haproxy.find_binary(settings.haproxy.binary)
     if binary is None:
-        raise haproxy.HAProxyError(
-            f"haproxy binary {settings.haproxy.binary!r} not found; install HAProxy or set haproxy.binary")
+        raise haproxy.HAProxyError(f"haproxy binary {settings.haproxy.binary!r} not found ({haproxy.BINARY_SEARCH}); "
+                                   "install HAProxy or set haproxy.binary")
     with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
         map_path = Path(tmp) / "routes.map"
         map_path.write_text(prepared.routes)

@@ -178,6 +178,59 @@ _SERVER = re.compile(r"^\s*server\s+slot(\d+)\s+(\[[0-9A-Fa-f:.]+\]|[^\s:]+):(\d
 _WEIGHT = re.compile(r"\bweight\s+(\d+)")
 
 
+_ANY_SERVER = re.compile(r"^\s*server\s+(\S+)")
+
+
+def adoption_problem(
+    text: str, backends: Iterable[tuple[str, str]], running: Mapping[tuple[str, str], Running] | None = None
+) -> str | None:
+    """Why the live config's slots cannot be taken over as they are, or None when they can.
+
+    A config haproxy-sync rendered has, in each of its backends, the server lines ``slot1..N``, each
+    once, each a valid endpoint; HAProxy runs exactly those. A hand edit, a truncated file or a line
+    HAProxy dropped breaks that, and patching such tables would write a slot twice. Then the whole
+    config is laid out anew (the first apply reloads anyway). ``running``: HAProxy's servers by
+    (backend, name), from ``show servers state``, when it answered.
+    """
+    wanted = {backend for backend, _ in backends}
+    seen: dict[str, list[tuple[int, str, int]]] = {}
+    current: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if match := _BACKEND.match(line):
+            current = match.group(1)
+            if current in seen:
+                return f"backend {current} appears twice (line {number})"
+            if current in wanted:
+                seen[current] = []
+            continue
+        if _SECTION.match(line):
+            current = None
+            continue
+        if current not in wanted or not _ANY_SERVER.match(line):
+            continue
+        match = _SERVER.match(line)
+        if match is None:
+            return f"backend {current}: line {number} is a server haproxy-sync did not write"
+        index, host, port, rest = match.groups()
+        weight = _WEIGHT.search(rest)
+        if not 0 < int(port) < 65536 or (weight is not None and int(weight.group(1)) > rules.MAX_WEIGHT):
+            return f"backend {current}: line {number} has a port or weight out of range"
+        seen[current].append((int(index), host.strip("[]"), int(port)))
+    for backend, slots in seen.items():
+        indexes = sorted(index for index, _, _ in slots)
+        if indexes != list(range(1, len(indexes) + 1)):
+            return f"backend {backend}: its slots are not slot1..slot{len(indexes)}, each once (a gap or a duplicate)"
+        if running is not None:
+            runs = {name: (address, port) for (be, name), (address, port, _, _) in running.items() if be == backend}
+            if runs and set(runs) != {f"slot{index}" for index in indexes}:
+                return f"backend {backend}: HAProxy runs other servers than the file holds"
+            for index, address, port in slots:
+                actual = runs.get(f"slot{index}")
+                if actual is not None and (actual[1] != port or not _same_endpoint(actual[0], address)):
+                    return f"backend {backend}: HAProxy runs slot{index} at another address than the file says"
+    return None
+
+
 def slots_from_config(text: str, snapshot: Snapshot, backends: Iterable[tuple[str, str]]) -> dict[str, BackendSlots]:
     """Rebuild slot tables from a config we rendered, matching instances by address and port.
 

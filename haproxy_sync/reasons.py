@@ -81,4 +81,5 @@ class SkipKind(_Labelled):
     ADDRESS = "address"
     PORT = "port"
     WEIGHT = "weight"
+    LIMIT = "limit"  # over catalog.MAX_INSTANCES of one service
 

@@ -24,6 +24,8 @@ Restart=on-failure
 RestartSec=2s
 WatchdogSec=30s
 TimeoutStopSec=10s
+# One connection to Consul per watched service (consul.max_connections, 4096 by default), and more.
+LimitNOFILE=65536
 User={user}
 Group={group}
 SupplementaryGroups={group}

@@ -63,6 +63,22 @@ def parse_path(value: Any) -> Path:
     return Path(text)
 
 
+def parse_haproxy_path(value: Any) -> Path:
+    """A path HAProxy reads from haproxy.cfg or is told on its CLI: a space, a quote or a ``#`` there
+    would split the line or the command, so only the characters of ``rules.file_path``."""
+    path = parse_path(value)
+    try:
+        rules.file_path(str(path))
+    except rules.Refused:
+        raise ValueError(f"{str(path)[:200]!r} is not an absolute path of A-Z a-z 0-9 . _ / + - (no spaces, no ..): "
+                         "HAProxy reads it from haproxy.cfg or its CLI") from None
+    return path
+
+
+def parse_haproxy_path_or_none(value: Any) -> Path | None:
+    return parse_haproxy_path(value) if parse_string(value) else None
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -249,12 +249,13 @@ def cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None) ->
 class DaemonProcess:
     """``haproxy-sync run`` as a real process, its stderr collected in a file."""
 
-    def __init__(self, config: Path, log_path: Path, *args: str) -> None:
+    def __init__(self, config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.log_handle = log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "haproxy_sync.cli", "run", "--config", str(config), *args],
             stdout=self.log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
 
     def log(self) -> str:
@@ -316,7 +317,7 @@ class Stack:
         self.haproxy = stack.enter_context(running_haproxy(self.layout))
         self.daemon = DaemonProcess(self.layout.config_toml, tmp_path / "daemon.log")
         stack.callback(self.daemon.stop)
-        self.daemon.wait_for_log("applied ")
+        self.daemon.wait_for_log("applied ", timeout=30)  # a first apply on a loaded 2-core host
 
     def serving(self, backend: str = "cabify", apps: list | None = None) -> set[str]:
         """Instance ids HAProxy sends new requests to, read from the runtime socket."""

@@ -32,7 +32,7 @@ from haproxy_sync.dev.devconsul import DevConsulThread
 from haproxy_sync.dev.process import HAProxyProcess
 from haproxy_sync.dev.workdir import Workdir
 from haproxy_sync.pipeline import run_once
-from haproxy_sync.wiring import serve
+from haproxy_sync.wiring import run_process
 
 log = logging.getLogger(__name__)
 SERVICE = "cabify"
@@ -141,7 +141,7 @@ class Sandbox:
                 # SIGHUP and edits re-read the file as it is now; writing it again would undo an edit
                 # and, with the file watched, trigger the next re-read.
                 source = settings.source
-                return asyncio.run(serve(Daemon(settings, reload_settings=lambda: load_settings(source, env={}))))
+                return run_process(Daemon(settings, reload_settings=lambda: load_settings(source, env={})))
             except KeyboardInterrupt:
                 return 0
             finally:

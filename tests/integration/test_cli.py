@@ -148,3 +148,33 @@ def test_render_plan_says_runtime_or_reload_and_touches_nothing(layout: Layout, 
     assert lines[0].startswith("runtime: ") and lines[0].endswith(" commands, no reload"), grown.stdout
     assert "  cabify: slots 8 -> 16" in lines, "growth is add server, and the plan says so"
     assert layout.haproxy_cfg.read_text() == before
+
+
+def test_check_refuses_what_run_would_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[haproxy]\nbinary = "{tmp_path}/no-haproxy"\nuser = ""\ngroup = ""\n'
+                    f'config_path = "{tmp_path}/haproxy.cfg"\nserver_state_file = "{tmp_path}/state"\n')
+    missing = cli("check", "--config", str(path))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stdout + missing.stderr
+    assert f"haproxy binary '{tmp_path}/no-haproxy' not found (looked on PATH" in missing.stderr
+    spaced = tmp_path / "with space"
+    path.write_text(f'[haproxy]\nroutes_map = "{spaced}/routes.map"\nstats_socket = "/run/a#b.sock"\n')
+    refused = cli("check", "--config", str(path))
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 2, refused.stderr
+    assert f"{path}: haproxy.routes_map: '{spaced}/routes.map'" in lines[0], lines
+    assert f"{path}: haproxy.stats_socket: '/run/a#b.sock'" in lines[1], lines
+    assert all("is not an absolute path of A-Z a-z 0-9 . _ / + -" in line for line in lines), lines
+
+
+@needs_haproxy
+def test_check_finds_haproxy_where_run_finds_it(tmp_path: Path) -> None:
+    binary = haproxy.find_binary("haproxy")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[haproxy]\nbinary = "{Path(binary).name}"\nuser = ""\ngroup = ""\n'
+                    f'config_path = "{tmp_path}/haproxy.cfg"\nserver_state_file = "{tmp_path}/state"\n')
+    # A PATH without sbin, as a normal user's on Debian: both look in /usr/sbin and /usr/local/sbin next.
+    if Path(binary).parent.as_posix() not in ("/usr/sbin", "/usr/local/sbin"):
+        pytest.skip(f"the HAProxy under test ({binary}) is not in an sbin directory")
+    ok = cli("check", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
+    assert ok.returncode == 0 and f"passed haproxy -c ({binary}" in ok.stdout, ok.stderr

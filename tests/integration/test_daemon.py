@@ -188,3 +188,70 @@ def test_editing_the_config_file_applies_like_sighup(stack: Stack, make_apps) ->
     stack.daemon.wait_for_log("new configuration rejected, keeping the running one", timeout=10)
     assert "[bogus]: unknown section" in stack.daemon.log()
     assert len(stack.serving()) == 7
+
+
+def test_an_emptied_config_file_is_rejected_counted_and_shown_on_ready_until_restored(stack: Stack) -> None:
+    good = stack.layout.config_toml.read_text()
+    ready = f"http://127.0.0.1:{stack.layout.metrics_port}/ready"
+    for emptied in ("", "  \n\t\n", "# nothing but a comment\n"):
+        stack.layout.config_toml.write_text(emptied)
+        stack.daemon.signal(signal.SIGHUP)
+        wait_until(lambda: http_get(ready)[0] == 503, 10, what="/ready refusing after the rejected re-read")
+        _, body = http_get(ready)
+        assert "the last re-read of the configuration was rejected" in body and "holds no settings" in body, body
+        consul_put(stack.consul.url, f"/v1/agent/service/deregister/cabify-{len(stack.serving())}")
+        wait_until(lambda: len(stack.serving()) < 7, 10, what="the running settings still applying changes")
+        stack.layout.config_toml.write_text(good)
+        stack.daemon.signal(signal.SIGHUP)
+        wait_until(lambda: http_get(ready)[0] == 200, 10, what="/ready again after a good re-read")
+        register(stack.consul.url, stack.apps[len(stack.serving())])
+        wait_until(lambda: len(stack.serving()) == 7, 10, what="back to seven")
+    metrics = http_get(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics")[1].splitlines()
+    rejected = [line for line in metrics if line.startswith('haproxy_sync_config_rereads_total{result="rejected"}')]
+    # Each emptied file is rejected at least by the SIGHUP, and by the file watch too if it saw the edit.
+    assert rejected and float(rejected[0].split()[-1]) >= 3, rejected
+    assert "/etc/haproxy" not in stack.daemon.log(), "never the defaults' files"
+
+
+def test_a_sighup_changes_the_log_level(stack: Stack) -> None:
+    stack.layout.config_toml.write_text(stack.layout.config_toml.read_text() + '\n[log]\nlevel = "debug"\n')
+    stack.daemon.signal(signal.SIGHUP)
+    stack.daemon.wait_for_log("SIGHUP: logging now level=debug format=text")
+    consul_put(stack.consul.url, "/v1/agent/service/deregister/cabify-1")
+    stack.daemon.wait_for_log("level=debug")
+
+
+def test_a_second_daemon_on_the_same_files_exits_naming_the_first(stack: Stack, tmp_path: Path) -> None:
+    second = DaemonProcess(stack.layout.config_toml, tmp_path / "second.log")
+    try:
+        assert second.process.wait(10) == 1
+    finally:
+        second.stop()
+    lines = second.log().splitlines()
+    assert len(lines) == 1, lines
+    holder = f"another haproxy-sync (pid {stack.daemon.process.pid}) already manages {stack.layout.haproxy_cfg}"
+    assert holder in lines[0], lines
+    assert stack.daemon.alive() and len(stack.serving()) == 7, "the first keeps running"
+    stack.daemon.stop()
+    third = DaemonProcess(stack.layout.config_toml, tmp_path / "third.log")  # the lock went with the first
+    try:
+        third.wait_for_log("applied ")
+    finally:
+        third.stop()
+
+
+def test_a_sighup_right_after_exec_is_a_reread_never_a_kill(stack: Stack, tmp_path: Path) -> None:
+    stack.daemon.stop()
+    daemon = DaemonProcess(stack.layout.config_toml, tmp_path / "early.log")
+    try:
+        def catches_sighup() -> bool:  # SigCgt: the signals with a handler; SIGHUP is bit 0
+            status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+            return bool(int(status.split("SigCgt:")[1].split()[0], 16) & 1)
+
+        wait_until(catches_sighup, 10, interval=0.001, what="the first handler installed")
+        daemon.signal(signal.SIGHUP)  # long before the loop (and its own handler) exists
+        daemon.wait_for_log("SIGHUP (before the loop ran): configuration and template re-read", timeout=15)
+        daemon.wait_for_log("applied ")
+        assert daemon.alive()
+    finally:
+        daemon.stop()

@@ -189,3 +189,37 @@ def test_most_tagged_services_gone_for_good_are_removed_after_a_second_read(stac
     wait_until(lambda: routes(stack) == {f"{apps[0].instance_id}.cabify.test": f"svc-{apps[0].instance_id}"}, 10,
                what="only the remaining service routed")
     assert answer(stack, f"{apps[1].instance_id}.cabify.test") in {"cabify-1", "cabify-2"}, "back to the default"
+
+
+def test_more_tagged_services_than_open_files_allow_queue_instead_of_failing(stack: Stack, make_apps,
+                                                                             tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    app = make_apps(1, prefix="many")[0]
+    count = 150
+    _bulk(stack, "register", [
+        {"ID": f"many-{i}", "Name": f"svc-many-{i}", "Address": "127.0.0.1", "Port": app.port, "Tags": [TAG],
+         "Meta": {"haproxy-sync-host": f"many-{i}.cabify.test"}} for i in range(count)
+    ])
+    stack.daemon.stop()
+    limit = 160  # 160 open files: 32 connections to Consul for 151 watches (uncapped: EMFILE)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    log_path = tmp_path / "low-limit.log"
+    with log_path.open("w") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "haproxy_sync.cli", "run", "--config",
+                                   str(stack.layout.config_toml)], stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, preexec_fn=low_limit)
+    try:
+        wait_until(lambda: len(routes(stack)) == count, 60, interval=0.5, what="every tagged service routed")
+        assert daemon.poll() is None
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    log = log_path.read_text()
+    assert f"the open-files limit ({limit}, hard {limit}) allows {limit - 128} connections to Consul" in log
+    assert "fd_limit" not in log and "Too many open files" not in log and "Traceback" not in log

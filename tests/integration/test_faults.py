@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
-from tests.helpers import DaemonProcess, Layout, Stack, cli, http_get, register, wait_until
+from tests.helpers import DaemonProcess, Layout, Stack, cli, consul_put, http_get, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 
@@ -42,6 +43,13 @@ ERROR_FAULTS = [
     ("rate_limited", {}, "rate_limited"),
     ("slow", {"delay": 6}, "timeout"),
     ("malformed_json", {}, "bad_answer"),
+    # Answers that are not the documented shape: never "no instances", never "no tagged services".
+    ("null_body", {}, "bad_answer"),
+    ("wrong_shape", {}, "bad_answer"),
+    ("not_found", {}, "bad_answer"),
+    ("not_found_bare", {}, "bad_answer"),
+    ("html", {}, "bad_answer"),
+    ("bad_encoding", {}, "bad_answer"),
 ]
 
 
@@ -126,3 +134,33 @@ def test_acl_token_problem_is_one_clear_line_for_commands(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "403 permission denied" in result.stderr and "service:read and node:read" in result.stderr
     assert "a-wrong-token" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_flood_of_invalid_instances_is_one_line_and_the_valid_ones_still_serve(stack: Stack) -> None:
+    flood = 20_000  # the class: one answer, many skips; 200,000 are summarized the same (tests/unit/test_catalog.py)
+    consul_put(stack.consul.url, "/v1/devconsul/bulk/register", [
+        {"ID": f"flood-{i}", "Name": "cabify", "Address": f"192.0.2.{i % 250 + 1}", "Port": 1 + i % 60000}
+        for i in range(flood)  # outside sync.networks (127.0.0.0/8): each is skipped for its address
+    ])
+    stack.daemon.wait_for_log(f"skipped {flood} of the answer's instances (address {flood})", timeout=30)
+    time.sleep(1)
+    log = stack.daemon.log()
+    assert sum("flood-" in line for line in log.splitlines()) == 1, "one summary line, not one per instance"
+    assert len(stack.serving()) == 3 and stack.daemon.alive()
+
+
+def test_sigterm_stops_within_two_seconds_while_consul_hangs_mid_guard_reread(tmp_path: Path, consul: DevConsulThread,
+                                                                              make_apps) -> None:
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(4), exits, consul_wait="2s", extra='guard_delay = "1s"\n')
+        for app in stack.apps[:3]:  # 4 -> 1 healthy at once: the guard holds it and reads Consul again
+            stack.consul.call("deregister_service", app.instance_id)
+        stack.daemon.wait_for_log("guard:", timeout=10)
+        stack.consul.set_fault("slow", delay=30)  # the guard's re-read, and every watch, now hang
+        time.sleep(1.5)
+        started = time.monotonic()
+        stack.daemon.signal(signal.SIGTERM)
+        stack.daemon.process.wait(10)
+        assert time.monotonic() - started < 2.0
+        assert len(stack.serving()) == 4, "the held drop never applied"
+        stack.consul.clear_fault()

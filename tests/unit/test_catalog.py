@@ -176,3 +176,29 @@ def test_the_edges_own_frontends_are_never_a_backend() -> None:
 def test_a_skipped_instance_says_why_as_a_kind_not_a_sentence(bad: Any, kind: SkipKind) -> None:
     _, (skipped,) = parse_health_entries("web", [bad])
     assert skipped.kind is kind and skipped.kind.label == kind.value and skipped.reason
+
+
+def test_a_service_is_served_up_to_the_bound_and_the_rest_skipped_the_same_each_time() -> None:
+    from haproxy_sync.catalog import MAX_INSTANCES
+    from haproxy_sync.reasons import SkipKind
+
+    entries = [{"Node": {"Node": f"n{i % 7}", "Address": "10.0.0.1"},
+                "Service": {"ID": f"web-{i}", "Address": "", "Port": 1 + i % 60000}, "Checks": []}
+               for i in range(MAX_INSTANCES + 25)]
+    service, skipped = parse_health_entries("web", entries)
+    assert len(service.instances) == MAX_INSTANCES and len(skipped) == 25
+    assert {s.kind for s in skipped} == {SkipKind.LIMIT} and "over the bound of" in skipped[0].reason
+    again, _ = parse_health_entries("web", list(reversed(entries)))
+    assert {i.key for i in again.instances} == {i.key for i in service.instances}, "the same ones, whatever the order"
+
+
+def test_a_flood_of_invalid_instances_is_one_log_line() -> None:
+    from haproxy_sync.catalog import Skipped, skipped_summary
+    from haproxy_sync.reasons import SkipKind
+
+    flood = [Skipped("web", f"bad-{i}", "address 999.1.1.1 is not an IP address", SkipKind.ADDRESS)
+             for i in range(200_000)] + [Skipped("web", "p", "port 0", SkipKind.PORT)]
+    line = skipped_summary("the answer's instances", flood)
+    assert "\n" not in line and len(line) < 600, line
+    assert line.startswith("skipped 200001 of the answer's instances (address 200000, port 1): id='bad-0'")
+    assert "and 199998 more" in line

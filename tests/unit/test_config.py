@@ -12,6 +12,9 @@ from haproxy_sync.config import ConfigError, load_settings
 from haproxy_sync.values import parse_consul_address, parse_duration
 from tests.helpers import cli
 
+#: The least a config file holds (one with no settings at all is refused).
+ONE_SERVICE = '[[services]]\nname = "cabify"\n'
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
@@ -82,11 +85,11 @@ def test_layers_file_then_environment_then_flags(tmp_path: Path) -> None:
 
 def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"environment CONSUL_HTTP_ADDR: 'ftp://x' is not host:port"):
-        load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_ADDR": "ftp://x"})
+        load_settings(write(tmp_path, ONE_SERVICE), env={"CONSUL_HTTP_ADDR": "ftp://x"})
 
 
 def test_consul_http_ssl_switches_scheme_only_without_one(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, ONE_SERVICE)
     assert load_settings(path, env={"CONSUL_HTTP_ADDR": "c:8501", "CONSUL_HTTP_SSL": "true"}).consul.address == (
         "https://c:8501"
     )
@@ -98,7 +101,7 @@ def test_consul_http_ssl_switches_scheme_only_without_one(tmp_path: Path) -> Non
 def test_token_file_is_read_and_token_never_in_repr(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
-    settings = load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_TOKEN_FILE": str(token)})
+    settings = load_settings(write(tmp_path, ONE_SERVICE), env={"CONSUL_HTTP_TOKEN_FILE": str(token)})
     assert settings.consul.token == "s3cret-token"
     assert "s3cret-token" not in repr(settings)
 
@@ -190,7 +193,7 @@ def test_check_refuses_a_token_file_with_an_inner_newline(tmp_path: Path) -> Non
 @pytest.mark.parametrize("token", ["tök", "s3cret\nX-Injected: yes", "tab\there"])
 def test_token_from_any_source_must_be_printable_ascii(tmp_path: Path, token: str) -> None:
     with pytest.raises(ConfigError, match=r"^environment CONSUL_HTTP_TOKEN: the token holds .*X-Consul-Token"):
-        load_settings(write(tmp_path, ""), env={"CONSUL_HTTP_TOKEN": token})
+        load_settings(write(tmp_path, ONE_SERVICE), env={"CONSUL_HTTP_TOKEN": token})
 
 
 def test_host_names_cannot_be_confined_by_networks(tmp_path) -> None:
@@ -198,3 +201,15 @@ def test_host_names_cannot_be_confined_by_networks(tmp_path) -> None:
     path.write_text('[sync]\nnetworks = ["10.0.0.0/8"]\nhost_names = true\n[[services]]\nname = "web"\n')
     with pytest.raises(ConfigError, match="networks cannot confine them"):
         load_settings(path, env={})
+
+
+@pytest.mark.parametrize("text", ["", " \n\t\n", "# only comments\n\n# here\n"])
+def test_a_config_file_without_settings_is_an_error_never_the_defaults(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value).count("\n") == 0 and f"{path}: the config file holds no settings" in str(caught.value)
+    result = subprocess.run([sys.executable, "-m", "haproxy_sync.cli", "run", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "holds no settings" in result.stderr

@@ -47,6 +47,12 @@ class FakeApplier:
     def features(self, settings: Settings) -> haproxy.Features:
         return haproxy.Features((2, 6, 12))
 
+    def running(self, settings: Settings) -> dict:
+        return {}
+
+    def restore_routes(self, settings: Settings, routing) -> None:
+        self.calls.append("restore_routes")
+
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return {}
 

@@ -176,6 +176,9 @@ def test_catalog_keeps_tagged_services_with_safe_names() -> None:
     assert sorted(s.service for s in skipped) == ["bad name", "web2\n"]
     with pytest.raises(ValueError, match="not a JSON object"):
         parse_catalog_services(["web"], "haproxy-sync")
+    for shape in ({"web": None}, {"web": "haproxy-sync"}, {"web": {"haproxy-sync": True}}):
+        with pytest.raises(ValueError, match="not a list of tags"):  # never read as "web is untagged"
+            parse_catalog_services({"db": ["haproxy-sync"], **shape}, "haproxy-sync")
 
 
 def test_a_routed_service_keeps_its_route_while_it_has_no_instances(settings) -> None:

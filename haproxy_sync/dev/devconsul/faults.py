@@ -29,6 +29,12 @@ FAULTS: Final = {
     "malformed_json": "reads answer 200 with the first half of the JSON body",
     "huge": "reads answer the normal JSON followed by `size_mb` MiB (default 10) of whitespace",
     "foreign_service": 'health reads answer entries whose Service.Service is "intruder" (a hostile or broken Consul)',
+    "null_body": "reads answer 200 with the JSON `null` (and an index)",
+    "wrong_shape": "reads answer the other JSON shape: a list as an object {\"Entries\": [...]}, an object as a list",
+    "not_found": "reads answer 404 with an X-Consul-Index (as a proxy or a broken Consul might)",
+    "not_found_bare": "reads answer 404 without an X-Consul-Index",
+    "html": "reads answer 200 with an HTML page (a captive portal, a load balancer's error page)",
+    "bad_encoding": "reads answer 200 with Content-Encoding: gzip over a body that is not gzip",
 }
 _FAULT_PARAMS: Final = {"slow": ("delay",), "huge": ("size_mb",), "index_backwards": ("offset",)}
 _ERROR_FAULTS: Final = {

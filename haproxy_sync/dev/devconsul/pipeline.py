@@ -175,6 +175,12 @@ class RequestPipeline(ServerBase):
             body = body[: len(body) // 2]
         elif fault.name == "huge":
             body += b" " * int(fault.size_mb * 1024 * 1024)
+        elif fault.name == "null_body":
+            body = b"null"
+        elif fault.name == "wrong_shape":
+            other = {"Entries": payload} if isinstance(payload, list) else list(payload.items()) \
+                if isinstance(payload, dict) else [payload]
+            body = _json_bytes(other, options.pretty)
         headers = {
             "X-Consul-Index": str(reported),
             "X-Consul-KnownLeader": "true",
@@ -182,4 +188,14 @@ class RequestPipeline(ServerBase):
             "X-Consul-Effective-Consistency": options.consistency,
             "X-Consul-Default-ACL-Policy": "deny" if self._token else "allow",
         }
+        if fault.name == "not_found":
+            return web.Response(status=404, text="", headers={"X-Consul-Index": str(reported)})
+        if fault.name == "not_found_bare":
+            return web.Response(status=404, text="")
+        if fault.name == "html":
+            return web.Response(body=b"<html><body><h1>502 Bad Gateway</h1></body></html>\n", headers=headers,
+                                content_type="text/html")
+        if fault.name == "bad_encoding":
+            return web.Response(body=b"this is not gzip", headers={**headers, "Content-Encoding": "gzip"},
+                                content_type="application/json")
         return web.Response(body=body, headers=headers, content_type="application/json")

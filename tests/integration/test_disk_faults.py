@@ -1,0 +1,108 @@
+"""The disk under the files haproxy-sync owns goes read-only or full for a while: no crash, no
+traceback, one line naming the file and the error, HAProxy keeps serving (runtime changes still
+apply), and everything is written once the fault clears. A deleted routes map or admin socket is
+noticed by the reconcile and put back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.dev.devconsul import DevConsulThread
+from tests.helpers import DaemonProcess, Stack, consul_put, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting needs root"),
+]
+
+FAST = 'reconcile_interval = "300ms"\nreload_min_interval = "0s"\ndrain_timeout = "0s"\n'
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` read-only (a bind mount over itself) for the ``with`` block: EROFS on every write."""
+    _mount("--bind", str(directory), str(directory))
+    try:
+        _mount("-o", "remount,ro,bind", str(directory))
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=10)
+
+
+def test_a_read_only_config_directory_for_a_while_is_ridden_out(tmp_path: Path, consul: DevConsulThread,
+                                                               make_apps) -> None:
+    with ExitStack() as exits:
+        root = tmp_path / "edge"
+        root.mkdir()
+        stack = Stack(root, consul, make_apps(3), exits, extra=FAST)
+        leaving = stack.apps[0]
+        with read_only(root):
+            consul_put(stack.consul.url, f"/v1/agent/service/deregister/{leaving.instance_id}")
+            wait_until(lambda: leaving.instance_id not in stack.serving(), 10, what="the runtime change applied")
+            log = stack.daemon.wait_for_log("Read-only file system", timeout=15)
+            time.sleep(2)  # a few retries' worth
+            assert leaving.instance_id in stack.layout.haproxy_cfg.read_text(), "nothing could be written"
+        wait_until(lambda: leaving.instance_id not in stack.layout.haproxy_cfg.read_text(), 30,
+                   what="the file written once the directory is writable again")
+        log = stack.daemon.log()
+        assert stack.daemon.alive() and "Traceback" not in log
+        assert f"cannot write {stack.layout.haproxy_cfg}: Read-only file system" in log
+        assert len(stack.serving()) == 2
+
+
+def test_a_full_disk_for_a_while_is_ridden_out(tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
+    with ExitStack() as exits:
+        root = tmp_path / "tmpfs"
+        root.mkdir()
+        _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root))
+        exits.callback(subprocess.run, ["umount", "-l", str(root)], check=False, timeout=10)
+        stack = Stack(root, consul, make_apps(3), exits, extra=FAST)
+        stack.daemon.stop()  # again, with its log off the disk that fills up
+        daemon = DaemonProcess(stack.layout.config_toml, tmp_path / "daemon.log")
+        exits.callback(daemon.stop)
+        daemon.wait_for_log("applied ", timeout=30)
+        filler = root / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+        leaving = stack.apps[0]
+        consul_put(stack.consul.url, f"/v1/agent/service/deregister/{leaving.instance_id}")
+        wait_until(lambda: leaving.instance_id not in stack.serving(), 10, what="the runtime change applied")
+        daemon.wait_for_log("No space left on device", timeout=15)
+        filler.unlink()
+        wait_until(lambda: leaving.instance_id not in stack.layout.haproxy_cfg.read_text(), 30,
+                   what="the file written once there is room again")
+        assert daemon.alive() and "Traceback" not in daemon.log()
+
+
+def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_said_once(
+        tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(2), exits, extra=FAST)
+        routes_map = tmp_path / "routes.map"
+        routes_map.unlink()
+        stack.daemon.wait_for_log(f"reconcile: the routes map {routes_map} was gone (deleted?); written again")
+        assert routes_map.exists()
+        reloads = stack.layout.reloads()
+        stack.layout.stats_socket.unlink()
+        stack.daemon.wait_for_log("reconcile: HAProxy's admin socket", timeout=10)
+        time.sleep(1.5)  # five reconcile intervals
+        assert stack.daemon.log().count("reconcile: HAProxy's admin socket") == 1, "said once, not per reconcile"
+        assert stack.layout.reloads() == reloads, "no reload storm: a reload cannot bind it again"
+        consul_put(stack.consul.url, f"/v1/agent/service/deregister/{stack.apps[0].instance_id}")
+        wait_until(lambda: stack.apps[0].instance_id not in stack.layout.haproxy_cfg.read_text(), 15,
+                   what="changes still applied (by a reload)")
