@@ -241,8 +241,8 @@ def _plan_lines(settings: Settings, one: OneRead) -> list[str]:
     if error:
         click.echo(f"note: {error}; planned as if a daemon ran the live files", err=True)
     if view is None:
-        return explain(one, one.decide(settings))
-    return explain(one, one.decide(settings, confirmed=view.confirmed, reload_owed=view.reload_owed))
+        return explain(settings, one, one.decide(settings))
+    return explain(settings, one, one.decide(settings, confirmed=view.confirmed, reload_owed=view.reload_owed))
 
 
 @main.command(epilog="Exit codes: 0 in step, 1 drift between Consul and HAProxy or HAProxy unreachable.")

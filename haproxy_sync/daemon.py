@@ -52,10 +52,9 @@ from haproxy_sync.drains import DrainWatch
 from haproxy_sync.guard import CatalogGuard, ServiceGuard
 from haproxy_sync.metrics import Metrics, StateView, WatchView
 from haproxy_sync.persist import BackgroundWriter
-from haproxy_sync.pipeline import Baseline, Observed, Prepared, decide, observe, prepare
+from haproxy_sync.pipeline import Baseline, Observed, Prepared, adoptable, decide, observe, prepare
 from haproxy_sync.plan import (
     BackendSlots,
-    adoption_problem,
     describe,
     diff_snapshots,
     draining,
@@ -414,12 +413,7 @@ class Daemon:
             running = await asyncio.to_thread(self.applier.running, self.settings)
         except haproxy.HAProxyError:
             running = None  # HAProxy not answering: the file alone is checked
-        problem = adoption_problem(live, routing.backends, running)
-        if problem is None:
-            return live
-        log.warning("the live config %s cannot be taken over as it is (%s); every backend is laid out anew",
-                    self.settings.haproxy.config_path, problem)
-        return None
+        return adoptable(self.settings, live, routing, running)
 
     def _note_routing(self, routing: Routing) -> None:
         """Log each change of the unrouted services once, and keep the routing gauges current."""

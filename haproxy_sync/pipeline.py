@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import jinja2
 
 from haproxy_sync import haproxy, rules
-from haproxy_sync.apply import apply_config, routes_on_disk, write_live
+from haproxy_sync.apply import apply_config, read_running, routes_on_disk, write_live
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries, skipped_summary
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
@@ -34,6 +35,7 @@ from haproxy_sync.consul import read_routed
 from haproxy_sync.plan import (
     BackendSlots,
     Plan,
+    Running,
     adoption_problem,
     assign_all,
     describe,
@@ -190,7 +192,7 @@ class OneRead:
         return decide(settings, baseline, self.prepared, reload_owed)
 
 
-def explain(one: OneRead, decision: Decision) -> list[str]:
+def explain(settings: Settings, one: OneRead, decision: Decision) -> list[str]:
     """What ``render --plan`` prints: the path (``runtime: 7 commands, no reload`` or ``reload: why``),
     then one line per backend that changes and one for the routes."""
     if decision.path is ApplyPath.RELOAD:
@@ -204,12 +206,11 @@ def explain(one: OneRead, decision: Decision) -> list[str]:
     before = one.baseline
     prepared = one.prepared
     lines += [f"  {line}" for line in summarize(before.tables if before else {}, prepared.tables, prepared.snapshot)]
-    old, new = (dict(before.routes) if before else {}), prepared.routing.map_entries
-    added = sum(1 for key in new if key not in old)
-    removed = sum(1 for key in old if key not in new)
-    moved = sum(1 for key, backend in new.items() if key in old and old[key] != backend)
-    if added or removed or moved:
-        lines.append(f"  routes: +{added} -{removed} ~{moved}")
+    changes = map_commands(str(settings.haproxy.routes_map_path), before.routes if before else {},
+                           prepared.routing.map_entries)
+    verbs = Counter(command.verb for command in changes)
+    if changes:
+        lines.append(f"  routes: +{verbs['add map']} -{verbs['del map']} ~{verbs['set map']}")
     return lines
 
 
@@ -232,17 +233,32 @@ async def read_and_prepare(settings: Settings, template: jinja2.Template, featur
     observed = await read_observed(settings)
     hap = settings.haproxy
     live = haproxy.read_text(hap.config_path)
+    try:
+        running = read_running(hap.stats_socket)
+    except haproxy.HAProxyError:
+        running = None  # HAProxy not answering: the file alone is checked, as the daemon does
+    adopted = adoptable(settings, live, observed.routing, running)
     baseline = None
-    problem = adoption_problem(live, observed.routing.backends) if live is not None else None
-    if problem is not None:
-        log.warning("the live config %s cannot be taken over as it is (%s); planned as laid out anew",
-                    hap.config_path, problem)
-    elif live is not None:
-        baseline = Baseline(slots_from_config(live, observed.snapshot, observed.routing.backends),
-                            parse_map_file(haproxy.read_text(hap.routes_map_path) or ""), live)
+    if adopted is not None:
+        baseline = Baseline(slots_from_config(adopted, observed.snapshot, observed.routing.backends),
+                            parse_map_file(haproxy.read_text(hap.routes_map_path) or ""), adopted)
     prepared = prepare(settings, template, features, observed.routing, observed.snapshot,
-                       baseline.tables if baseline is not None else None, live if problem is None else None)
+                       baseline.tables if baseline is not None else None, adopted)
     return OneRead(prepared, live, baseline)
+
+
+def adoptable(settings: Settings, live: str | None, routing: Routing,
+              running: Mapping[tuple[str, str], Running] | None) -> str | None:
+    """``live`` when its slots can be taken over as they are (``plan.adoption_problem``), else None,
+    said in one warning: the daemon's first apply and every command judge a live config by this."""
+    if live is None:
+        return None
+    problem = adoption_problem(live, routing.backends, running)
+    if problem is None:
+        return live
+    log.warning("the live config %s cannot be taken over as it is (%s); every backend is laid out anew",
+                settings.haproxy.config_path, problem)
+    return None
 
 
 def check_prepared(settings: Settings, template: jinja2.Template, features: haproxy.Features,
