@@ -153,8 +153,9 @@ def test_sigterm_stops_within_two_seconds_while_consul_hangs_mid_guard_reread(tm
                                                                               make_apps) -> None:
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(4), exits, consul_wait="2s", extra='guard_delay = "1s"\n')
-        for app in stack.apps[:3]:  # 4 -> 1 healthy at once: the guard holds it and reads Consul again
-            stack.consul.call("deregister_service", app.instance_id)
+        # 4 -> 1 healthy in one catalog write (three writes let the first, a 25 % drop, through): the
+        # guard holds it and reads Consul again
+        consul_put(stack.consul.url, "/v1/devconsul/bulk/deregister", [app.instance_id for app in stack.apps[:3]])
         stack.daemon.wait_for_log("guard:", timeout=10)
         stack.consul.set_fault("slow", delay=30)  # the guard's re-read, and every watch, now hang
         time.sleep(1.5)
