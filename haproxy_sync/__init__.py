@@ -10,7 +10,8 @@ Exceptions, by where they start:
     ConsulError        consul.py   a Consul read that failed (kind: refused, leader, acl, ...)
     HAProxyError       haproxy.py  validation, write or reload of HAProxy failed
       ValidationError              `haproxy -c` rejected a rendered config
-      ReloadError                  HAProxy did not confirm a new worker
+      SocketError                  a CLI socket could not be reached or did not answer
+      ReloadError      master.py   HAProxy did not confirm a new worker (its ReloadFailure says why)
 """
 
 __version__ = "0.1.0"

@@ -8,12 +8,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from haproxy_sync import haproxy, stats_file
+from haproxy_sync import haproxy, master, stats_file
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
 from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
@@ -54,10 +54,10 @@ def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
     lets a restarted daemon (or one that found HAProxy down) know whether a reload is still owed.
     """
     try:
-        worker = haproxy.show_proc(master_socket).current_worker
+        worker = master.show_proc(master_socket).current_worker
         if worker is None:
             return False
-        return haproxy.process_start_time(worker) >= config_path.stat().st_mtime
+        return master.process_start_time(worker) >= config_path.stat().st_mtime
     except (haproxy.HAProxyError, OSError, ValueError):
         return False
 
@@ -79,12 +79,14 @@ class ReloadReport:
 
 
 def apply_config(
-    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None, routes: str | None = None
+    settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None, routes: str | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> ReloadReport:
     """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
-    Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`haproxy.ReloadError` after
-    putting the last confirmed config back when HAProxy refused the new one.
+    Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`master.ReloadError` after
+    putting the last confirmed config back when HAProxy refused the new one (not when its master was
+    still loading it: HAProxy may yet run it). ``waiting`` is called while a slow load goes on.
     """
     hap = settings.haproxy
     path = hap.config_path
@@ -115,11 +117,13 @@ def apply_config(
                     "worker's counters start from zero", hap.stats_file_path)
     started = time.monotonic()
     try:
-        info = haproxy.reload(hap.master_socket, hap.reload_command, hap.reload_timeout)
-    except haproxy.ReloadError as exc:
+        info = master.reload(hap.master_socket, hap.reload_command, hap.reload_timeout, hap.reload_max_wait,
+                             waiting, master.descriptors_asked(text))
+    except master.ReloadError as exc:
         # Disk must keep saying what runs: put back the config HAProxy last confirmed, if there is one.
-        if haproxy.read_text(haproxy.last_good_path(path)) not in (None, text) and haproxy.restore_last_good(path):
-            raise haproxy.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}") from None
+        if (exc.outcome_known and haproxy.read_text(haproxy.last_good_path(path)) not in (None, text)
+                and haproxy.restore_last_good(path)):
+            raise master.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}", exc.failure) from None
         raise
     try:
         haproxy.remember_last_good(path)
@@ -233,7 +237,7 @@ class Applier(Protocol):
                 routing: Routing) -> str: ...
 
     def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
-               routes: str | None) -> ReloadReport: ...
+               routes: str | None, waiting: Callable[[], None] | None = None) -> ReloadReport: ...
 
     def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift: ...
 
@@ -263,8 +267,8 @@ class HAProxyApplier:
         return apply_runtime(settings, tables, sequence, routing)
 
     def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
-               routes: str | None) -> ReloadReport:
-        return apply_config(settings, text, tables, routes)
+               routes: str | None, waiting: Callable[[], None] | None = None) -> ReloadReport:
+        return apply_config(settings, text, tables, routes, waiting)
 
     def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift:
         return repair_drift(settings, tables, routing)

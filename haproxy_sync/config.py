@@ -228,7 +228,13 @@ class HAProxySettings:
         parse_argv, [],
         "Argv to reload HAProxy (e.g. systemctl); empty reloads through the master socket.",
     )
-    reload_timeout: float = setting(parse_duration, "10s", "How long a new worker may take to show up.")
+    reload_timeout: float = setting(
+        parse_duration, "10s",
+        "How long a new worker may take to show up before HAProxy's master is asked how the reload stands.")
+    reload_max_wait: float = setting(
+        parse_duration, "2m",
+        "How long a reload the master is still loading (big maps, many certificates) is waited for, no second "
+        "reload meanwhile, before it is called failed.")
     http_bind: str = setting(parse_bind, "*:80", "Where the HTTP frontend listens.")
     stats_bind: str = setting(parse_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter.")
     maxconn: int = setting(parse_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit.")

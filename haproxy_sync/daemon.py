@@ -27,7 +27,7 @@ import consul.aio
 import jinja2
 import sdnotify
 
-from haproxy_sync import haproxy, logs
+from haproxy_sync import haproxy, logs, master
 from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
@@ -230,6 +230,12 @@ class Daemon:
         """The loop is waiting for work, or has been at one step for less than ``within`` seconds: what
         the systemd watchdog is pinged on, so that a loop stuck in one step stops the pings."""
         return self.busy_since is None or now - self.busy_since < within
+
+    def _still_progressing(self) -> None:
+        """Called from the reload's thread while HAProxy's master is seen loading a slow config: the
+        step is long but not stuck, so the watchdog's clock for it starts again."""
+        if self.busy_since is not None:
+            self.busy_since = time.monotonic()
 
     def request_reload(self, reason: str = "SIGHUP") -> None:
         self._hup = True
@@ -455,13 +461,18 @@ class Daemon:
         settings = self.settings
         try:
             report = await asyncio.to_thread(self.applier.reload, settings, prepared.text, prepared.tables,
-                                             prepared.routes)
+                                             prepared.routes, self._still_progressing)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
             return Outcome(False, f"{change}; {exc}; kept last good config", stage=FailureStage.VALIDATION)
         except haproxy.HAProxyError as exc:
             self._doubt()
+            if isinstance(exc, master.ReloadError):
+                self.metrics.reload_failures.labels(exc.failure.label).inc()
+            # The reload budget holds after a failure too: with the failures' backoff it keeps a config
+            # HAProxy is slow to load, or refuses, from being reloaded over and over.
+            self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
         action = report.sentence()
         if report.reloaded:

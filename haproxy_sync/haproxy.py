@@ -1,4 +1,5 @@
-"""Everything that touches HAProxy: validation, the atomic swap, reloads, and the two CLI sockets.
+"""Everything that touches HAProxy's files and sockets: validation, the atomic swap, the CLI exchange and the
+Runtime API (the master and its reloads are ``master.py``).
 
 All functions here block (subprocesses, unix sockets, fsync); the daemon calls them through
 ``asyncio.to_thread`` so the event loop never waits on disk or HAProxy.
@@ -48,10 +49,6 @@ class ValidationError(HAProxyError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
-
-
-class ReloadError(HAProxyError):
-    """HAProxy did not confirm a new worker running the new config."""
 
 
 class SocketError(HAProxyError):
@@ -404,134 +401,6 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
     return b"".join(chunks).decode(errors="replace")
 
 
-@dataclass(frozen=True)
-class ProcInfo:
-    """The master's ``show proc``: how often it reloaded, how many reloads failed, which workers run."""
-
-    master_pid: int
-    reloads: int
-    failed: int
-    workers: tuple[tuple[int, int], ...]  # (pid, reloads seen by that worker: 0 is the newest)
-
-    @property
-    def current_worker(self) -> int | None:
-        return next((pid for pid, generation in self.workers if generation == 0), None)
-
-
-_MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?")
-_WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)")
-
-
-def parse_show_proc(text: str) -> ProcInfo:
-    master = None
-    workers: list[tuple[int, int]] = []
-    for line in text.splitlines():
-        if match := _MASTER_LINE.match(line):
-            master = match
-        elif match := _WORKER_LINE.match(line):
-            workers.append((int(match.group(1)), int(match.group(2))))
-    if master is None:
-        raise SocketError(f"unexpected `show proc` answer: {text.strip()[:200]!r}")
-    return ProcInfo(int(master.group(1)), int(master.group(2)), int(master.group(3) or 0), tuple(workers))
-
-
-def show_proc(master_socket: Path) -> ProcInfo:
-    return parse_show_proc(socket_command(master_socket, commands.SHOW_PROC))
-
-
-@dataclass(frozen=True)
-class ReloadAnswer:
-    """What the master CLI says of a ``reload`` from HAProxy 2.7 on: the result and the startup log."""
-
-    success: bool
-    messages: tuple[str, ...]  # the new process's startup lines, PIDs taken out
-
-    @property
-    def reason(self) -> str:
-        """HAProxy's own words for a failure: its alerts (else its last lines), on one line."""
-        alerts = [line for line in self.messages if line.startswith("[ALERT]")]
-        chosen = alerts[:3] or list(self.messages[-2:])
-        return "; ".join(_STARTUP_LEVEL.sub("", line) for line in chosen)[:500] or "no startup messages"
-
-
-_STARTUP_LINE = re.compile(r"^\[(NOTICE|WARNING|ALERT)\]\s*\(\d+\)\s*:\s*")
-_STARTUP_LEVEL = re.compile(r"^\[(NOTICE|WARNING|ALERT)\]\s*")
-
-
-def parse_reload_answer(text: str) -> ReloadAnswer | None:
-    """``Success=1`` or ``Success=0``, ``--``, then the startup log (HAProxy 2.7+); None when the master
-    answered nothing (2.6), so the version is told by the answer, never assumed.
-
-    The log is untrusted text: each line is kept printable and short, and the caller logs it escaped.
-    """
-    head, _, rest = text.strip().partition("\n")
-    match = re.fullmatch(r"Success=([01])", head.strip())
-    if match is None:
-        return None
-    lines = []
-    for raw in rest.splitlines():
-        line = "".join(ch if ch.isprintable() else "?" for ch in raw.strip())[:300]
-        if line and line != "--":
-            lines.append(_STARTUP_LINE.sub(lambda m: f"[{m.group(1)}] ", line))
-    return ReloadAnswer(match.group(1) == "1", tuple(lines))
-
-
-def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: float = 10.0) -> ProcInfo:
-    """Reload HAProxy and wait until its master shows a new worker; raise :class:`ReloadError` if not.
-
-    From HAProxy 2.7 on the master answers ``reload`` with its result and the new process's startup
-    log: a failure is reported with HAProxy's own alerts. HAProxy 2.6 answers nothing, so there the
-    result is read back from ``show proc`` alone: the reload counter moved, the failure counter did
-    not, and the newest worker is a new process (its log, not its CLI, says why one failed).
-    """
-    try:
-        before = show_proc(master_socket)
-    except SocketError as exc:
-        if not reload_command:
-            raise ReloadError(f"cannot reload: {exc}") from None
-        before = None
-    if reload_command:
-        _run_reload_command(reload_command, timeout)
-        if before is None:
-            return ProcInfo(0, 0, 0, ())  # nothing to read back on hosts without a master socket
-    else:
-        answer = parse_reload_answer(socket_command(master_socket, commands.RELOAD, timeout=timeout))
-        if answer is not None and not answer.success:
-            raise ReloadError(f"HAProxy rejected the reload: {answer.reason}; the old worker keeps serving")
-    assert before is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            after = show_proc(master_socket)
-        except SocketError:
-            after = None  # the master re-executes itself during a reload; its socket blinks
-        if after is not None and after.reloads > before.reloads:
-            if after.failed > before.failed:
-                raise ReloadError(
-                    "HAProxy rejected the reload (failed reloads "
-                    f"{before.failed} -> {after.failed}); its master CLI gives no reason before HAProxy 2.7, "
-                    "its log says why; the old worker keeps serving"
-                )
-            new_worker = after.current_worker
-            if new_worker is not None and new_worker != before.current_worker:
-                return after
-        if time.monotonic() > deadline:
-            raise ReloadError(f"HAProxy showed no new worker within {timeout:g}s of the reload")
-        time.sleep(0.02)
-
-
-def _run_reload_command(argv: tuple[str, ...], timeout: float) -> None:
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ReloadError(f"reload command {' '.join(argv)!r} failed: {exc}") from None
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip().splitlines()
-        raise ReloadError(
-            f"reload command {' '.join(argv)!r} exited {result.returncode}: {message[-1] if message else ''}"
-        )
-
-
 # --- the runtime API ---
 
 
@@ -686,18 +555,6 @@ def save_server_state(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(state_file, text, mode=0o644, setting="haproxy.server_state_file")
     return True
-
-
-def process_start_time(pid: int) -> float:
-    """When ``pid`` started, as a Unix time precise to a clock tick.
-
-    psutil derives this from the boot time in whole seconds, too coarse to tell whether a worker
-    started before or after a file was written; the boot clock gives the boot time to the tick.
-    """
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
-    boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    return boot_epoch + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 #: Where :func:`find_binary` looks, for the error that says it found nothing.

@@ -92,6 +92,9 @@ class Metrics:
             registry=reg)
         self.apply_failures = Counter(
             "haproxy_sync_apply_failures_total", "Applies that failed, by stage.", ["stage"], registry=reg)
+        self.reload_failures = Counter(
+            "haproxy_sync_reload_failures_total", "Reloads HAProxy did not confirm, by kind (rejected, fd_limit, "
+            "still_loading, master_gone, not_started, no_master, command).", ["kind"], registry=reg)
         self.runtime_commands = Counter(
             "haproxy_sync_runtime_commands_total", "Runtime API commands sent.", registry=reg)
         self.reload_duration = Histogram(

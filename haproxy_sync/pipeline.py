@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 
-from haproxy_sync import haproxy, rules
+from haproxy_sync import haproxy, master, rules
 from haproxy_sync.apply import apply_config, read_running, routes_on_disk, write_live
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries, skipped_summary
 from haproxy_sync.commands import Command
@@ -292,7 +292,7 @@ async def run_once(settings: Settings) -> tuple[bool, str]:
     if one.decide(settings).path is ApplyPath.NONE:
         return True, f"{change}; rendered config identical, no write, no reload"
     try:
-        haproxy.show_proc(settings.haproxy.master_socket)
+        master.show_proc(settings.haproxy.master_socket)
     except haproxy.SocketError:
         await asyncio.to_thread(write_live, settings, prepared.text, prepared.routes)
         return True, f"{change}; written; HAProxy not running, it will load this file when it starts"

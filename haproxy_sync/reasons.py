@@ -72,6 +72,18 @@ class FailureStage(_Labelled):
 
 
 
+class ReloadFailure(_Labelled):
+    """Why a reload did not confirm (``reload_failures_total{kind}``): each asks for other work."""
+
+    REJECTED = "rejected"  # HAProxy refused the new config at load; the old worker serves
+    FD_LIMIT = "fd_limit"  # HAProxy could not get the file descriptors its config needs
+    NOT_STARTED = "not_started"  # the master never began the reload
+    MASTER_GONE = "master_gone"  # HAProxy's master exited during the reload
+    STILL_LOADING = "still_loading"  # the master was still loading at reload_max_wait
+    COMMAND = "command"  # haproxy.reload_command failed
+    NO_MASTER = "no_master"  # the master CLI could not be reached to ask for a reload
+
+
 class SkipKind(_Labelled):
     """Why an instance was left out of the config (``instances_skipped{reason}``)."""
 

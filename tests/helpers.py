@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import jinja2
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 from haproxy_sync.catalog import Service
 from haproxy_sync.config import Settings
 from haproxy_sync.dev.process import HAProxyProcess
@@ -231,7 +231,7 @@ class Layout(WorkdirPaths):
 
         def read() -> int | None:
             try:
-                return haproxy.show_proc(self.master_socket).reloads + 1
+                return master.show_proc(self.master_socket).reloads + 1
             except haproxy.SocketError:
                 return None
 

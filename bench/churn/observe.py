@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 
 from .changes import Change
 
@@ -244,22 +244,22 @@ class ProcessSampler:
 
     def sample(self) -> Sample:
         try:
-            info = haproxy.show_proc(self.master_socket)
+            info = master.show_proc(self.master_socket)
             workers, reloads = len(info.workers), info.reloads
         except haproxy.HAProxyError:
             workers, reloads = -1, -1  # the master re-executes itself during a reload; its socket blinks
         rss, processes = 0, 0
         cpu: dict[str, float] = {}
         try:
-            master = psutil.Process(self.master_pid)
-            children = master.children(recursive=True)
-            for proc in [master, *children]:
+            master_process = psutil.Process(self.master_pid)
+            children = master_process.children(recursive=True)
+            for proc in [master_process, *children]:
                 try:
                     rss += proc.memory_info().rss
                     processes += 1
                 except psutil.Error:
                     continue
-            cpu["haproxy"] = tree_cpu_seconds(master, children)
+            cpu["haproxy"] = tree_cpu_seconds(master_process, children)
         except psutil.Error:
             pass
         cpu.update(self._role_cpu())
@@ -292,7 +292,7 @@ def reload_count(master_socket: Path, timeout: float = 5.0) -> int | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return haproxy.show_proc(master_socket).reloads
+            return master.show_proc(master_socket).reloads
         except haproxy.HAProxyError:
             time.sleep(0.05)
     return None

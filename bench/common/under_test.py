@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 from haproxy_sync.dev.process import HAProxyProcess
 
 from .process import StackError
@@ -62,7 +62,7 @@ class HAProxyUnderTest:
         self.process: HAProxyProcess | None = None
         self.first_worker: int | None = None  # the worker the last start began with
 
-    def start(self, timeout: float = 10.0, validate: bool = False) -> haproxy.ProcInfo:
+    def start(self, timeout: float = 10.0, validate: bool = False) -> master.ProcInfo:
         """Start the master and wait for its first worker (``validate``: ``haproxy -c`` first)."""
         binary = self.binary or haproxy_binary()
         if self.initial_config is not None:
@@ -91,7 +91,7 @@ class HAProxyUnderTest:
         if self.process is not None:
             self.process.stop()
 
-    def restart(self) -> haproxy.ProcInfo:
+    def restart(self) -> master.ProcInfo:
         """A new master and worker, as :meth:`start` began: the old sockets go with the old process (a
         stale file would refuse connections where the first start found none)."""
         self.stop()

@@ -2,7 +2,7 @@
 
 Why a fixed schedule: the variants are compared under the same reloads at the same moments, so a
 difference in failed requests is the options' doing. Reload i is due at ``t0 + lead + i / rate``;
-each one goes through :func:`haproxy_sync.haproxy.reload` — ``reload`` on the master socket, then
+each one goes through :func:`haproxy_sync.master.reload` — ``reload`` on the master socket, then
 ``show proc`` until the reload counter moved and a new worker runs — because HAProxy 2.6 gives no
 status for ``reload``. A reload that takes longer than its slot makes the next one late, never a
 burst; the achieved rate is reported.
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Reloader:
                 return
             sent = time.monotonic() - self.t0
             try:
-                haproxy.reload(self.master_socket, timeout=10.0)
+                master.reload(self.master_socket, timeout=10.0)
                 ok, error = True, ""
             except haproxy.HAProxyError as exc:
                 ok, error = False, str(exc)
@@ -99,7 +99,7 @@ class ProcSampler:
         while not self._stop.is_set():
             now = time.monotonic() - self.t0
             try:
-                info = haproxy.show_proc(self.master_socket)
+                info = master.show_proc(self.master_socket)
                 workers = len(info.workers)
                 self.samples.append(ProcSample(now, workers, sum(1 for _, gen in info.workers if gen > 0)))
             except haproxy.HAProxyError:

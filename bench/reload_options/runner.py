@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from haproxy_sync import haproxy
+from haproxy_sync import master
 
 from .config import Variant
 from .load import StreamClients, Wrk
@@ -179,11 +179,11 @@ def run_idle(
             client.recv(4096)  # the short answer; the connection stays open (keep-alive)
         sampler.start()
         sent = time.monotonic() - t0
-        haproxy.reload(process.master_socket, timeout=10.0)
+        master.reload(process.master_socket, timeout=10.0)
         done = time.monotonic() - t0
         gone = None
         while time.monotonic() - t0 < done + observe:
-            info = haproxy.show_proc(process.master_socket)
+            info = master.show_proc(process.master_socket)
             if not any(generation > 0 for _, generation in info.workers):
                 gone = time.monotonic() - t0
                 break

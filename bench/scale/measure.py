@@ -22,7 +22,7 @@ from bench.common.metrics import samples
 from bench.common.metrics import scrape as scrape_metrics
 from bench.common.process import http_get
 from bench.common.under_test import footprint
-from haproxy_sync import commands, haproxy
+from haproxy_sync import commands, haproxy, master
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
@@ -54,10 +54,10 @@ def haproxy_rss_mb(master_pid: int) -> float:
     return round(footprint(master_pid)[1], 2)
 
 
-def show_proc(master_socket: Path) -> haproxy.ProcInfo | None:
+def show_proc(master_socket: Path) -> master.ProcInfo | None:
     """The master's ``show proc``; None while its socket blinks (it re-executes itself on a reload)."""
     try:
-        return haproxy.show_proc(master_socket)
+        return master.show_proc(master_socket)
     except haproxy.HAProxyError:
         return None
 

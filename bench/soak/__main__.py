@@ -8,8 +8,14 @@ Timeline of a run::
     set-up (~5 s) | warm-up (sampled, not fitted) | measured window (fitted) | settle + tear-down (~5 s)
                   |<------------------ churn and samples: --duration ------->|
 
+With ``--faults`` a fault is injected every ``--fault-every`` seconds from the end of the warm-up (in
+rotation: a Consul restart, the admin socket dripping, the config directory read-only; see
+:mod:`bench.soak.faults`), each undone in a ``finally``, and the report says what each cost and how soon
+the daemon was back in step with Consul.
+
 Every process started here (HAProxy for the backends, the HAProxy under test, the daemon; devconsul
-is a thread) is stopped at the end, on an error, on Ctrl-C and on SIGTERM.
+is a thread) is stopped at the end, on an error, on Ctrl-C and on SIGTERM; every fault is undone
+(a read-only mount unmounted) before that.
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ from bench.common.report import git, haproxy_version
 from bench.common.syncers import HaproxySync
 from bench.common.under_test import HAProxyUnderTest, haproxy_binary
 from haproxy_sync.dev.devconsul import DevConsulThread
+from haproxy_sync.dev.hostile_socket import HostileSocket, template_beside
 
 from . import daemon as soaked
 from . import leaks
 from .analysis import analyse, steps
 from .driver import Churn
+from .faults import ConsulRestart, FaultScheduler, Observer, ReadOnlyDir, SocketDrip
 from .report import suspicions, table, write_outputs
 from .sampler import Sampler, counter_delta, haproxy_state, scrape
 
@@ -84,7 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         epilog="Examples: python -m bench.soak (5 minutes); python -m bench.soak --duration 3600 --interval 10 "
                "(an hour); python -m bench.soak --duration 180 --tracemalloc --out bench/results/soak.traced "
-               "(where memory goes; tracing inflates memory and CPU, so do not read its growth figures).",
+               "(where memory goes; tracing inflates memory and CPU, so do not read its growth figures); "
+               "python -m bench.soak --duration 1800 --faults --out bench/results/soak.faults-30m (30 minutes "
+               "with a fault a minute).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of churn and sampling")
@@ -105,6 +115,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="diagnostic: run the daemon under tracemalloc, snapshot it after the warm-up, midway "
                              "and at the end, and report which allocation sites grew")
+    parser.add_argument("--faults", action="store_true",
+                        help="inject a fault every --fault-every seconds of the measured window (from the end of the "
+                             "warm-up), in rotation: a Consul restart (devconsul down 5 s, then back on the same "
+                             "port with the same catalog), HAProxy's admin socket dripping one byte every 0.2 s "
+                             "for 10 s (the daemon then talks to it through a proxy for the whole run), the "
+                             "directory of the haproxy.cfg the daemon writes read-only for 10 s (a bind mount: "
+                             "needs root, else skipped with one line); reports each fault, what it cost and how "
+                             "soon the daemon agreed with Consul again")
+    parser.add_argument("--fault-every", type=float, default=60.0, metavar="SECONDS",
+                        help="with --faults: seconds between the starts of two faults (at least 20)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (configs, daemon and HAProxy logs) instead of removing it")
     parser.add_argument("--from-json", type=Path, metavar="FILE",
@@ -134,6 +154,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(exc))
     if not 1 <= args.services <= 20:
         parser.error("--services must be between 1 and 20")
+    if args.fault_every < 20:
+        parser.error("--fault-every must be at least 20 s (a fault lasts up to 10 s, then the recovery is watched)")
     return args
 
 
@@ -198,7 +220,16 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     backends = BackendPool(workdir, [p for group in backend_ports.values() for p in group], binary=binary,
                            answer=soaked.backend_token(), **soaked.BACKENDS)
     stack.callback(backends.stop)
-    layout = soaked.layout(workdir, consul.url, services, ports[:3], binary, args.sync_lines)
+    # With --faults, the daemon and its HAProxy get a directory of their own (the one made read-only),
+    # and the daemon's admin socket is a proxy in front of HAProxy's (``admin.sock.real``).
+    edge = workdir / "edge" if args.faults else workdir
+    proxy: HostileSocket | None = None
+    if args.faults:
+        edge.mkdir()
+        proxy = HostileSocket(edge / "admin.sock")
+        stack.callback(proxy.close)
+    layout = soaked.layout(edge, consul.url, services, ports[:3], binary, args.sync_lines,
+                           template=template_beside(edge) if args.faults else None)
     client = ConsulClient(consul.url)
     stack.callback(client.close)
     churn = Churn(client, backend_ports, seed=args.seed, rate=args.rate,
@@ -207,7 +238,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
     trace_dir = workdir / "tracemalloc" if args.tracemalloc else None
     daemon = soaked.daemon(layout, trace_dir)
     daemon.initial_render()
-    hap = HAProxyUnderTest(workdir, binary)
+    hap = HAProxyUnderTest(edge, binary)
     stack.callback(hap.stop)
     hap.start()
     stack.callback(daemon.stop)
@@ -229,6 +260,20 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         churner.join(timeout=15)
 
     stack.callback(stop_churn)
+    scheduler = None
+    if proxy is not None:
+        observer = Observer(metrics=lambda: scrape(layout.metrics_url),
+                            converged=lambda: soaked.disagreement(soaked.status_json(daemon, timeout=15.0)),
+                            log_path=daemon.log_path, churn_errors=lambda: sum(churn.stats.errors.values()),
+                            pid=daemon.pid)
+        scheduler = FaultScheduler([ConsulRestart(consul), SocketDrip(proxy), ReadOnlyDir(edge, layout.haproxy_cfg)],
+                                   observer, every=args.fault_every, first_at=args.warmup_seconds,
+                                   zero=sampler.started, deadline=deadline, say=lambda line: print(line, flush=True))
+        stack.callback(scheduler.close)  # first of all on the way out: undo what is in place (a mount)
+        print(f"soak: {scheduler.planned()} faults planned, one every {args.fault_every:g} s from "
+              f"{args.warmup_seconds:g} s: {', '.join(fault.kind for fault in scheduler.rotation) or 'none'}",
+              flush=True)
+        scheduler.start()
     measured = args.duration - args.warmup_seconds
     dump_at = [args.warmup_seconds, args.warmup_seconds + measured / 2] if args.tracemalloc else []
     dumps: list[Path] = []
@@ -238,7 +283,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         due = min(sampler.started + k * args.interval, deadline)
         time.sleep(max(0.0, due - time.monotonic()))
         if not daemon.alive():
-            raise soaked.exited(daemon)
+            raise soaked.exited(daemon, scheduler.last() if scheduler is not None else "")
         samples.append(sampler.sample())
         elapsed = samples[-1].t
         while dump_at and elapsed >= dump_at[0]:
@@ -252,6 +297,8 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         if due >= deadline:
             break
     stop_churn()
+    if scheduler is not None:
+        scheduler.close()
     cpu_mean = sampler.mean_cpu_percent()  # over the churn only, before the settle below
     if args.tracemalloc:
         dump_t.append(round(time.monotonic() - sampler.started, 1))
@@ -287,6 +334,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
                 "daemon_cpu_percent_mean": round(cpu_mean, 2), "daemon_pid": daemon.pid},
         "tracemalloc": leaks.compare(dumps) | {"dump_t": dump_t} if args.tracemalloc else None,
         "daemon_log": log_summary(daemon.log_path),
+        "faults": scheduler.as_dict() if scheduler is not None else None,
     }
 
 
@@ -341,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     params = {key: getattr(args, key) for key in ("duration", "interval", "rate", "warmup", "seed", "min_instances",
-                                                  "max_instances", "initial", "sync", "tracemalloc")}
+                                                  "max_instances", "initial", "sync", "tracemalloc", "faults",
+                                                  "fault_every")}
     params["services"] = [f"soak{i + 1}" for i in range(args.services)]
     result: dict[str, Any] = {"benchmark": "haproxy-sync soak", "params": params, "environment": env, **raw}
     result["run"]["wall_seconds"] = round(time.monotonic() - started, 1)

@@ -54,10 +54,13 @@ def sync_line(option: str) -> str:
 
 
 def layout(root: Path, consul_url: str, services: tuple[str, ...], ports: list[int], binary: str,
-           sync_lines: tuple[str, ...] = ()) -> Workdir:
-    """The daemon's directory and config: ``ports`` are HTTP, stats and metrics; ``sync_lines`` from ``--sync``."""
+           sync_lines: tuple[str, ...] = (), template: Path | None = None) -> Workdir:
+    """The daemon's directory and config: ``ports`` are HTTP, stats and metrics; ``sync_lines`` from ``--sync``;
+    ``template`` instead of the built-in one (``--faults``: HAProxy's admin socket moved behind the proxy)."""
     http_port, stats_port, metrics_port = ports
     extra = [parse_sections(line, "sync") for line in sync_lines]
+    if template is not None:
+        extra.append({"haproxy": {"template": str(template)}})
     return Workdir(root, consul_url, http_port, stats_port, metrics_port=metrics_port, haproxy_binary=binary,
                    services=tuple({"name": name, "health_path": "/health"} for name in services),
                    settings=merged(SETTINGS, *extra))
@@ -101,7 +104,25 @@ def status_json(daemon: HaproxySync, timeout: float = 30.0) -> dict[str, Any]:
     return report
 
 
-def exited(daemon: HaproxySync) -> StackError:
-    """The error for a daemon found gone during the run."""
+def disagreement(report: dict[str, Any]) -> str:
+    """Why a :func:`status_json` report says the daemon is not in step with Consul; "" when it is: no
+    drift between Consul and HAProxy, both reachable, the daemon ready (its Consul data fresh)."""
+    if report.get("error"):
+        return f"status failed ({report.get('exit')}): {report['error'][-200:]}"
+    for key in ("consul_error", "haproxy_error", "daemon_error"):
+        if report.get(key):
+            return f"{key}: {str(report[key])[:200]}"
+    drift = [item for backend in report.get("backends", []) for item in backend.get("drift", [])]
+    if drift or report.get("routes_drift"):
+        return "drift: " + "; ".join([*drift, *report.get("routes_drift", [])][:2])
+    daemon = report.get("daemon") or {}
+    if not daemon.get("ready"):
+        return "daemon not ready: " + "; ".join(daemon.get("reasons", [])[:2])
+    return "" if report.get("healthy") else "status not healthy"
+
+
+def exited(daemon: HaproxySync, note: str = "") -> StackError:
+    """The error for a daemon found gone during the run (``note``: e.g. the last fault injected)."""
     code = daemon.proc.process.returncode if daemon.proc is not None else "?"
-    return StackError(f"the daemon exited with {code} during the run; see {daemon.log_path}")
+    return StackError(f"the daemon exited with {code} during the run{f' ({note})' if note else ''}; "
+                      f"see {daemon.log_path}")

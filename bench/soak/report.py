@@ -112,6 +112,8 @@ def table(result: dict[str, Any]) -> str:
     log = result["daemon_log"]
     lines.append(f"empty-backend guard: {guard or 'never held'}; daemon log: {log['lines']} lines, "
                  f"{log['warning']} warnings, {log['error']} errors, {log['traceback']} tracebacks")
+    if faults := result.get("faults"):
+        lines += ["", *fault_lines(faults, metrics)]
     if result.get("suspicious"):
         lines += ["", "suspicious:", *(f"  - {item}" for item in result["suspicious"])]
     if result.get("tracemalloc"):
@@ -119,6 +121,45 @@ def table(result: dict[str, Any]) -> str:
         lines += ["", "tracemalloc (diagnostic run; numbers inflated by tracing):", *traced["summary"],
                   *traced.get("steps", [])]
     return "\n".join(lines)
+
+
+def fault_lines(faults: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The ``--faults`` part of the table: one line per fault, the totals, and the daemon's notable log lines."""
+    count = ", ".join(f"{kind} {n}" for kind, n in faults["count"].items()) or "none"
+    skipped = "; ".join(f"{kind}: {why}" for kind, why in faults["skipped"].items())
+    failures = sum(metrics["apply_failures"].values())
+    lines = [f"faults, one every {faults['every_s']:g} s from {faults['first_at_s']:g} s: "
+             f"{sum(faults['count'].values())} injected ({count})" + (f"; skipped: {skipped}" if skipped else ""),
+             f"failed applies (haproxy_sync_apply_failures_total): {failures:.0f} in the run, "
+             f"{faults['apply_failures_in_faults']:.0f} of them during a fault or its recovery; Consul read errors "
+             f"during faults {faults['consul_errors_in_faults']:.0f}, churn writes refused "
+             f"{faults['churn_errors_in_faults']}"]
+    notable: dict[str, int] = {}
+    for fault in faults["injected"]:
+        window = fault.get("window") or {}
+        log = window.get("log") or {}
+        if fault["error"]:
+            outcome = f"ERROR {fault['error']}"
+        elif fault["converged_after_s"] is not None:
+            outcome = f"in step with Consul {fault['converged_after_s']:.1f} s after"
+        else:
+            outcome = f"NOT in step within {window.get('seconds', 0):.0f} s: {fault['not_converged']}"
+        if fault["kind"] == "readonly_config" and not fault["error"]:
+            caught = fault.get("caught_up_after_s")
+            outcome += (f", haproxy.cfg written {caught:.1f} s after" if caught is not None
+                        else ", haproxy.cfg NOT written again in the window")
+        fds = window.get("fds") or [None, None]
+        end = f"{fault['end']:.0f}" if fault["end"] is not None else "?"
+        lines.append(f"  {fault['kind']:<16} {fault['start']:>5.0f}-{end:>4} s: {outcome}; failed applies "
+                     f"{sum(window.get('apply_failures', {}).values()):.0f}, Consul read errors "
+                     f"{sum(window.get('consul_errors', {}).values()):.0f}; FDs {fds[0]} -> {fds[1]}; log "
+                     f"{log.get('warning', 0)} warnings, {log.get('error', 0)} errors")
+        for item in log.get("notable", []):
+            notable[item["line"]] = notable.get(item["line"], 0) + item["count"]
+    if notable:
+        lines.append("daemon log during faults (warnings and errors, most frequent first; first of each kind):")
+        lines += [f"  [{n}x] {line[:220]}" for line, n in sorted(notable.items(), key=lambda kv: -kv[1])[:12]]
+    return lines
 
 
 def _labels(key: str) -> dict[str, str]:
@@ -133,27 +174,39 @@ def suspicions(result: dict[str, Any]) -> list[str]:
     found = []
     metrics = result["daemon_metrics"]
     minutes = max(result["run"]["churn_seconds"] / 60, 1e-9)
+    # With --faults, what a fault causes while it lasts (and until the daemon is back in step) is expected
+    # and reported per fault; only what happens outside those windows is suspicious here.
+    faults = result.get("faults") or {}
+    in_faults = faults.get("log_in_faults", {})
     for key, count in metrics["applies"].items():
         labels = _labels(key)
         if labels.get("path") == "reload" and labels.get("reason") in ("settings", "structure", "other"):
             found.append(f"{count:.0f} reloads ({count / minutes:.1f}/min) with reason {labels['reason']!r} although "
                          "the benchmark edits neither config nor template (only Consul changes)")
-    if failures := sum(metrics["apply_failures"].values()):
-        found.append(f"{failures:.0f} failed applies: {metrics['apply_failures']}")
+    if failures := sum(metrics["apply_failures"].values()) - faults.get("apply_failures_in_faults", 0):
+        found.append(f"{failures:.0f} failed applies{' outside faults' if faults else ''}: {metrics['apply_failures']}")
     if metrics["drift_found"]:
         found.append(f"the daemon found {metrics['drift_found']:.0f} servers running off plan and repaired them "
                      "(haproxy_sync_drift_found_total; the daemon log's 'off plan' lines say which)")
-    if errors := sum(metrics["consul_errors"].values()):
-        found.append(f"{errors:.0f} failed Consul reads: {metrics['consul_errors']}")
+    if errors := sum(metrics["consul_errors"].values()) - faults.get("consul_errors_in_faults", 0):
+        found.append(f"{errors:.0f} failed Consul reads{' outside faults' if faults else ''}: "
+                     f"{metrics['consul_errors']}")
     log = result["daemon_log"]
-    if log["error"] or log["traceback"]:
-        found.append(f"the daemon logged {log['error']} errors and {log['traceback']} tracebacks")
+    if (errors := log["error"] - in_faults.get("error", 0)) or log["traceback"]:
+        found.append(f"the daemon logged {errors} errors{' outside faults' if faults else ''} and "
+                     f"{log['traceback']} tracebacks")
+    for line in faults.get("not_converged", []):
+        found.append(f"not back in step with Consul after the fault {line}")
+    for fault in faults.get("injected", []):
+        if fault["error"]:
+            found.append(f"fault {fault['kind']} at {fault['start']:.0f} s failed: {fault['error']}")
     if not result["end_state"].get("healthy"):
         found.append("after the churn, haproxy-sync status did not report healthy within the settle time")
     if result["haproxy"]["end"].get("old_workers"):
         found.append(f"{result['haproxy']['end']['old_workers']} old HAProxy workers still alive at the end")
-    if churn_errors := sum(result["churn"]["errors"].values()):
-        found.append(f"{churn_errors} Consul changes failed: {result['churn']['last_error']}")
+    if churn_errors := sum(result["churn"]["errors"].values()) - faults.get("churn_errors_in_faults", 0):
+        found.append(f"{churn_errors} Consul changes failed{' outside faults' if faults else ''}: "
+                     f"{result['churn']['last_error']}")
     return found
 
 
@@ -189,6 +242,13 @@ def write_png(result: dict[str, Any], path: Path) -> str | None:
                 label=f"fit: {f['slope_per_hour']:+.3f} {unit + '/h' if unit else '/h'} "
                       f"(±{f['slope_ci95']:.3f}), noise sd {f['residual_std']:.3f}")
         ax.axvspan(0, warmup / 60, color="0.85", label="warm-up (not fitted)")
+        for kind, colour in (("consul_restart", "tab:orange"), ("socket_drip", "tab:purple"),
+                             ("readonly_config", "tab:green")):
+            spans = [f for f in (result.get("faults") or {}).get("injected", [])
+                     if f["kind"] == kind and f["end"] is not None]
+            for i, fault in enumerate(spans):
+                ax.axvspan(fault["start"] / 60, fault["end"] / 60, color=colour, alpha=0.25,
+                           label=f"fault: {kind}" if i == 0 else None)
         ax.set_ylabel(f"{label} ({unit})" if unit else label)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)

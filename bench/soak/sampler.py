@@ -17,7 +17,7 @@ import psutil
 
 from bench.common import metrics as common_metrics
 from bench.common.under_test import footprint
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 
 MB = 1024 * 1024
 
@@ -103,7 +103,7 @@ def haproxy_state(master_socket: Path, master_pid: int) -> dict[str, Any]:
     state["processes"] = count
     state["rss_mb"] = round(rss, 2)
     try:
-        info = haproxy.show_proc(master_socket)
+        info = master.show_proc(master_socket)
     except haproxy.HAProxyError as exc:
         state["error"] = str(exc)
         return state

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 
 
 class HAProxyProcess:
@@ -24,7 +24,7 @@ class HAProxyProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> haproxy.ProcInfo:
+    def start(self, timeout: float = 10.0) -> master.ProcInfo:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [self.binary, "-W", "-S", str(self.master_socket), "-f", str(self.config)],
@@ -38,7 +38,7 @@ class HAProxyProcess:
                 raise haproxy.HAProxyError(
                     f"HAProxy exited with {self.process.returncode} at start; see {self.log_path}")
             try:
-                info = haproxy.show_proc(self.master_socket)
+                info = master.show_proc(self.master_socket)
                 if info.current_worker:
                     return info
             except haproxy.SocketError:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, master
 from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import (
     HAProxyProcess_for,
@@ -119,7 +119,7 @@ def test_slot_growth_adds_servers_at_runtime_without_a_reload(tmp_path: Path, co
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(7), exits, extra=FAST)
         reloads = stack.layout.reloads()
-        workers = haproxy.show_proc(stack.layout.master_socket).workers
+        workers = master.show_proc(stack.layout.master_socket).workers
         assert len(stack.layout.servers()) == 14, "7 instances at start, room for twice as many"
         for app in make_apps(8):  # 15 instances do not fit in 14 slots
             register(consul.url, app)
@@ -130,7 +130,7 @@ def test_slot_growth_adds_servers_at_runtime_without_a_reload(tmp_path: Path, co
                    what="the grown backend on disk")
         time.sleep(1.5)  # past the reload budget: a reload would have shown by now
         assert stack.layout.reloads() == reloads, "growth is add server, not a reload"
-        assert haproxy.show_proc(stack.layout.master_socket).workers == workers, "the same worker throughout"
+        assert master.show_proc(stack.layout.master_socket).workers == workers, "the same worker throughout"
         for _ in range(30):  # every new server takes traffic with its checks on
             assert http_get(stack.layout.url("/"))[0] == 200
         up = [s for s in stack.layout.servers() if s.up and s.weight > 0]

@@ -1,4 +1,4 @@
-"""HAProxy's admin socket dripping, hanging or answering garbage (tests/hostile_socket.py): every
+"""HAProxy's admin socket dripping, hanging or answering garbage (haproxy_sync/dev/hostile_socket.py): every
 exchange has a total deadline, changes still reach HAProxy (by a reload through the master), SIGTERM
 stops the daemon within 2 s in every state, and a loop stuck in one step stops the watchdog's pings."""
 
@@ -15,8 +15,8 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
+from haproxy_sync.dev.hostile_socket import HostileSocket, template_beside
 from tests.helpers import DaemonProcess, Stack, consul_put, wait_until
-from tests.hostile_socket import HostileSocket, template_beside
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 

@@ -62,7 +62,7 @@ class FakeApplier:
             raise haproxy.SocketError("HAProxy socket admin.sock refused the connection")
         return f"runtime API: {len(sequence)} commands"
 
-    def reload(self, settings: Settings, text: str, tables, routes) -> ReloadReport:
+    def reload(self, settings: Settings, text: str, tables, routes, waiting=None) -> ReloadReport:
         self.calls.append("reload")
         self.live = text
         return ReloadReport("written (worker 7)", True, 0.02, 0)

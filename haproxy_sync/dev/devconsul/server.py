@@ -71,20 +71,37 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
         node: str = "devconsul",
         node_address: str = "127.0.0.1",
         ssl_context: ssl.SSLContext | None = None,
+        restored_from: DevConsul | None = None,
     ) -> None:
+        """``restored_from``: a stopped DevConsul whose catalog this one takes over (its node, services,
+        checks and indexes; ``node``, ``datacenter`` and ``node_address`` are then ignored).
+
+        Why: a Consul agent that restarts finds its data dir: the same catalog, an index that goes on
+        from where it was, never backwards. A client must survive exactly that (the port refusing
+        connections for a while, then the same data), which a fresh catalog would turn into another
+        event (everything gone, indexes back to the start). The catalog object itself is handed over,
+        nothing is copied; check runners and reapers start again from it, as an agent's do.
+        """
         self.host = host
         self.port = port
         self._token = token or None
         self._ssl_context = ssl_context
-        self._node = Node(
-            node_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.{datacenter}.devconsul")),
-            name=node,
-            address=node_address,
-            datacenter=datacenter,
-        )
-        self._catalog = _Catalog(self._node, self._after_change)
+        if restored_from is not None:
+            if restored_from._runner is not None and not restored_from._stopping:
+                raise RuntimeError("devconsul: restored_from must be a stopped DevConsul")
+            self._node = restored_from._node
+            self._catalog = restored_from._catalog
+            self._catalog._on_change = self._after_change  # its writes now wake this server's queries
+        else:
+            self._node = Node(
+                node_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.{datacenter}.devconsul")),
+                name=node,
+                address=node_address,
+                datacenter=datacenter,
+            )
+            self._catalog = _Catalog(self._node, self._after_change)
         self._fault: Fault = _NO_FAULT
-        self._highest_reported = 0
+        self._highest_reported = restored_from._highest_reported if restored_from is not None else 0
         self._random = random.Random()
         self._wakeup = asyncio.Event()
         self._runners: dict[str, _Runner] = {}
@@ -96,7 +113,8 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
         self._pending_sock: socket.socket | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
-        self._bootstrap()
+        if restored_from is None:
+            self._bootstrap()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

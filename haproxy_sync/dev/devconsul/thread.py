@@ -13,7 +13,14 @@ from haproxy_sync.dev.devconsul.server import DevConsul
 
 
 class DevConsulThread:
-    """Runs a DevConsul on its own event loop in a daemon thread, for synchronous tests and the sandbox."""
+    """Runs a DevConsul on its own event loop in a daemon thread, for synchronous tests and the sandbox.
+
+    A stopped DevConsulThread can be started again: a restart, as of a Consul agent. The new server
+    listens on the port the first one got and takes over its catalog (``DevConsul(restored_from=...)``:
+    the same services, checks and indexes, the index going on from where it was), so a client sees
+    the port refuse connections while it is stopped, then the same data. Why here: the thread's
+    event loop ends with its server, so the one object that outlives both is this wrapper.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
@@ -25,9 +32,16 @@ class DevConsulThread:
         self._error: BaseException | None = None
 
     def start(self) -> DevConsulThread:
-        """Start serving; returns once listening, raises what start() raised (e.g. port in use)."""
-        if self._thread is not None:
+        """Start serving; returns once listening, raises what start() raised (e.g. port in use).
+
+        After :meth:`stop`: start again on the same port with the same catalog (see the class).
+        """
+        if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("DevConsulThread already started")
+        if self._server is not None:  # a restart: the stopped server's port and catalog
+            self._kwargs = {**self._kwargs, "port": self._server.port, "restored_from": self._server}
+        self._ready.clear()
+        self._error = None
         self._thread = threading.Thread(target=self._main, name="devconsul", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout=30):
@@ -75,8 +89,8 @@ class DevConsulThread:
 
     def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a DevConsul method on its loop and hand back its result or exception."""
-        loop = self._loop
-        if loop is None or self._server is None:
+        loop, thread = self._loop, self._thread
+        if loop is None or self._server is None or thread is None or not thread.is_alive():
             raise RuntimeError("DevConsulThread is not running")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 

@@ -1,9 +1,13 @@
-"""A hostile HAProxy admin socket for the tests: a unix socket standing where the daemon expects
-HAProxy's runtime API, forwarding each command to the real one and answering as told.
+"""A hostile HAProxy admin socket for the tests and the soak benchmark (``--faults``): a unix socket
+standing where the daemon expects HAProxy's runtime API, forwarding each command to the real one and
+answering as told.
 
 Modes: ``pass`` (the real answer), ``drip`` (the real answer, one byte every ``interval``), ``hang``
-(read the command, never answer), ``garbage`` (an answer of no documented shape). HAProxy itself
-binds ``<path>.real`` (the template of :func:`template_beside`).
+(read the command, never answer), ``garbage`` (an answer of no documented shape). ``mode`` may be
+switched at any time, from any thread; it applies to the connections accepted from then on. HAProxy
+itself binds ``<path>.real`` (the template of :func:`template_beside`).
+
+Why in ``haproxy_sync/dev/`` and not in ``tests/``: the benchmarks must not import the tests.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from haproxy_sync.config import default_template_path
 def template_beside(directory: Path) -> Path:
     """The built-in template, with HAProxy's admin socket moved to ``<stats_socket>.real``."""
     text = default_template_path().read_text()
-    assert "stats socket {{ stats_socket }} " in text
+    if "stats socket {{ stats_socket }} " not in text:
+        raise ValueError(f"{default_template_path()}: no 'stats socket {{{{ stats_socket }}}} ' line to move")
     path = directory / "hostile-socket.cfg.j2"
     path.write_text(text.replace("stats socket {{ stats_socket }} ", 'stats socket {{ stats_socket ~ ".real" }} '))
     return path
