@@ -470,9 +470,9 @@ class Daemon:
             self._doubt()
             if isinstance(exc, master.ReloadError):
                 self.metrics.reload_failures.labels(exc.failure.label).inc()
-            # The reload budget holds after a failure too: with the failures' backoff it keeps a config
-            # HAProxy is slow to load, or refuses, from being reloaded over and over.
-            self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
+                # The reload budget holds after a failed reload too: with the failures' backoff it keeps
+                # a config HAProxy is slow to load, or refuses, from being reloaded over and over.
+                self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
         action = report.sentence()
         if report.reloaded:

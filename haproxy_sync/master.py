@@ -152,10 +152,15 @@ def judge_reload(before: ProcInfo, after: ProcInfo | None, master_alive: bool | 
     return ReloadPhase.CONFIRMED if worker is not None and worker != before.current_worker else ReloadPhase.LOADING
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_alive(pid: int) -> bool | None:
     """Whether ``pid`` runs (a zombie does not); None when this PID namespace cannot tell."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except FileNotFoundError:
         return False
     except (OSError, IndexError):
@@ -169,8 +174,7 @@ def process_start_time(pid: int) -> float:
     psutil derives this from the boot time in whole seconds, too coarse to tell whether a worker
     started before or after a file was written; the boot clock gives the boot time to the tick.
     """
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    start_ticks = int(_stat_fields(pid)[19])
     boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return boot_epoch + start_ticks / os.sysconf("SC_CLK_TCK")
 

@@ -319,6 +319,21 @@ class Stack:
         stack.callback(self.daemon.stop)
         self.daemon.wait_for_log("applied ", timeout=30)  # a first apply on a loaded 2-core host
 
+    def scrape(self) -> dict[str, float]:
+        """The daemon's /metrics now: each sample (name with its labels) and its value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.layout.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def metric(self, name: str) -> float:
+        """One sample of :meth:`scrape`; 0 for a labelled counter not counted yet."""
+        return self.scrape().get(name, 0.0)
+
     def serving(self, backend: str = "cabify", apps: list | None = None) -> set[str]:
         """Instance ids HAProxy sends new requests to, read from the runtime socket."""
         by_port = {app.port: app.instance_id for app in (apps or self.apps)}

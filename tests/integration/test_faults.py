@@ -7,7 +7,6 @@ import itertools
 import re
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="
 def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]:
     with ExitStack() as exits:
         yield Stack(tmp_path, consul, make_apps(3), exits, consul_wait="2s")
-
-
-def metric(stack: Stack, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 ERROR_FAULTS = [
@@ -63,7 +54,7 @@ def test_error_fault_keeps_last_good_and_converges_after(stack: Stack, fault: st
     assert stack.daemon.alive()
     assert stack.layout.haproxy_cfg.read_text() == live, "the live config stays the last good one"
     assert len(stack.serving()) == 3, "HAProxy keeps serving every instance it had"
-    assert metric(stack, f'haproxy_sync_consul_errors_total{{kind="{kind}",service="cabify"}}') >= 1
+    assert stack.metric(f'haproxy_sync_consul_errors_total{{kind="{kind}",service="cabify"}}') >= 1
     stack.consul.clear_fault()
     # Bounded by the backoff cap (2s) plus a hung read's deadline (3.1s) plus slack; the time it takes
     # is measured in bench/, not asserted here.

@@ -27,19 +27,8 @@ def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]
         yield Stack(tmp_path, consul, make_apps(3), exits, service_options="guard = false\n")
 
 
-def scrape(stack: Stack) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def test_metrics_count_what_the_run_did(stack: Stack) -> None:
-    before = scrape(stack)
+    before = stack.scrape()
     assert before['haproxy_sync_build_info{version="0.1.0"}'] == 1
     assert before['haproxy_sync_servers{backend="cabify",state="up"}'] == 3
     assert before['haproxy_sync_servers{backend="cabify",state="free"}'] == 5
@@ -49,7 +38,7 @@ def test_metrics_count_what_the_run_did(stack: Stack) -> None:
     for app in stack.apps:  # three changes, each applied on its own through the Runtime API
         consul_put(stack.consul.url, f"/v1/agent/service/deregister/{app.instance_id}")
         stack.daemon.wait_for_log("runtime API:", count=stack.apps.index(app) + 1)
-    after = scrape(stack)
+    after = stack.scrape()
     # On 3.0 a drain with nothing on it ends at HAProxy's word (0.5 s later, one more runtime apply).
     idle_rule = haproxy_version() >= (3, 0)
     assert after[runtime_key] == 3 or (idle_rule and after[runtime_key] > 3)
@@ -75,7 +64,7 @@ def test_health_and_ready_follow_consul(stack: Stack) -> None:
         what="/ready 503 naming cabify",
     )
     assert "stale_after 2s" in body and json.loads(body)["ready"] is False
-    assert scrape(stack)['haproxy_sync_consul_errors_total{kind="unreachable",service="cabify"}'] >= 1
+    assert stack.scrape()['haproxy_sync_consul_errors_total{kind="unreachable",service="cabify"}'] >= 1
     assert http_get(f"{base}/health")[0] == 200, "health is the process, not Consul"
     revived = DevConsulThread(port=port).start()
     try:
@@ -137,10 +126,10 @@ def test_every_series_the_dashboard_queries_exists(stack: Stack) -> None:
 
 def test_skipped_instances_are_counted_while_they_last(stack: Stack) -> None:
     key = 'haproxy_sync_instances_skipped{reason="address",service="cabify"}'
-    assert not any(name.startswith("haproxy_sync_instances_skipped{") for name in scrape(stack))
+    assert not any(name.startswith("haproxy_sync_instances_skipped{") for name in stack.scrape())
     bad = {"ID": "evil-1", "Name": "cabify", "Address": "10.0.0.1\nserver evil 6.6.6.6:80", "Port": 80}
     consul_put(stack.consul.url, "/v1/agent/service/register", bad)
-    wait_until(lambda: scrape(stack).get(key) == 1, 10, what="the skipped instance counted")
+    wait_until(lambda: stack.scrape().get(key) == 1, 10, what="the skipped instance counted")
     consul_put(stack.consul.url, "/v1/agent/service/deregister/evil-1")
-    wait_until(lambda: key not in scrape(stack), 10, what="the series gone with the instance")
+    wait_until(lambda: key not in stack.scrape(), 10, what="the series gone with the instance")
     assert "6.6.6.6" not in stack.layout.haproxy_cfg.read_text()

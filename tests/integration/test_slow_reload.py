@@ -13,7 +13,7 @@ from pathlib import Path
 
 from haproxy_sync.config import default_template_path
 from haproxy_sync.dev.devconsul import DevConsulThread
-from tests.helpers import Stack, http_get
+from tests.helpers import Stack
 
 #: Map lines HAProxy loads at each start: about two seconds of parsing here, four times reload_timeout.
 SLOW_MAP_LINES = 2_000_000
@@ -31,13 +31,6 @@ def slow_template(directory: Path) -> Path:
     path = directory / "slow.cfg.j2"
     path.write_text(text.replace(anchor, slow, 1))
     return path
-
-
-def metric(stack: Stack, name: str) -> float:
-    status, body = http_get(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics")
-    assert status == 200
-    found = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_a_worker_slower_than_reload_timeout_is_waited_for_not_reloaded_again(
@@ -59,7 +52,7 @@ def test_a_worker_slower_than_reload_timeout_is_waited_for_not_reloaded_again(
         log = stack.daemon.log()
         assert "apply failed" not in log and "restored" not in log, log[-2000:]
         assert "maxconn 2001" in stack.layout.haproxy_cfg.read_text()
-        assert metric(stack, 'haproxy_sync_reload_failures_total{kind="still_loading"}') == 0
+        assert stack.metric('haproxy_sync_reload_failures_total{kind="still_loading"}') == 0
 
 
 def test_a_reload_refused_for_haproxys_own_descriptor_limit_is_told_as_such(
@@ -75,6 +68,6 @@ def test_a_reload_refused_for_haproxys_own_descriptor_limit_is_told_as_such(
         log = stack.daemon.wait_for_log("apply failed", timeout=30)
         failed = next(line for line in log.splitlines() if "apply failed" in line)
         assert "file descriptor limit" in failed and "LimitNOFILE" in failed, failed
-        assert metric(stack, 'haproxy_sync_reload_failures_total{kind="fd_limit"}') >= 1
+        assert stack.metric('haproxy_sync_reload_failures_total{kind="fd_limit"}') >= 1
         assert stack.layout.haproxy_cfg.read_text() == good, "the last good config is back on disk"
         assert stack.serving() == served and stack.daemon.alive()
