@@ -5,19 +5,27 @@ module does it. Every function here does I/O; the decisions they carry out are m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import jinja2
 
 from haproxy_sync import haproxy, master, stats_file
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
 from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
+from haproxy_sync.render import render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift
+
+if TYPE_CHECKING:
+    from haproxy_sync.pipeline import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +226,38 @@ def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing
     return drift
 
 
+def check_prepared(settings: Settings, template: jinja2.Template, features: haproxy.Features,
+                   prepared: Prepared) -> None:
+    """``haproxy -c`` on ``prepared`` as it would be written, with its map, in a temp dir.
+
+    Touches nothing live: the config is rendered again naming a temporary map file. Raises
+    ``HAProxyError`` (``ValidationError`` when HAProxy rejects it).
+    """
+    binary = haproxy.find_binary(settings.haproxy.binary)
+    if binary is None:
+        raise haproxy.HAProxyError(f"haproxy binary {settings.haproxy.binary!r} not found ({haproxy.BINARY_SEARCH}); "
+                                   "install HAProxy or set haproxy.binary")
+    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
+        map_path = Path(tmp) / "routes.map"
+        map_path.write_text(prepared.routes)
+        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
+        path = Path(tmp) / "haproxy.cfg"
+        path.write_text(render(prepared.tables, local, template, prepared.routing, features, prepared.rebind_socket))
+        haproxy.validate(binary, path)
+
+
+def refusal(settings: Settings, template: jinja2.Template, features: haproxy.Features,
+            prepared: Prepared) -> str | None:
+    """:func:`check_prepared` as a verdict: None when HAProxy accepts ``prepared``, else its alerts."""
+    try:
+        check_prepared(settings, template, features, prepared)
+    except haproxy.ValidationError as exc:
+        return exc.summary
+    except (haproxy.HAProxyError, OSError) as exc:  # no binary, no room in the temp dir: no verdict on it
+        return f"cannot run haproxy -c: {exc}"
+    return None
+
+
 class Applier(Protocol):
     """What the daemon asks of the HAProxy side. :class:`HAProxyApplier` is the real one; a unit test
     of the daemon's decisions gives it one that records and answers, with no process and no socket.
@@ -242,6 +282,9 @@ class Applier(Protocol):
     def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift: ...
 
     def persist(self, settings: Settings, text: str) -> None: ...
+
+    def check(self, settings: Settings, template: jinja2.Template, features: haproxy.Features,
+              prepared: Prepared) -> str | None: ...
 
 
 class HAProxyApplier:
@@ -275,3 +318,7 @@ class HAProxyApplier:
 
     def persist(self, settings: Settings, text: str) -> None:
         persist(settings, text)
+
+    def check(self, settings: Settings, template: jinja2.Template, features: haproxy.Features,
+              prepared: Prepared) -> str | None:
+        return refusal(settings, template, features, prepared)

@@ -167,8 +167,8 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
     Without --dry-run or --diff the result is validated and written to haproxy.config_path
     atomically, without reloading HAProxy (use `run --once` to reload too).
     """
-    from haproxy_sync.apply import write_live
-    from haproxy_sync.pipeline import check_prepared, read_and_prepare
+    from haproxy_sync.apply import check_prepared, write_live
+    from haproxy_sync.pipeline import read_and_prepare
     from haproxy_sync.render import load_template
 
     settings = _load(params)
@@ -211,7 +211,8 @@ def check(**params: Any) -> int:
     catalog and the result goes through `haproxy -c` (HAProxy must be installed: found as `run`
     finds it, on PATH and then in /usr/sbin and /usr/local/sbin).
     """
-    from haproxy_sync.pipeline import check_prepared, prepare, sample
+    from haproxy_sync.apply import check_prepared
+    from haproxy_sync.pipeline import prepare, sample
     from haproxy_sync.render import load_template
 
     settings = _load(params)

@@ -17,52 +17,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import consul.aio
 import jinja2
 import sdnotify
 
-from haproxy_sync import haproxy, logs, master
+from haproxy_sync import haproxy, isolate, logs, master
 from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
-    ReloadReport,
 )
-from haproxy_sync.catalog import Service, Snapshot, parse_health_entries
+from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import (
     CatalogWatch,
-    ConsulError,
     ServiceWatch,
     WatchUpdate,
     backoff_delay,
-    classify,
-    documented,
     make_client,
-    read_tagged_services,
     service_queries,
 )
 from haproxy_sync.damping import HoldDown
 from haproxy_sync.drains import DrainWatch
 from haproxy_sync.guard import CatalogGuard, ServiceGuard
 from haproxy_sync.metrics import Metrics, StateView, WatchView
+from haproxy_sync.outcome import Outcome, RunningState
 from haproxy_sync.persist import BackgroundWriter
-from haproxy_sync.pipeline import Baseline, Observed, Prepared, adoptable, decide, observe, prepare
+from haproxy_sync.pipeline import (
+    Observed,
+    Prepared,
+    adoptable,
+    decide,
+    isolate_refusal,
+    observe,
+    prepare,
+)
 from haproxy_sync.plan import (
     BackendSlots,
     describe,
     diff_snapshots,
     draining,
+    servers_by_state,
 )
-from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason
+from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason, SkipKind
+from haproxy_sync.reconcile import Finding, reconcile
 from haproxy_sync.render import TemplateError, load_template
 from haproxy_sync.reservations import RouteMemory
 from haproxy_sync.routing import Routing
+from haproxy_sync.second_look import reread_catalog, reread_held
 from haproxy_sync.watchset import WatchSet
 
 log = logging.getLogger(__name__)
@@ -74,35 +81,6 @@ FIRST_READS_IN_FLIGHT = 32
 STOP_STEP_TIMEOUT = 0.2
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one apply cycle did: ``ok`` false means it should be retried after a backoff."""
-
-    ok: bool
-    sentence: str
-    deferred: bool = False  # nothing failed: the reload budget moved it to a later cycle
-    path: ApplyPath = ApplyPath.NONE
-    reason: ReloadKind | None = None  # why a reload was planned (also when HAProxy already ran the file)
-    stage: FailureStage | None = None  # where it failed
-    commands: int = 0
-    reload: ReloadReport | None = None
-
-
-@dataclass(frozen=True)
-class RunningState:
-    """What HAProxy runs after the last good apply: the data, its slot tables and routes, and the text."""
-
-    snapshot: Snapshot
-    tables: dict[str, BackendSlots]
-    routing: Routing
-    text: str  # the config HAProxy runs, possibly not yet on disk (persist writes it behind)
-    confirmed: bool = True  # False once a failure left it in doubt: the next apply reloads
-
-    @property
-    def baseline(self) -> Baseline:
-        return Baseline(self.tables, self.routing.map_entries, self.text, self.confirmed)
 
 
 class DaemonError(Exception):
@@ -128,6 +106,7 @@ class Daemon:
         self.reload_settings = reload_settings
         self.notifier = sdnotify.SystemdNotifier()
         self.latest: dict[str, Service] = {}
+        self.rejections = isolate.Rejections()  # instances HAProxy refused, left out until they change
         self.runs: RunningState | None = None  # what HAProxy runs after the last good apply, replaced whole
         self.watches = WatchSet(lambda: self.client, self._on_update, self._on_catalog, self._count_consul_error,
                                 asyncio.Semaphore(FIRST_READS_IN_FLIGHT))
@@ -142,7 +121,7 @@ class Daemon:
         self._hup = False
         self._reread_reason = "SIGHUP"
         self._structure_changed = False  # template or settings changed: the next apply reloads
-        self._socket_gone = False  # HAProxy's admin socket file was deleted (logged once)
+        self._rebind_socket = False  # HAProxy's admin socket file was deleted: the next reload binds it again
         self._rejected_config = ""  # why the last re-read of the settings was refused, until one is taken
         self._retry_at: float | None = None  # after a failed apply
         self.drains = DrainWatch(settings.haproxy.stats_socket)  # what draining servers carry, drain deadlines
@@ -192,24 +171,15 @@ class Daemon:
                                         self.settings.sync.guard_delay)
 
     async def _reread_catalog(self) -> None:
-        """The catalog guard's second look: one fresh, non-blocking read of the tagged services."""
-        guard = self.catalog_guard
-        guard.due_at = None
-        discovery = self.settings.discovery
-        if self.watches.catalog is None or guard.before is None:
-            return  # discovery turned off by a re-read of the settings, or the hold ended meanwhile
-        try:
-            names, _ = await read_tagged_services(self.client, discovery.tag, 15)
-        except ConsulError as error:  # a failed re-read keeps the hold and tries again
-            self.metrics.consul_errors.labels("catalog", error.kind).inc()
-            log.warning("guard: re-reading the catalog failed (%s); still holding, next try in %gs", error,
-                        self.settings.sync.guard_delay)
-            guard.due_at = time.monotonic() + self.settings.sync.guard_delay
+        """The catalog guard's second look (``second_look``)."""
+        discovery, sync = self.settings.discovery, self.settings.sync
+        if self.watches.catalog is None:  # discovery turned off by a re-read of the settings
+            self.catalog_guard.due_at = None
             return
-        if guard.before is None or self.watches.catalog is None:
-            return  # the watch's own answer ended the hold while this read was in flight: it is newer
-        guard.confirm(names, discovery.max_drop)
-        self._on_catalog(names, time.monotonic())
+        names = await reread_catalog(self.client, self.catalog_guard, discovery.tag, discovery.max_drop,
+                                     sync.guard_delay, lambda kind: self._count_consul_error("catalog", kind))
+        if names is not None and self.watches.catalog is not None:
+            self._on_catalog(names, time.monotonic())
 
     @property
     def client(self) -> consul.aio.Consul:
@@ -361,7 +331,9 @@ class Daemon:
             except TimeoutError:
                 return
 
-    async def _apply_once(self) -> Outcome:
+    async def _apply_once(self, isolating: bool = True) -> Outcome:
+        """One apply cycle. When HAProxy (or the template) refuses the candidate, the instances that
+        cause it are found and left out, and the cycle runs once more without them (``isolating``)."""
         settings = self.settings
         observed = self._observe(settings)
         routing = observed.routing
@@ -380,11 +352,13 @@ class Daemon:
         assert self.template is not None
         try:
             prepared = prepare(settings, self.template, features, routing, snapshot, self.tables, live,
-                               self.drains.take_idle())
+                               self.drains.take_idle(), evicted=self.rejections.evicted(routing.backends),
+                               rebind_socket=self._rebind_socket)
         except TemplateError as exc:
             self.drains.stop()  # the retry after the backoff plans drains again
-            return Outcome(False, f"{change}; template error {exc}; kept last good config",
-                           stage=FailureStage.TEMPLATE)
+            failed = Outcome(False, f"{change}; template error {exc}; kept last good config",
+                             stage=FailureStage.TEMPLATE)
+            return await self._isolated(failed, routing, snapshot, live, features) if isolating else failed
         tables = prepared.tables
         can_poll = bool(draining(tables)) and await asyncio.to_thread(self.drains.supported)
         self.drains.planned(tables, settings.sync.drain_timeout, time.monotonic(), can_poll)
@@ -411,7 +385,37 @@ class Daemon:
             self._retry_at = self._reload_not_before
             return Outcome(True, f"{change}; reload ({reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
-        return await self._reload(prepared, change, reason)
+        outcome = await self._reload(prepared, change, reason)
+        if outcome.stage is FailureStage.VALIDATION and isolating:
+            return await self._isolated(outcome, routing, prepared.snapshot, live, features)
+        return outcome
+
+    async def _isolated(self, failed: Outcome, routing: Routing, snapshot: Snapshot, live: str | None,
+                        features: haproxy.Features) -> Outcome:
+        """After ``failed``: the cycle again without the instances that caused it, or ``failed`` itself
+        when no instance is to blame (a template or settings change: the last good config stays)."""
+        if not await self._isolate(routing, snapshot, live, features):
+            return failed
+        self._record(failed)
+        log.warning("apply failed: %s; applying again without the instances HAProxy refused", failed.sentence)
+        return await self._apply_once(isolating=False)
+
+    async def _isolate(self, routing: Routing, snapshot: Snapshot, live: str | None,
+                       features: haproxy.Features) -> bool:
+        """Find the instances that make the candidate fail and leave them out; True when any were found."""
+        settings, template = self.settings, self.template
+        assert template is not None
+        check = functools.partial(self.applier.check, settings, template, features)
+        found = await asyncio.to_thread(isolate_refusal, settings, template, features, routing, self.applied,
+                                        snapshot, check, self.tables, live, self._still_progressing,
+                                        self.rejections.evicted(routing.backends))
+        for line in isolate.sentences(found):
+            log.warning("%s", line)
+        if not found.rejected:
+            return False
+        self.rejections = self.rejections.with_found(found.found)
+        self.metrics.instances_rejected.inc(len(found.rejected))
+        return True
 
     async def _adoptable(self, live: str, routing: Routing) -> str | None:
         """The live config to take slots over from at the first apply, or None to lay them out anew."""
@@ -440,22 +444,12 @@ class Daemon:
                                 self.settings.sync.guard_delay)
 
     async def _reread_guarded(self, names: list[str]) -> None:
-        """The guard's second look: one fresh, non-blocking read of each held service."""
-        for name in names:
-            watch = self.watches.get(name)
-            query = watch.query if watch else {}
-            try:
-                _, entries = await asyncio.wait_for(self.client.health.service(name, **query), 15)
-                service, _ = parse_health_entries(name, documented(entries, name), self.settings.address_policy)
-            except Exception as exc:  # a failed re-read keeps the hold and tries again
-                error = classify(exc, name)
-                log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name, error,
-                            self.settings.sync.guard_delay)
-                self.guard.retry(name, time.monotonic(), self.settings.sync.guard_delay)
-                continue
-            self.guard.reread(name)
-            self.latest[name] = service
-            self._changed = True
+        """The service guard's second look (``second_look``): what it reads is taken like a watch's answer."""
+        queries = {name: watch.query for name in names if (watch := self.watches.get(name)) is not None}
+        fresh = await reread_held(self.client, names, queries, self.settings.address_policy, self.guard,
+                                  self.settings.sync.guard_delay)
+        self.latest.update(fresh)
+        self._changed = self._changed or bool(fresh)
 
     async def _reload(self, prepared: Prepared, change: str, reason: ReloadReason) -> Outcome:
         settings = self.settings
@@ -475,6 +469,12 @@ class Daemon:
                 self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
         action = report.sentence()
+        if prepared.rebind_socket and report.reloaded:
+            self._rebind_socket = False
+            self._changed = True  # and back to its usual spelling at the next reload the budget allows
+            back = settings.haproxy.stats_socket.exists()
+            log.log(logging.INFO if back else logging.WARNING, "HAProxy's admin socket %s %s after the reload",
+                    settings.haproxy.stats_socket, "is back" if back else "is still missing: the reconcile tries again")
         if report.reloaded:
             self.drains.forget_version()
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
@@ -496,9 +496,11 @@ class Daemon:
         return Outcome(True, f"{change}; {action}", path=path, reason=reason.kind, reload=report)
 
     def _observe(self, settings: Settings) -> Observed:
-        """What the watches delivered, routed with the routes HAProxy runs and those reserved."""
+        """What the watches delivered (less the instances HAProxy refused), routed with the routes HAProxy
+        runs and those reserved."""
         routed = self.routing.map_entries if self.routing is not None else None
-        return observe(settings, self.latest, self.discovered, self.routing, holders=self.routes.holders(routed),
+        latest, self.rejections = self.rejections.narrow(self.latest)
+        return observe(settings, latest, self.discovered, self.routing, holders=self.routes.holders(routed),
                        reserved=self.routes.reserved(time.monotonic(), settings.discovery.route_grace))
 
     # --- what HAProxy runs: one record, replaced whole by each good apply ---
@@ -550,41 +552,15 @@ class Daemon:
         self._reconcile_at = time.monotonic() + interval if interval > 0 else None
 
     async def _reconcile(self) -> None:
-        """Read back what HAProxy runs; repair drift (a hand-made `disable server`, a lost command)."""
+        """Read back what HAProxy runs and repair drift (``reconcile``); a reload when only one can."""
         self._schedule_reconcile()
         if not self._confirmed or self.tables is None or self.routing is None:
             return
-        hap = self.settings.haproxy
-        if not hap.stats_socket.exists():
-            if not self._socket_gone:
-                # A reload does not bring it back: HAProxy hands its bound sockets to the new worker.
-                log.error("reconcile: HAProxy's admin socket %s is gone (deleted?); runtime changes fail over to "
-                          "reloads until HAProxy is restarted, which binds it again", hap.stats_socket)
-                self._socket_gone = True
-            return
-        self._socket_gone = False
-        if not hap.routes_map_path.exists():
-            try:
-                await asyncio.to_thread(self.applier.restore_routes, self.settings, self.routing)
-            except haproxy.HAProxyError as exc:
-                log.warning("reconcile: the routes map %s is gone and cannot be written again: %s; trying again "
-                            "in %gs", hap.routes_map_path, exc, self.settings.sync.reconcile_interval)
-            else:
-                log.warning("reconcile: the routes map %s was gone (deleted?); written again from the routes "
-                            "HAProxy runs", hap.routes_map_path)
-        try:
-            drift = await asyncio.to_thread(self.applier.repair, self.settings, self.tables, self.routing)
-        except haproxy.HAProxyError as exc:
-            log.warning("reconcile: cannot read HAProxy's servers: %s; trying again in %gs",
-                        exc, self.settings.sync.reconcile_interval)
-            return
-        if drift.found:
-            self.metrics.drift_found.inc(len(drift.found))
-            self.metrics.drift_repaired.inc(len(drift.commands))
-            log.warning("reconcile: drift found on %d servers, repaired with %d runtime commands: %s",
-                        len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
-        if drift.missing:
-            log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]))
+        finding = await asyncio.to_thread(reconcile, self.settings, self.applier, self.tables, self.routing,
+                                          self.metrics, self._rebind_socket)
+        if finding is Finding.SOCKET_GONE and not self._rebind_socket:
+            self._rebind_socket = self._changed = True
+        elif finding is Finding.SERVERS_MISSING:
             self._doubt()
             self._changed = True
 
@@ -642,11 +618,8 @@ class Daemon:
         skipped: Counter[tuple[str, str]] = Counter(  # instances; the catalog's skips are services, logged
             (name, item.kind.label) for name, w in self.watches.services() for item in w.skipped
         )
-        servers: dict[tuple[str, str], int] = {}
-        for backend, table in (self.tables or {}).items():
-            for slot in table.slots:
-                state = "free" if slot.owner is None else {"enabled": "up", "drain": "drain"}.get(slot.state, "maint")
-                servers[(backend, state)] = servers.get((backend, state), 0) + 1
+        skipped.update({(name, SkipKind.REJECTED.label): n for name, n in self.rejections.counts().items()})
+        servers = servers_by_state(self.tables or {})
         sentence, path, at = self._last_apply
         return StateView(
             watches=watches, servers=servers, skipped=dict(skipped), applied_once=self.applied is not None,
@@ -685,6 +658,7 @@ class Daemon:
             settings = dataclasses.replace(settings, consul=self.settings.consul)
         discovery_changed = settings.discovery != self.settings.discovery
         self.settings, self.template = settings, template
+        self.rejections = self.rejections.cleared()  # what HAProxy refused may pass with the new ones
         if discovery_changed:
             self._start_catalog()
         self._sync_watches()

@@ -44,11 +44,13 @@ class HAProxyError(Exception):
 
 
 class ValidationError(HAProxyError):
-    """``haproxy -c`` rejected a config; ``details`` holds HAProxy's own output."""
+    """``haproxy -c`` rejected a config; ``details`` holds HAProxy's own output, ``summary`` its first
+    alerts (what a log line about one server quotes)."""
 
-    def __init__(self, message: str, details: str = "") -> None:
+    def __init__(self, message: str, details: str = "", summary: str = "") -> None:
         super().__init__(message)
         self.details = details
+        self.summary = summary or message
 
 
 class SocketError(HAProxyError):
@@ -80,7 +82,7 @@ def validate(binary: str, path: Path, timeout: float = 30.0) -> None:
     if result.returncode != 0:
         alerts = [_strip_pid(line) for line in output.splitlines() if "ALERT" in line]
         summary = "; ".join(alerts[:3]) or (output.splitlines() or ["no output"])[-1]
-        raise ValidationError(f"haproxy -c rejected {path}: {summary}", output)
+        raise ValidationError(f"haproxy -c rejected {path}: {summary}", output, summary)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ class Metrics:
             "haproxy_sync_template_errors_total", "Renders that failed in the template.", registry=reg)
         self.validation_failures = Counter(
             "haproxy_sync_validation_failures_total", "Rendered configs rejected by haproxy -c.", registry=reg)
+        self.instances_rejected = Counter(
+            "haproxy_sync_instances_rejected_total",
+            "Instances left out because HAProxy (or the template) refused the config holding them.", registry=reg)
         self.applies = Counter(
             "haproxy_sync_applies_total", "Applies by path (runtime, reload, none) and reason.", ["path", "reason"],
             registry=reg)

@@ -8,7 +8,7 @@ damping and guard (which only narrow the snapshot) and its appliers; every comma
 predicts the path the daemon takes, because it is the same code.
 
 ``observe``, ``prepare`` and ``decide`` are pure (``now`` and ``features`` are passed in);
-``read_and_prepare``, ``read_observed``, ``check_prepared`` and ``run_once`` are the I/O edges the
+``read_and_prepare``, ``read_observed``, ``isolate_refusal`` and ``run_once`` are the I/O edges the
 commands use.
 """
 
@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import jinja2
 
-from haproxy_sync import haproxy, master, rules
+from haproxy_sync import haproxy, isolate, master, rules
 from haproxy_sync.apply import apply_config, read_running, routes_on_disk, write_live
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries, skipped_summary
 from haproxy_sync.commands import Command
@@ -40,12 +38,13 @@ from haproxy_sync.plan import (
     assign_all,
     describe,
     diff_snapshots,
+    evict,
     plan_runtime,
     slots_from_config,
     summarize,
 )
 from haproxy_sync.reasons import ApplyPath, ReloadKind, ReloadReason
-from haproxy_sync.render import load_template, render
+from haproxy_sync.render import TemplateError, load_template, render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, routing_for
 
 log = logging.getLogger(__name__)
@@ -67,6 +66,7 @@ class Prepared:
     snapshot: Snapshot
     tables: dict[str, BackendSlots]
     text: str
+    rebind_socket: bool = False  # rendered so that a reload binds the (deleted) admin socket again
 
     @property
     def routes(self) -> str:
@@ -125,16 +125,19 @@ def sample(settings: Settings) -> Observed:
 def lay_out(
     settings: Settings, routing: Routing, snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None = None,
     live: str | None = None, idle: Mapping[str, frozenset[str]] | None = None, now: float | None = None,
+    evicted: Mapping[str, frozenset[tuple[str, str]]] | None = None,
 ) -> dict[str, BackendSlots]:
     """The slot tables for ``snapshot``: which server line each instance holds.
 
     Without ``previous`` tables the live config says who holds which slot (a first start keeps every
     server where HAProxy runs it). ``idle``: draining slots HAProxy reported as carrying nothing
-    (their drain ends now).
+    (their drain ends now); ``evicted``: per backend, instances whose slots are freed without a drain.
     """
     pairs = list(routing.backends)
     if previous is None:
         previous = slots_from_config(live or "", snapshot, pairs)
+    if evicted:
+        previous = evict(previous, evicted)
     sync = settings.sync
     return assign_all(previous, snapshot, pairs, base=sync.slots, now=time.monotonic() if now is None else now,
                       drain_timeout=sync.drain_timeout, idle=idle)
@@ -144,10 +147,12 @@ def prepare(
     settings: Settings, template: jinja2.Template, features: haproxy.Features, routing: Routing,
     snapshot: Snapshot, previous: Mapping[str, BackendSlots] | None = None, live: str | None = None,
     idle: Mapping[str, frozenset[str]] | None = None, now: float | None = None,
+    evicted: Mapping[str, frozenset[tuple[str, str]]] | None = None, rebind_socket: bool = False,
 ) -> Prepared:
     """The slot tables (``lay_out``) and the config rendered from them; raises ``TemplateError``."""
-    tables = lay_out(settings, routing, snapshot, previous, live, idle, now)
-    return Prepared(routing, snapshot, tables, render(tables, settings, template, routing, features))
+    tables = lay_out(settings, routing, snapshot, previous, live, idle, now, evicted)
+    text = render(tables, settings, template, routing, features, rebind_socket)
+    return Prepared(routing, snapshot, tables, text, rebind_socket)
 
 
 def decide(
@@ -160,6 +165,8 @@ def decide(
     if (baseline is not None and baseline.confirmed and prepared.text == baseline.text
             and prepared.routing.map_entries == dict(baseline.routes)):
         return Decision(ApplyPath.NONE)
+    if prepared.rebind_socket:
+        return Decision.reload(ReloadKind.SOCKET_GONE, "HAProxy's admin socket was deleted; a reload binds it again")
     if not settings.sync.runtime_api:
         return Decision.reload(ReloadKind.RUNTIME_OFF, "runtime API off")
     if settings_changed:
@@ -261,24 +268,42 @@ def adoptable(settings: Settings, live: str | None, routing: Routing,
     return None
 
 
-def check_prepared(settings: Settings, template: jinja2.Template, features: haproxy.Features,
-                   prepared: Prepared) -> None:
-    """``haproxy -c`` on ``prepared`` as it would be written, with its map, in a temp dir.
+#: Checks a prepared candidate without touching anything live: None when it passes, else why not.
+CandidateCheck = Callable[[Prepared], str | None]
 
-    Touches nothing live: the config is rendered again naming a temporary map file. Raises
-    ``HAProxyError`` (``ValidationError`` when HAProxy rejects it).
+
+def isolate_refusal(
+    settings: Settings, template: jinja2.Template, features: haproxy.Features, routing: Routing,
+    applied: Snapshot | None, candidate: Snapshot, check: CandidateCheck,
+    previous: Mapping[str, BackendSlots] | None = None, live: str | None = None,
+    progress: Callable[[], None] | None = None, evicted: Mapping[str, frozenset[tuple[str, str]]] | None = None,
+) -> isolate.Isolation:
+    """Which instances make HAProxy (or the template) refuse ``candidate`` (see :mod:`isolate`).
+
+    The suspects are the instances changed since ``applied``; when the config without them fails too
+    (the refused instance came in by a path the last good apply did not check, such as a runtime change
+    whose write to disk failed), every instance is a suspect, from a config with none.
     """
-    binary = haproxy.find_binary(settings.haproxy.binary)
-    if binary is None:
-        raise haproxy.HAProxyError(f"haproxy binary {settings.haproxy.binary!r} not found ({haproxy.BINARY_SEARCH}); "
-                                   "install HAProxy or set haproxy.binary")
-    with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
-        map_path = Path(tmp) / "routes.map"
-        map_path.write_text(prepared.routes)
-        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
-        path = Path(tmp) / "haproxy.cfg"
-        path.write_text(render(prepared.tables, local, template, prepared.routing, features))
-        haproxy.validate(binary, path)
+
+    def search(suspects: tuple[isolate.Suspect, ...]) -> isolate.Isolation:
+        def verdict(kept: frozenset[int]) -> str | None:
+            if progress is not None:
+                progress()
+            snapshot = isolate.leave_out(candidate, suspects, kept)
+            out = isolate.by_backend(routing.backends, isolate.left_out(suspects, kept), evicted)
+            try:
+                return check(prepare(settings, template, features, routing, snapshot, previous, live, evicted=out))
+            except TemplateError as exc:
+                return str(exc)
+        return isolate.find_rejected(suspects, verdict)
+
+    changed = isolate.changed(applied, candidate)
+    found = search(changed)
+    everyone = isolate.everyone(candidate)
+    if found.base_refused is not None and len(changed) < len(everyone):
+        again = search(everyone)
+        return dataclasses.replace(again, checks=again.checks + found.checks)
+    return found
 
 
 async def run_once(settings: Settings) -> tuple[bool, str]:

@@ -23,6 +23,7 @@ haproxy.cfg: the file on disk always describes what runs, so a restart gives the
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -136,6 +137,30 @@ def assign(
         else:
             slots[position] = _slot_for(inst, slots[position], now, drain_timeout, idle)
     return BackendSlots(backend, tuple(slots))
+
+
+def servers_by_state(tables: Mapping[str, BackendSlots]) -> dict[tuple[str, str], int]:
+    """Slots per (backend, state): ``up``, ``drain``, ``maint`` or ``free`` (``haproxy_sync_servers``)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for backend, table in tables.items():
+        for slot in table.slots:
+            state = "free" if slot.owner is None else {"enabled": "up", "drain": "drain"}.get(slot.state, "maint")
+            counts[(backend, state)] += 1
+    return dict(counts)
+
+
+def evict(
+    tables: Mapping[str, BackendSlots], owners: Mapping[str, frozenset[tuple[str, str]]]
+) -> dict[str, BackendSlots]:
+    """``tables`` with the slots of ``owners`` (per backend) freed at once, without a drain: an instance
+    left out because HAProxy refuses its server line must not keep that line while it drains."""
+    evicted = dict(tables)
+    for backend, keys in owners.items():
+        table = tables.get(backend)
+        if table is not None and keys and any(slot.owner in keys for slot in table.slots):
+            evicted[backend] = BackendSlots(backend, tuple(
+                _free(slot.index) if slot.owner in keys else slot for slot in table.slots))
+    return evicted
 
 
 def assign_all(

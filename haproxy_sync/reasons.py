@@ -33,6 +33,7 @@ class ReloadKind(_Labelled):
     RUNTIME_OFF = "runtime_off"  # sync.runtime_api = false
     RUNTIME_FAILED = "runtime_failed"  # the Runtime API path failed; the reload makes HAProxy whole
     UNCONFIRMED = "unconfirmed"  # HAProxy is not yet known to run the live config
+    SOCKET_GONE = "socket_gone"  # the admin socket file was deleted: a reload binds it again
 
 
 
@@ -94,4 +95,5 @@ class SkipKind(_Labelled):
     PORT = "port"
     WEIGHT = "weight"
     LIMIT = "limit"  # over catalog.MAX_INSTANCES of one service
+    REJECTED = "rejected"  # HAProxy refused the config holding it (isolate)
 

@@ -102,8 +102,19 @@ def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSet
     )
 
 
+def rebind_spelling(path: Path) -> str:
+    """``path`` spelled so that HAProxy binds it afresh at a reload.
+
+    At a reload the new worker takes over the old worker's listening sockets, matched by the path as
+    written; a socket file someone deleted is then never bound again. The same path spelled another
+    way (``/run/haproxy/./admin.sock``) matches no inherited socket, so HAProxy binds a new one there.
+    """
+    return f"{path.parent}/./{path.name}"
+
+
 def template_context(
-    tables: Mapping[str, BackendSlots], settings: Settings, routing: Routing, features: Features
+    tables: Mapping[str, BackendSlots], settings: Settings, routing: Routing, features: Features,
+    rebind_socket: bool = False,
 ) -> dict[str, Any]:
     hap = settings.haproxy
     return {
@@ -113,7 +124,7 @@ def template_context(
         "routes": routing.routes,
         "routes_map": str(hap.routes_map_path),
         "haproxy": hap,
-        "stats_socket": str(hap.stats_socket),
+        "stats_socket": rebind_spelling(hap.stats_socket) if rebind_socket else str(hap.stats_socket),
         "server_state_file": str(hap.server_state_file),
         "version": __version__,
     }
@@ -150,15 +161,16 @@ def load_template(path: Path) -> jinja2.Template:
 
 def render(
     tables: Mapping[str, BackendSlots], settings: Settings, template: jinja2.Template, routing: Routing,
-    features: Features,
+    features: Features, rebind_socket: bool = False,
 ) -> str:
     """Render the config text; any error inside the template is reported with its file and line.
 
     ``routing`` and ``features`` (what the HAProxy binary can do) are decided once per apply by the
-    caller (``pipeline.prepare``), never guessed here.
+    caller (``pipeline.prepare``), never guessed here. ``rebind_socket``: the admin socket was deleted,
+    spell its path so that the next reload binds it again (:func:`rebind_spelling`).
     """
     try:
-        return template.render(template_context(tables, settings, routing, features))
+        return template.render(template_context(tables, settings, routing, features, rebind_socket))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.message}") from None
     except Exception as exc:  # a template may raise anything from a filter or a method it calls

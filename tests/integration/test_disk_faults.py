@@ -1,7 +1,7 @@
 """The disk under the files haproxy-sync owns goes read-only or full for a while: no crash, no
 traceback, one line naming the file and the error, HAProxy keeps serving (runtime changes still
 apply), and everything is written once the fault clears. A deleted routes map or admin socket is
-noticed by the reconcile and put back."""
+noticed by the reconcile and put back: the map by a write, the socket by a reload that binds it anew."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_a_full_disk_for_a_while_is_ridden_out(tmp_path: Path, consul: DevConsul
         assert daemon.alive() and "Traceback" not in daemon.log()
 
 
-def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_said_once(
+def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_bound_again_by_a_reload(
         tmp_path: Path, consul: DevConsulThread, make_apps) -> None:
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(2), exits, extra=FAST)
@@ -98,11 +98,22 @@ def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_said_onc
         stack.daemon.wait_for_log(f"reconcile: the routes map {routes_map} was gone (deleted?); written again")
         assert routes_map.exists()
         reloads = stack.layout.reloads()
-        stack.layout.stats_socket.unlink()
-        stack.daemon.wait_for_log("reconcile: HAProxy's admin socket", timeout=10)
+        socket_path = stack.layout.stats_socket
+        socket_path.unlink()
+        stack.daemon.wait_for_log(f"HAProxy's admin socket {socket_path} is back after the reload", timeout=15)
+        assert socket_path.is_socket()
+        log = stack.daemon.log()
+        assert log.count(f"reconcile: HAProxy's admin socket {socket_path} is gone (deleted?)") == 1
+        assert f"spelled {socket_path.parent}/./{socket_path.name}" in log
+        # Back to the usual spelling by a second reload; then quiet: no reload storm.
+        wait_until(lambda: f"stats socket {socket_path} " in stack.layout.haproxy_cfg.read_text(), 10,
+                   what="the usual spelling back in haproxy.cfg")
         time.sleep(1.5)  # five reconcile intervals
-        assert stack.daemon.log().count("reconcile: HAProxy's admin socket") == 1, "said once, not per reconcile"
-        assert stack.layout.reloads() == reloads, "no reload storm: a reload cannot bind it again"
+        assert stack.layout.reloads() - reloads == 2, "one reload binds it, one puts the spelling back"
+        assert socket_path.is_socket()
+        # The Runtime API works again: a change goes through it, with no reload.
         consul_put(stack.consul.url, f"/v1/agent/service/deregister/{stack.apps[0].instance_id}")
-        wait_until(lambda: stack.apps[0].instance_id not in stack.layout.haproxy_cfg.read_text(), 15,
-                   what="changes still applied (by a reload)")
+        wait_until(lambda: stack.serving() == {stack.apps[1].instance_id}, 15, what="the change applied")
+        assert stack.layout.reloads() - reloads == 2
+        applied = [line for line in stack.daemon.log().splitlines() if "level=info applied " in line]
+        assert "runtime API:" in applied[-1], applied[-1]

@@ -4,6 +4,7 @@ no socket. Each cycle's sentence and path are asserted, as Patroni's tests asser
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,8 @@ class FakeApplier:
         self.calls: list[str] = []
         self.live: str | None = None
         self.runtime_fails = False
+        self.refused_port: int | None = None  # HAProxy refuses any config holding a server on this port
+        self.refuses_all = False  # ... or every config (a template or settings fault)
 
     def read_live(self, settings: Settings) -> str | None:
         return self.live
@@ -64,6 +67,8 @@ class FakeApplier:
 
     def reload(self, settings: Settings, text: str, tables, routes, waiting=None) -> ReloadReport:
         self.calls.append("reload")
+        if self._refuses(tables):
+            raise haproxy.ValidationError("haproxy -c rejected haproxy.cfg: 'server web/slot4' : refused")
         self.live = text
         return ReloadReport("written (worker 7)", True, 0.02, 0)
 
@@ -72,6 +77,14 @@ class FakeApplier:
 
     def persist(self, settings: Settings, text: str) -> None:
         self.live = text
+
+    def check(self, settings: Settings, template, features, prepared) -> str | None:
+        self.calls.append("check")
+        return "'server web/slot4' : refused" if self._refuses(prepared.tables) else None
+
+    def _refuses(self, tables) -> bool:
+        return self.refuses_all or (self.refused_port is not None and any(
+            slot.owner is not None and slot.port == self.refused_port for t in tables.values() for slot in t.slots))
 
 
 def settings_for(tmp_path: Path, sync: str = "") -> Settings:
@@ -181,3 +194,40 @@ def test_a_failed_runtime_path_falls_back_to_a_reload_with_its_reason(tmp_path: 
     assert fallback.ok and fallback.path is ApplyPath.RELOAD and fallback.reason is ReloadKind.RUNTIME_FAILED
     assert "runtime API path failed (HAProxy socket admin.sock refused the connection)" in fallback.sentence
     assert cycle.applier.calls[-2:] == ["runtime 3", "reload"]
+
+
+def test_an_instance_haproxy_refuses_is_left_out_and_everything_else_applies(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path, 'reload_min_interval = "0s"\n')
+    cycle.applier.refused_port = 9003
+    cycle.feed(web(3), web(1, service="api"))
+    assert cycle.run().ok
+    cycle.daemon._structure_changed = True  # the next apply reloads, so haproxy -c sees the newcomers
+    cycle.feed(web(6), web(2, service="api"))  # web-3 (port 9003) is refused, the rest is good
+    outcome = cycle.run()
+    assert outcome.ok and outcome.path is ApplyPath.RELOAD, outcome.sentence
+    assert "web: 5 servers (+2 -0 ~0)" in outcome.sentence and "api: 2 servers" in outcome.sentence
+    assert ":9003 " not in cycle.applier.live and ":9005 " in cycle.applier.live
+    assert cycle.daemon.state_view().skipped == {("web", "rejected"): 1}
+    checks = cycle.applier.calls.count("check")
+    assert 2 <= checks <= 5, cycle.applier.calls
+    cycle.feed(web(7))  # a later change of the same service still applies, web-3 stays out
+    later = cycle.run()
+    runs = cycle.daemon.runs.text  # the runtime path writes to disk in the background: what HAProxy runs
+    assert later.ok and later.path is ApplyPath.RUNTIME and ":9006 " in runs and ":9003 " not in runs
+    cycle.feed(Service("web", tuple(i if i.id != "web-3" else dataclasses.replace(i, port=7003)
+                                    for i in web(7).instances)))  # re-registered on another port: checked again
+    assert cycle.run().ok and ":7003 " in cycle.daemon.runs.text and not cycle.daemon.rejections
+
+
+def test_a_refusal_no_instance_explains_keeps_the_last_good_config(tmp_path: Path) -> None:
+    cycle = Cycle(tmp_path, 'reload_min_interval = "0s"\n')
+    cycle.feed(web(3), web(1, service="api"))
+    cycle.run()
+    cycle.applier.refuses_all = True  # even with no instance at all: the fault is not an instance's
+    cycle.daemon._structure_changed = True
+    live = cycle.applier.live
+    cycle.feed(web(4))
+    outcome = cycle.run()
+    assert not outcome.ok and "kept last good config" in outcome.sentence
+    assert not cycle.daemon.rejections and cycle.applier.live == live
+    assert cycle.applier.calls.count("check") == 2  # the changed ones out, then every instance out
