@@ -88,13 +88,15 @@ class ReloadReport:
 
 def apply_config(
     settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None = None, routes: str | None = None,
-    waiting: Callable[[], None] | None = None,
+    waiting: Callable[[], None] | None = None, admin_socket: bool = True,
 ) -> ReloadReport:
     """The reload path: write ``text`` as the live config (validated) and have HAProxy run it.
 
     Raises :class:`haproxy.ValidationError` (nothing changed), or :class:`master.ReloadError` after
     putting the last confirmed config back when HAProxy refused the new one (not when its master was
     still loading it: HAProxy may yet run it). ``waiting`` is called while a slow load goes on.
+    ``admin_socket`` false: it just failed (hung, dripping), so the reload does not wait on it again to
+    save server state and counters; the new worker starts from the config alone.
     """
     hap = settings.haproxy
     path = hap.config_path
@@ -111,12 +113,16 @@ def apply_config(
         action = "written"
     keep = None if tables is None else functools.partial(_state_fits, tables)
     try:
-        haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
+        state_saved = admin_socket and haproxy.save_server_state(hap.stats_socket, hap.server_state_file, keep)
     except haproxy.HAProxyError as exc:  # a full or read-only state dir must not stop the reload
         log.warning("%s; reloading without it: the new worker's checks rebuild health state", exc)
+        state_saved = False
+    if not state_saved:
+        _discard_server_state(hap.server_state_file)
     carry_counters = haproxy.features(hap.binary).stats_file
     try:
-        saved = not carry_counters or stats_file.save_stats_file(hap.stats_socket, hap.stats_file_path)
+        saved = not carry_counters or (admin_socket and stats_file.save_stats_file(hap.stats_socket,
+                                                                                   hap.stats_file_path))
     except haproxy.HAProxyError as exc:
         log.warning("%s", exc)
         saved = False
@@ -141,6 +147,16 @@ def apply_config(
         log.warning("after the reload: %s; the next good apply writes it again", exc)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
     return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
+
+
+def _discard_server_state(state_file: Path) -> None:
+    """No fresh server state for this reload: an older file would bring back servers as they were then
+    (off plan until the next read-back), so the new worker starts from the config instead."""
+    try:
+        state_file.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove the stale server state %s: %s; the new worker may start servers as they "
+                    "were at the last reload, the read-back after it corrects them", state_file, exc.strerror or exc)
 
 
 def _state_fits(tables: Mapping[str, BackendSlots], state: haproxy.ServerState) -> bool:
@@ -203,13 +219,16 @@ def apply_runtime(
         raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: "
                                 + "; ".join(details[:3]) + (f" (HAProxy said: {answers[:200]})" if answers else ""))
     if routing is not None and routes_changed:
-        write_routes(settings, map_text(routing.map_entries))
+        try:
+            write_routes(settings, map_text(routing.map_entries))
+        except haproxy.HAProxyError as exc:  # HAProxy runs the routes: only the file is behind
+            log.warning("%s; HAProxy runs the new routes, the background write brings the file", exc)
     return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
 
 
-def persist(settings: Settings, text: str) -> None:
+def persist(settings: Settings, text: str, routes: str | None = None) -> None:
     """Write what HAProxy now runs to disk (validated), so a restart or a reload gives the same state."""
-    write_live(settings, text)
+    write_live(settings, text, routes)
     haproxy.remember_last_good(settings.haproxy.config_path)
 
 
@@ -277,11 +296,12 @@ class Applier(Protocol):
                 routing: Routing) -> str: ...
 
     def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
-               routes: str | None, waiting: Callable[[], None] | None = None) -> ReloadReport: ...
+               routes: str | None, waiting: Callable[[], None] | None = None,
+               admin_socket: bool = True) -> ReloadReport: ...
 
     def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift: ...
 
-    def persist(self, settings: Settings, text: str) -> None: ...
+    def persist(self, settings: Settings, text: str, routes: str | None = None) -> None: ...
 
     def check(self, settings: Settings, template: jinja2.Template, features: haproxy.Features,
               prepared: Prepared) -> str | None: ...
@@ -310,14 +330,15 @@ class HAProxyApplier:
         return apply_runtime(settings, tables, sequence, routing)
 
     def reload(self, settings: Settings, text: str, tables: Mapping[str, BackendSlots] | None,
-               routes: str | None, waiting: Callable[[], None] | None = None) -> ReloadReport:
-        return apply_config(settings, text, tables, routes, waiting)
+               routes: str | None, waiting: Callable[[], None] | None = None,
+               admin_socket: bool = True) -> ReloadReport:
+        return apply_config(settings, text, tables, routes, waiting, admin_socket)
 
     def repair(self, settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None) -> Drift:
         return repair_drift(settings, tables, routing)
 
-    def persist(self, settings: Settings, text: str) -> None:
-        persist(settings, text)
+    def persist(self, settings: Settings, text: str, routes: str | None = None) -> None:
+        persist(settings, text, routes)
 
     def check(self, settings: Settings, template: jinja2.Template, features: haproxy.Features,
               prepared: Prepared) -> str | None:

@@ -65,10 +65,10 @@ from haproxy_sync.plan import (
     servers_by_state,
 )
 from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason, SkipKind
-from haproxy_sync.reconcile import Finding, reconcile
+from haproxy_sync.reconcile import Finding, read_back_after_reload, reconcile
 from haproxy_sync.render import TemplateError, load_template
 from haproxy_sync.reservations import RouteMemory
-from haproxy_sync.routing import Routing
+from haproxy_sync.routing import Routing, map_text
 from haproxy_sync.second_look import reread_catalog, reread_held
 from haproxy_sync.watchset import WatchSet
 
@@ -138,7 +138,7 @@ class Daemon:
         self.guard = ServiceGuard(count)
         self.catalog_guard = CatalogGuard(count)
         self._ready_sent = False
-        self.writer = BackgroundWriter(lambda text: self.applier.persist(self.settings, text), self._persist_failed,
+        self.writer = BackgroundWriter(self._persist, self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
 
     # --- signals and updates: set flags, wake the loop ---
@@ -368,11 +368,15 @@ class Daemon:
             self._commit(prepared)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
         reason = decision.reload_reason
+        socket_failed = False
         if decision.path is ApplyPath.RUNTIME:
             try:
                 action = await asyncio.to_thread(self.applier.runtime, settings, tables, decision.commands, routing)
             except haproxy.HAProxyError as exc:
                 self.metrics.apply_failures.labels(FailureStage.RUNTIME.label).inc()
+                socket_failed = isinstance(exc, haproxy.SocketError)
+                log.warning("runtime API path failed: %s; applying by a reload instead%s", exc,
+                            " (without waiting on the admin socket again)" if socket_failed else "")
                 reason = ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})")
             else:
                 self._commit(prepared)
@@ -385,7 +389,7 @@ class Daemon:
             self._retry_at = self._reload_not_before
             return Outcome(True, f"{change}; reload ({reason}) deferred {wait:.1f}s by the reload budget",
                            deferred=True)
-        outcome = await self._reload(prepared, change, reason)
+        outcome = await self._reload(prepared, change, reason, admin_socket=not socket_failed)
         if outcome.stage is FailureStage.VALIDATION and isolating:
             return await self._isolated(outcome, routing, prepared.snapshot, live, features)
         return outcome
@@ -451,11 +455,14 @@ class Daemon:
         self.latest.update(fresh)
         self._changed = self._changed or bool(fresh)
 
-    async def _reload(self, prepared: Prepared, change: str, reason: ReloadReason) -> Outcome:
+    async def _reload(self, prepared: Prepared, change: str, reason: ReloadReason,
+                      admin_socket: bool = True) -> Outcome:
+        """The reload path; ``admin_socket`` false: it just failed, so neither the reload nor the read-back
+        after it waits on it (the new worker starts from the config; the reconcile reads back later)."""
         settings = self.settings
         try:
             report = await asyncio.to_thread(self.applier.reload, settings, prepared.text, prepared.tables,
-                                             prepared.routes, self._still_progressing)
+                                             prepared.routes, self._still_progressing, admin_socket)
         except haproxy.ValidationError as exc:
             if exc.details:
                 log.debug("haproxy -c output: %s", exc.details.replace("\n", " | "))
@@ -482,16 +489,9 @@ class Daemon:
         self._structure_changed = False
         self._commit(prepared)
         self.writer.wrote(prepared.text)
-        try:
-            drift = await asyncio.to_thread(self.applier.repair, settings, prepared.tables, prepared.routing)
-        except haproxy.HAProxyError as exc:
-            log.warning("could not read back servers after the reload: %s", exc)
-        else:
-            if not drift.empty:
-                self.metrics.drift_found.inc(len(drift.found))
-                self.metrics.drift_repaired.inc(len(drift.commands))
-                log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
-                            len(drift.found), "; ".join(drift.found[:5]))
+        if admin_socket:
+            await asyncio.to_thread(read_back_after_reload, settings, self.applier, prepared.tables,
+                                    prepared.routing, self.metrics)
         path = ApplyPath.RELOAD if report.reloaded else ApplyPath.NONE
         return Outcome(True, f"{change}; {action}", path=path, reason=reason.kind, reload=report)
 
@@ -537,15 +537,27 @@ class Daemon:
         self.runs = RunningState(prepared.snapshot, prepared.tables, prepared.routing, prepared.text)
         self._schedule_reconcile()
 
-    def _persist_failed(self, exc: Exception) -> None:
+    def _persist(self, text: str) -> None:
+        """The background write: the config HAProxy runs, and its routes map (a runtime apply's map write
+        may have failed with the disk)."""
+        routes = map_text(self.runs.routing.map_entries) if self.runs is not None else None
+        self.applier.persist(self.settings, text, routes)
+
+    def _persist_failed(self, exc: Exception, failed: int) -> float | None:
+        """A background write failed: retry it (a disk fault), or reload (a text HAProxy refuses)."""
         self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
+        delay = backoff_delay(failed, self.settings.consul.backoff_max)
+        if not isinstance(exc, haproxy.ValidationError):
+            log.error("HAProxy runs the new servers but writing them to disk failed: %s; Runtime API changes go "
+                      "on, the write is retried in %.1fs (a restart before then loads the older file)", exc, delay)
+            return delay
         self._failures += 1
-        delay = backoff_delay(self._failures, self.settings.consul.backoff_max)
-        log.error("HAProxy runs the new servers but writing them to disk failed: %s; retrying in %.1fs through "
-                  "a reload, which brings disk and HAProxy together again", exc, delay)
+        log.error("HAProxy runs the new servers but haproxy -c refuses them on disk: %s; reloading, which "
+                  "finds the instance to blame", exc)
         self._doubt()
-        self._retry_at = time.monotonic() + delay
+        self._retry_at = time.monotonic()
         self._wake.set()
+        return None
 
     def _schedule_reconcile(self) -> None:
         interval = self.settings.sync.reconcile_interval

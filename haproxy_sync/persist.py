@@ -4,20 +4,31 @@ After a Runtime API apply HAProxy runs the new servers at once; the file on disk
 (a restart must run what ran), but each write runs ``haproxy -c`` (tens of ms of CPU). Under churn the
 texts of changes that come within ``interval`` fold into one write; a stop or a reload asks for the
 pending write at once. A newer text replaces one not yet written.
+
+A write that fails is handed to ``on_failure``, which says whether to try again and when: a disk
+fault (read-only, full) keeps the text owed and retried with backoff while Runtime API changes go
+on; a text HAProxy refuses is not retried (the daemon then reloads, which finds the instance to blame).
+A flush makes one attempt: the reload path that asked for it must not wait for a disk to come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+#: (the error, how many writes failed in a row) -> seconds until the next try, or None for no retry.
+OnFailure = Callable[[Exception, int], float | None]
 
 
 class BackgroundWriter:
     """One writer per daemon; ``write`` and ``on_failure`` run in a worker thread and on the loop."""
 
-    def __init__(self, write: Callable[[str], None], on_failure: Callable[[Exception], None],
+    def __init__(self, write: Callable[[str], None], on_failure: OnFailure,
                  failures: tuple[type[Exception], ...], interval: float) -> None:
         self._write = write
         self._on_failure = on_failure
@@ -28,7 +39,14 @@ class BackgroundWriter:
         self._task: asyncio.Task[None] | None = None
         self._now = asyncio.Event()
         self._written_at = float("-inf")
+        self._retry_at = float("-inf")
+        self.failed = 0  # writes failed in a row
         self.written: str | None = None  # the text last on disk by this daemon's hand
+
+    @property
+    def owed(self) -> bool:
+        """A text HAProxy runs is not on disk yet (pending, under way, or waiting to be retried)."""
+        return self._unwritten is not None or self._in_flight is not None
 
     def submit(self, text: str) -> None:
         """Have ``text`` written soon; replaces a text not yet written. A text already on disk, with no
@@ -37,23 +55,30 @@ class BackgroundWriter:
             self._unwritten = None
             return
         self._unwritten = text
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="persist")
+        self._start()
 
     def wrote(self, text: str) -> None:
         """Someone else (the reload path) wrote ``text``: it is what is on disk now."""
         self.written = text
+        self._unwritten = None  # anything owed is older than what the reload path wrote
+        self.failed, self._retry_at = 0, float("-inf")
 
     async def flush(self) -> None:
-        """Write what is pending now, and wait for it."""
+        """Write what is pending now (one attempt), and wait for it."""
         if self._task is not None:
             self._now.set()
             await self._task
             self._now.clear()
+            if self._unwritten is not None:
+                self._start()  # still owed after a failed attempt: retried after its backoff
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="persist")
 
     async def _drain(self) -> None:
         while self._unwritten is not None:
-            pause = self._written_at + self._interval - time.monotonic()
+            pause = max(self._written_at + self._interval, self._retry_at) - time.monotonic()
             if pause > 0 and not self._now.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._now.wait(), pause)
@@ -62,9 +87,22 @@ class BackgroundWriter:
             try:
                 await asyncio.to_thread(self._write, text)
             except self._failures as exc:
-                self._on_failure(exc)
+                self.failed += 1
+                delay = self._on_failure(exc, self.failed)
+                if delay is None:
+                    continue
+                if self._unwritten is None:
+                    self._unwritten = text  # still owed, unless a newer text came meanwhile
+                self._retry_at = time.monotonic() + delay
+                if self._now.is_set():
+                    return  # a flush gets one attempt
             else:
+                if self.failed:
+                    log.info("haproxy.cfg written again after %d failed attempts; disk and HAProxy agree",
+                             self.failed)
                 self._written_at = time.monotonic()
+                self._retry_at = float("-inf")
+                self.failed = 0
                 self.written = text
             finally:
                 self._in_flight = None

@@ -64,3 +64,18 @@ def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, Backend
         log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]))
         return Finding.SERVERS_MISSING
     return Finding.NOTHING
+
+
+def read_back_after_reload(settings: Settings, applier: Applier, tables: Mapping[str, BackendSlots],
+                           routing: Routing, metrics: Metrics) -> None:
+    """Right after a reload: put right what the new worker runs off plan (server state it brought back)."""
+    try:
+        drift = applier.repair(settings, tables, routing)
+    except haproxy.HAProxyError as exc:
+        log.warning("could not read back servers after the reload: %s; the reconcile tries again", exc)
+        return
+    if not drift.empty:
+        metrics.drift_found.inc(len(drift.found))
+        metrics.drift_repaired.inc(len(drift.commands))
+        log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
+                    len(drift.found), "; ".join(drift.found[:5]))

@@ -48,20 +48,28 @@ def test_a_read_only_config_directory_for_a_while_is_ridden_out(tmp_path: Path, 
     with ExitStack() as exits:
         root = tmp_path / "edge"
         root.mkdir()
-        stack = Stack(root, consul, make_apps(3), exits, extra=FAST)
-        leaving = stack.apps[0]
+        stack = Stack(root, consul, make_apps(4), exits, extra=FAST)
+        reloads = stack.layout.reloads()
         with read_only(root):
-            consul_put(stack.consul.url, f"/v1/agent/service/deregister/{leaving.instance_id}")
-            wait_until(lambda: leaving.instance_id not in stack.serving(), 10, what="the runtime change applied")
-            log = stack.daemon.wait_for_log("Read-only file system", timeout=15)
-            time.sleep(2)  # a few retries' worth
-            assert leaving.instance_id in stack.layout.haproxy_cfg.read_text(), "nothing could be written"
-        wait_until(lambda: leaving.instance_id not in stack.layout.haproxy_cfg.read_text(), 30,
+            # Three changes while nothing can be written: each reaches HAProxy by the Runtime API.
+            for count, leaving in enumerate(stack.apps[:3], start=1):
+                consul_put(stack.consul.url, f"/v1/agent/service/deregister/{leaving.instance_id}")
+                wait_until(lambda leaving=leaving: leaving.instance_id not in stack.serving(), 10,
+                           what=f"runtime change {count} applied during the fault")
+                if count == 1:
+                    stack.daemon.wait_for_log("Read-only file system", timeout=15)
+            time.sleep(1)  # a few retries' worth
+            assert stack.apps[0].instance_id in stack.layout.haproxy_cfg.read_text(), "nothing could be written"
+            assert stack.serving() == {stack.apps[3].instance_id}
+        wait_until(lambda: stack.apps[2].instance_id not in stack.layout.haproxy_cfg.read_text(), 30,
                    what="the file written once the directory is writable again")
         log = stack.daemon.log()
         assert stack.daemon.alive() and "Traceback" not in log
         assert f"cannot write {stack.layout.haproxy_cfg}: Read-only file system" in log
-        assert len(stack.serving()) == 2
+        assert "Runtime API changes go on, the write is retried in" in log
+        assert "haproxy.cfg written again after" in log
+        assert stack.layout.reloads() == reloads, "a disk fault costs no reload"
+        haproxy.validate(haproxy.find_binary("haproxy"), stack.layout.haproxy_cfg)
 
 
 def test_a_full_disk_for_a_while_is_ridden_out(tmp_path: Path, consul: DevConsulThread, make_apps) -> None:

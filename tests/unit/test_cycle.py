@@ -65,7 +65,7 @@ class FakeApplier:
             raise haproxy.SocketError("HAProxy socket admin.sock refused the connection")
         return f"runtime API: {len(sequence)} commands"
 
-    def reload(self, settings: Settings, text: str, tables, routes, waiting=None) -> ReloadReport:
+    def reload(self, settings: Settings, text: str, tables, routes, waiting=None, admin_socket=True) -> ReloadReport:
         self.calls.append("reload")
         if self._refuses(tables):
             raise haproxy.ValidationError("haproxy -c rejected haproxy.cfg: 'server web/slot4' : refused")
@@ -75,7 +75,7 @@ class FakeApplier:
     def repair(self, settings: Settings, tables, routing) -> Drift:
         return Drift()
 
-    def persist(self, settings: Settings, text: str) -> None:
+    def persist(self, settings: Settings, text: str, routes: str | None = None) -> None:
         self.live = text
 
     def check(self, settings: Settings, template, features, prepared) -> str | None:
