@@ -545,12 +545,13 @@ class Daemon:
 
     def _persist_failed(self, exc: Exception, failed: int) -> float | None:
         """A background write failed: retry it (a disk fault), or reload (a text HAProxy refuses)."""
-        self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
         delay = backoff_delay(failed, self.settings.consul.backoff_max)
         if not isinstance(exc, haproxy.ValidationError):
+            self.metrics.write_failures.inc()
             log.error("HAProxy runs the new servers but writing them to disk failed: %s; Runtime API changes go "
                       "on, the write is retried in %.1fs (a restart before then loads the older file)", exc, delay)
             return delay
+        self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
         self._failures += 1
         log.error("HAProxy runs the new servers but haproxy -c refuses them on disk: %s; reloading, which "
                   "finds the instance to blame", exc)

@@ -87,6 +87,10 @@ class Metrics:
             "haproxy_sync_template_errors_total", "Renders that failed in the template.", registry=reg)
         self.validation_failures = Counter(
             "haproxy_sync_validation_failures_total", "Rendered configs rejected by haproxy -c.", registry=reg)
+        self.write_failures = Counter(
+            "haproxy_sync_config_write_failures_total",
+            "Background writes of haproxy.cfg that failed on the disk (retried; HAProxy already runs the text).",
+            registry=reg)
         self.instances_rejected = Counter(
             "haproxy_sync_instances_rejected_total",
             "Instances left out because HAProxy (or the template) refused the config holding them.", registry=reg)

@@ -83,6 +83,8 @@ class BackgroundWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._now.wait(), pause)
             text, self._unwritten = self._unwritten, None
+            if text is None:
+                continue  # during the pause the reload path wrote a newer text, or the one on disk came back
             self._in_flight = text
             try:
                 await asyncio.to_thread(self._write, text)

@@ -318,6 +318,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, s
         "daemon_metrics": {
             "applies": counter_delta(metrics_start, metrics_end, "haproxy_sync_applies_total"),
             "apply_failures": counter_delta(metrics_start, metrics_end, "haproxy_sync_apply_failures_total"),
+            "write_failures": counter_delta(metrics_start, metrics_end, "haproxy_sync_config_write_failures_total"),
             "consul_errors": counter_delta(metrics_start, metrics_end, "haproxy_sync_consul_errors_total"),
             "guard": counter_delta(metrics_start, metrics_end, "haproxy_sync_guard_total"),
             "runtime_commands": metrics_end.get("haproxy_sync_runtime_commands_total", 0.0)

@@ -264,6 +264,7 @@ class Observer:
         return {
             "seconds": round(after["at"] - before["at"], 1),
             "apply_failures": counter_delta(start, end, "haproxy_sync_apply_failures_total"),
+            "write_failures": counter_delta(start, end, "haproxy_sync_config_write_failures_total"),
             "consul_errors": counter_delta(start, end, "haproxy_sync_consul_errors_total"),
             "applies": counter_delta(start, end, "haproxy_sync_applies_total"),
             "metrics_missing": not start or not end,  # the daemon's /metrics did not answer

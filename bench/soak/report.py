@@ -100,7 +100,8 @@ def table(result: dict[str, Any]) -> str:
     metrics = result["daemon_metrics"]
     lines.append(f"daemon applies during the run: {_applies(metrics['applies'])}; runtime commands "
                  f"{metrics['runtime_commands']:.0f}; renders {metrics['renders']:.0f}; failed applies "
-                 f"{sum(metrics['apply_failures'].values()):.0f}; drift found {metrics['drift_found']:.0f}; "
+                 f"{sum(metrics['apply_failures'].values()):.0f}; disk writes retried "
+                 f"{sum(metrics.get('write_failures', {}).values()):.0f}; drift found {metrics['drift_found']:.0f}; "
                  f"Consul read errors {sum(metrics['consul_errors'].values()):.0f}")
     end = result["end_state"]
     drift = [item for backend in end.get("backends", []) for item in backend.get("drift", [])]
@@ -151,7 +152,8 @@ def fault_lines(faults: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
         fds = window.get("fds") or [None, None]
         end = f"{fault['end']:.0f}" if fault["end"] is not None else "?"
         lines.append(f"  {fault['kind']:<16} {fault['start']:>5.0f}-{end:>4} s: {outcome}; failed applies "
-                     f"{sum(window.get('apply_failures', {}).values()):.0f}, Consul read errors "
+                     f"{sum(window.get('apply_failures', {}).values()):.0f}, disk writes retried "
+                     f"{sum(window.get('write_failures', {}).values()):.0f}, Consul read errors "
                      f"{sum(window.get('consul_errors', {}).values()):.0f}; FDs {fds[0]} -> {fds[1]}; log "
                      f"{log.get('warning', 0)} warnings, {log.get('error', 0)} errors")
         for item in log.get("notable", []):

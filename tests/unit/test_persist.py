@@ -121,3 +121,18 @@ def test_what_the_reload_path_wrote_ends_an_owed_retry() -> None:
         return disk.writes, writer.owed
 
     assert asyncio.run(scenario()) == ([], False), "the older owed text must never overwrite the newer one"
+
+
+def test_a_text_made_moot_during_the_pause_is_not_written() -> None:
+    async def scenario() -> tuple[list[str], bool]:
+        disk = Disk()
+        writer = BackgroundWriter(disk.write, lambda exc, n: None, (OSError,), interval=0.2)
+        writer.submit("a")
+        await asyncio.sleep(0.05)  # "a" written; the next write waits out the interval
+        writer.submit("b")
+        await asyncio.sleep(0.05)
+        writer.wrote("c")  # meanwhile the reload path wrote "c": nothing is owed any more
+        await asyncio.sleep(0.3)
+        return disk.writes, writer.owed
+
+    assert asyncio.run(scenario()) == (["a"], False)
