@@ -228,6 +228,13 @@ class WatchStatus:
     last_success: float | None = None  # monotonic
     first_read: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def data_age(self, now: float) -> float | None:
+        """How old the data may be: 0 while the blocking query is healthy (a change would have answered
+        it), else the time since the last good answer; None before the first."""
+        if self.last_success is None:
+            return None
+        return 0.0 if self.healthy else now - self.last_success
+
 
 class BlockingWatch(Generic[T]):
     """One blocking-query loop on one Consul endpoint: index rules, pacing, backoff, fault logging.

@@ -87,15 +87,6 @@ class DaemonError(Exception):
     """The daemon cannot start (e.g. its metrics address is taken); the message says what to do."""
 
 
-def _data_age(watch: ServiceWatch, now: float) -> float | None:
-    """How old the data may be: 0 while a blocking query is healthy (a change would have answered it),
-    else the time since the last good answer; None before the first."""
-    status = watch.status
-    if status.last_success is None:
-        return None
-    return 0.0 if status.healthy else now - status.last_success
-
-
 class Daemon:
     """Keeps HAProxy in step with Consul until stopped."""
 
@@ -625,7 +616,7 @@ class Daemon:
         if self.watches.catalog is not None:
             every.insert(0, ("catalog", self.watches.catalog))
         watches = [
-            WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, _data_age(w, now))
+            WatchView(name, w.status.healthy, w.status.fault, w.status.last_index, w.status.data_age(now))
             for name, w in every
         ]
         skipped: Counter[tuple[str, str]] = Counter(  # instances; the catalog's skips are services, logged

@@ -117,7 +117,7 @@ def haproxy_state(master_socket: Path, master_pid: int) -> dict[str, Any]:
 
 WANTED = ("haproxy_sync_applies_total", "haproxy_sync_apply_failures_total", "haproxy_sync_runtime_commands_total",
           "haproxy_sync_renders_total", "haproxy_sync_consul_errors_total", "haproxy_sync_drift_found_total",
-          "haproxy_sync_guard_total",
+          "haproxy_sync_guard_total", "haproxy_sync_config_write_failures_total", "haproxy_sync_reload_failures_total",
           "haproxy_sync_reload_duration_seconds_count", "haproxy_sync_reload_duration_seconds_sum",
           "haproxy_sync_convergence_seconds_count", "haproxy_sync_convergence_seconds_sum",
           "haproxy_sync_servers", "haproxy_sync_haproxy_old_workers", "haproxy_sync_ready")
