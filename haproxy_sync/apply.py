@@ -197,9 +197,8 @@ def apply_runtime(
 ) -> str:
     """The fast path: runtime commands, then read back what HAProxy runs; raises if it is off plan.
 
-    Route changes are written to the map file in the same step (it is small and needs no check).
-    Writing the config to disk is the caller's next step (:func:`persist`), kept off this path so
-    that convergence never waits for ``haproxy -c``.
+    Writing the config and the routes map to disk is the caller's next step (:func:`persist`, both
+    files by one writer), kept off this path so that convergence never waits for ``haproxy -c``.
     """
     hap = settings.haproxy
     started = time.monotonic()
@@ -218,11 +217,6 @@ def apply_runtime(
     if details:
         raise RuntimeApplyError(f"HAProxy does not run the plan after {len(commands)} commands: "
                                 + "; ".join(details[:3]) + (f" (HAProxy said: {answers[:200]})" if answers else ""))
-    if routing is not None and routes_changed:
-        try:
-            write_routes(settings, map_text(routing.map_entries))
-        except haproxy.HAProxyError as exc:  # HAProxy runs the routes: only the file is behind
-            log.warning("%s; HAProxy runs the new routes, the background write brings the file", exc)
     return f"runtime API: {len(commands)} commands in {(time.monotonic() - started) * 1000:.0f} ms, no reload"
 
 

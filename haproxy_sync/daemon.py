@@ -47,7 +47,7 @@ from haproxy_sync.drains import DrainWatch
 from haproxy_sync.guard import CatalogGuard, ServiceGuard
 from haproxy_sync.metrics import Metrics, StateView, WatchView
 from haproxy_sync.outcome import Outcome, RunningState
-from haproxy_sync.persist import BackgroundWriter
+from haproxy_sync.persist import BackgroundWriter, Files
 from haproxy_sync.pipeline import (
     Observed,
     Prepared,
@@ -68,7 +68,7 @@ from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReas
 from haproxy_sync.reconcile import Finding, read_back_after_reload, reconcile
 from haproxy_sync.render import TemplateError, load_template
 from haproxy_sync.reservations import RouteMemory
-from haproxy_sync.routing import Routing, map_text
+from haproxy_sync.routing import Routing
 from haproxy_sync.second_look import reread_catalog, reread_held
 from haproxy_sync.watchset import WatchSet
 
@@ -371,7 +371,7 @@ class Daemon:
                 reason = ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})")
             else:
                 self._commit(prepared)
-                self.writer.submit(prepared.text)
+                self.writer.submit(Files(prepared.text, prepared.routes))
                 return Outcome(True, f"{change}; {action}", path=ApplyPath.RUNTIME, commands=len(decision.commands))
         await self.writer.flush()  # the reload path writes the file itself, after any pending write
         wait = self._reload_not_before - time.monotonic()
@@ -479,7 +479,7 @@ class Daemon:
             action = f"{action} ({reason})"
         self._structure_changed = False
         self._commit(prepared)
-        self.writer.wrote(prepared.text)
+        self.writer.wrote(Files(prepared.text, prepared.routes))
         if admin_socket:
             await asyncio.to_thread(read_back_after_reload, settings, self.applier, prepared.tables,
                                     prepared.routing, self.metrics)
@@ -528,11 +528,9 @@ class Daemon:
         self.runs = RunningState(prepared.snapshot, prepared.tables, prepared.routing, prepared.text)
         self._schedule_reconcile()
 
-    def _persist(self, text: str) -> None:
-        """The background write: the config HAProxy runs, and its routes map (a runtime apply's map write
-        may have failed with the disk)."""
-        routes = map_text(self.runs.routing.map_entries) if self.runs is not None else None
-        self.applier.persist(self.settings, text, routes)
+    def _persist(self, files: Files) -> None:
+        """The background write: the config HAProxy runs and the routes map that goes with it."""
+        self.applier.persist(self.settings, files.config, files.routes)
 
     def _persist_failed(self, exc: Exception, failed: int) -> float | None:
         """A background write failed: retry it (a disk fault), or reload (a text HAProxy refuses)."""

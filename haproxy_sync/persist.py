@@ -18,37 +18,53 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class Files:
+    """What one apply leaves on disk: the config and the routes map HAProxy runs with it (None: no map).
+
+    Written as a pair by one writer, so the map on disk never goes back to an older apply's routes.
+    """
+
+    config: str
+    routes: str | None = None
 
 #: (the error, how many writes failed in a row) -> seconds until the next try, or None for no retry.
 OnFailure = Callable[[Exception, int], float | None]
 
 
-class BackgroundWriter:
-    """One writer per daemon; ``write`` and ``on_failure`` run in a worker thread and on the loop."""
+class BackgroundWriter(Generic[P]):
+    """One writer per daemon; ``write`` and ``on_failure`` run in a worker thread and on the loop. What it
+    writes (``P``) is compared for equality only: the daemon's :class:`Files`, a test's strings."""
 
-    def __init__(self, write: Callable[[str], None], on_failure: OnFailure,
+    def __init__(self, write: Callable[[P], None], on_failure: OnFailure,
                  failures: tuple[type[Exception], ...], interval: float) -> None:
         self._write = write
         self._on_failure = on_failure
         self._failures = failures
         self._interval = interval
-        self._unwritten: str | None = None
-        self._in_flight: str | None = None
+        self._unwritten: P | None = None
+        self._in_flight: P | None = None
         self._task: asyncio.Task[None] | None = None
         self._now = asyncio.Event()
         self._written_at = float("-inf")
         self._retry_at = float("-inf")
         self.failed = 0  # writes failed in a row
-        self.written: str | None = None  # the text last on disk by this daemon's hand
+        self.written: P | None = None  # what is on disk by this daemon's hand
 
     @property
     def owed(self) -> bool:
         """A text HAProxy runs is not on disk yet (pending, under way, or waiting to be retried)."""
         return self._unwritten is not None or self._in_flight is not None
 
-    def submit(self, text: str) -> None:
+    def submit(self, text: P) -> None:
         """Have ``text`` written soon; replaces a text not yet written. A text already on disk, with no
         other write pending or under way, needs nothing (a pending older text is then dropped)."""
         if text == self.written and self._in_flight is None:
@@ -57,7 +73,7 @@ class BackgroundWriter:
         self._unwritten = text
         self._start()
 
-    def wrote(self, text: str) -> None:
+    def wrote(self, text: P) -> None:
         """Someone else (the reload path) wrote ``text``: it is what is on disk now."""
         self.written = text
         self._unwritten = None  # anything owed is older than what the reload path wrote

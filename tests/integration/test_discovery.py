@@ -70,8 +70,8 @@ def test_tagged_service_is_routed_by_host_and_follows_its_meta(stack: Stack, mak
     assert answer(stack, "feature-x.cabify.test", "/apix") in {"cabify-1", "cabify-2"}, "whole segments only"
     assert answer(stack, "feature-x.cabify.test", "/") in {"cabify-1", "cabify-2"}
     assert stack.layout.reloads() == reloads, "a route change to an existing backend is a runtime change"
-    assert "feature-x.cabify.test/api cabify-feature-x" in (stack.layout.root / "routes.map").read_text(), \
-        "the map file on disk says what HAProxy runs"
+    wait_until(lambda: "feature-x.cabify.test/api cabify-feature-x" in (stack.layout.root / "routes.map").read_text(),
+               5, what="the map file on disk following what HAProxy runs (with the config, within a second)")
 
     # The service goes away: its route goes with it.
     consul_put(stack.consul.url, f"/v1/agent/service/deregister/{app.instance_id}")
