@@ -319,7 +319,8 @@ class MetricsSettings:
     )
     stale_after: float = setting(
         parse_duration, "3m",
-        "/ready fails when a Consul watch has had no good answer for this long.",
+        "/ready fails when a Consul watch's data has not been known current for this long (an agent "
+        "restart shorter than this keeps it ready).",
     )
 
 

@@ -226,14 +226,23 @@ class WatchStatus:
     failures: int = 0
     last_index: int = 0
     last_success: float | None = None  # monotonic
+    #: When the data was last known current (monotonic): the last good answer, or the moment an agent
+    #: that held a blocking query for it went away (until then it would have answered a change).
+    current_at: float | None = None
     first_read: asyncio.Event = field(default_factory=asyncio.Event)
 
     def data_age(self, now: float) -> float | None:
         """How old the data may be: 0 while the blocking query is healthy (a change would have answered
-        it), else the time since the last good answer; None before the first."""
-        if self.last_success is None:
+        it), else the time since it was last known current; None before the first answer."""
+        if self.current_at is None:
             return None
-        return 0.0 if self.healthy else now - self.last_success
+        return 0.0 if self.healthy else now - self.current_at
+
+
+#: A blocking query that failed after this long was held by the agent until then (a restart dropped it;
+#: the client's retry may then report the agent unreachable). Until the drop the agent would have
+#: answered any change, so the data was current up to it. Our own deadline (a hung agent) is not that.
+HELD_AT_LEAST = 1.0
 
 
 class BlockingWatch(Generic[T]):
@@ -302,6 +311,8 @@ class BlockingWatch(Generic[T]):
                 raise
             except Exception as exc:  # every fault becomes a classified, logged retry
                 error = classify(exc, self.service)
+                if sent and time.monotonic() - last_start >= HELD_AT_LEAST and error.kind != "timeout":
+                    self.status.current_at = time.monotonic()  # held until the agent went away
                 index = 0  # after an error, start again with a fresh read
                 await asyncio.sleep(self._record_failure(error))
                 continue
@@ -397,7 +408,7 @@ class BlockingWatch(Generic[T]):
             )
         status.healthy, status.fault, status.failures = True, "", 0
         status.last_index = index
-        status.last_success = time.monotonic()
+        status.last_success = status.current_at = time.monotonic()
 
     def _record_failure(self, error: ConsulError) -> float:
         status = self.status
