@@ -268,7 +268,8 @@ def status(as_json: bool, **params: Any) -> int:
 @click.option("--listen", default="127.0.0.1:8500", show_default=True, metavar="HOST:PORT",
               help="Where the Consul HTTP API listens.")
 @click.option("--token", envvar="DEVCONSUL_TOKEN", default=None,
-              help="Require this ACL token on every request (env DEVCONSUL_TOKEN).")
+              help="Switch ACLs on with this management token, default policy deny; token-less "
+                   "requests are the anonymous token's, which may read nothing (env DEVCONSUL_TOKEN).")
 def devconsul(listen: str, token: str | None) -> None:
     """Serve an in-memory Consul HTTP API (agent, health, catalog, blocking queries) for local use."""
     from haproxy_sync.dev import devconsul as dc

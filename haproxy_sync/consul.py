@@ -151,6 +151,14 @@ def _shown_location(value: str | None) -> str:
     return _short("".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in value))
 
 
+#: Set by Consul when ACLs removed part of an answer (and a token was sent; a token-less read is
+#: filtered without it: see :func:`check_token`).
+FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+ACL_FILTERED = (f"Consul left part of the answer out by ACLs ({FILTERED_HEADER}): the token (consul.token, "
+                "consul.token_file or CONSUL_HTTP_TOKEN) needs service:read on the service and node:read on its "
+                "nodes")
+
+
 class _TLSHTTPClient(consul.aio.HTTPClient):
     """py-consul's aio client, plus ``CONSUL_TLS_SERVER_NAME`` (verify against a name, not the host),
     and never a redirect: aiohttp would follow one with every header, the X-Consul-Token among them,
@@ -171,6 +179,11 @@ class _TLSHTTPClient(consul.aio.HTTPClient):
             resp.release()
             raise RedirectRefused(self.address or self.base_uri, resp.status,
                                   _shown_location(resp.headers.get("Location")))
+        if resp.headers.get(FILTERED_HEADER, "").lower() == "true":
+            # Consul answers a read the token may not fully see with 200 and the part it may see: taken
+            # as it is, the rest would look deregistered and empty backends and routes.
+            resp.release()
+            raise ConsulError("acl", ACL_FILTERED)
         body = await resp.read() if raw else await resp.text(encoding="utf-8", errors="replace")
         return callback(consul.base.Response(resp.status, resp.headers, body))
 
@@ -205,6 +218,49 @@ def make_client(settings: ConsulSettings) -> consul.aio.Consul:
             verify=verify,
             cert=cert,
         )
+
+
+#: Consul's built-in anonymous token: what a request with no token runs as.
+ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+
+
+async def check_token(client: consul.aio.Consul, token_set: bool, deadline: float = 5.0) -> str:
+    """At start, ask Consul who the token is (``/v1/acl/token/self``) and say so in one line when it
+    cannot be right: unknown (every read fails with 403), or none at all with ACLs on (Consul then runs
+    reads as the anonymous token and leaves out what it may not see, without telling: backends would
+    look empty). ``token_set``: consul.token (or its file or CONSUL_HTTP_TOKEN) holds one.
+
+    Consul answers 401 when ACLs are off, 404 "Supplied token does not exist" for an unknown secret or
+    no token (403 "ACL not found" before 1.11). Runs beside the watches, never in their way: any other
+    failure is a debug line. Returns the sentence it logged ("" for none), for the tests.
+    """
+    try:
+        token = await asyncio.wait_for(client.acl.token.read_self(), deadline)
+    except consul.ACLDisabled:
+        return ""  # ACLs off: every read sees everything
+    except consul.ACLPermissionDenied:
+        token = None  # "ACL not found": Consul before 1.11
+    except Exception as exc:  # a check, not a read the daemon needs: the watches report Consul's faults
+        log.debug("consul: could not ask Consul who the ACL token is: %s", classify(exc, "acl/token/self"))
+        return ""
+    if not isinstance(token, dict) and token_set:
+        sentence = ("consul: Consul does not know the ACL token: every read will fail with 403 until consul.token, "
+                    "consul.token_file or CONSUL_HTTP_TOKEN holds a token it knows")
+        log.error("%s", sentence)
+        return sentence
+    if not isinstance(token, dict) or token.get("AccessorID") == ANONYMOUS_ACCESSOR:
+        sentence = ("consul: no ACL token is set and Consul has ACLs on: reads run as the anonymous token, and "
+                    "Consul leaves out what it may not see without a word; set consul.token (or token_file) to a "
+                    "token with service:read and node:read")
+        log.warning("%s", sentence)
+        return sentence
+    accessor = str(token.get("AccessorID", ""))
+    policies = [str(p.get("Name", "?")) for p in token.get("Policies") or [] if isinstance(p, dict)]
+    names = ",".join(policies)[:200] or "(none)"
+    sentence = (f"consul: ACL token {accessor[:8]!a}... with policies {names!a} (Consul's words, escaped); an "
+                "answer it may not fully see is an acl fault")
+    log.info("%s", sentence)
+    return sentence
 
 
 @dataclass(frozen=True)
@@ -291,6 +347,10 @@ class BlockingWatch(Generic[T]):
 
     def _emit(self, value: T, skipped: tuple[Skipped, ...], index: int) -> None:
         raise NotImplementedError
+
+    def _empty(self, value: T) -> bool:
+        """Whether a first answer holds nothing worth a word (a service with no instances)."""
+        return False
 
     async def run(self) -> None:
         """Watch until cancelled; never raises for a Consul fault."""
@@ -393,6 +453,11 @@ class BlockingWatch(Generic[T]):
             self._last_skipped = skipped
         first = not self.status.first_read.is_set()
         self.status.first_read.set()
+        if first and not skipped and self._empty(value):
+            log.warning("consul watch service=%s: the first answer lists no instances: not registered (yet), or "
+                        "hidden by ACLs (Consul leaves out what a token may not see, and says so only when a "
+                        "token was sent: set consul.token when ACLs are on); serving none until instances come",
+                        self.service)
         if value == self._last_value and not first:
             log.debug("consul watch service=%s index=%d: no change that reaches the config", self.service, index)
             return
@@ -460,6 +525,9 @@ class ServiceWatch(BlockingWatch[Service]):
 
     def _emit(self, value: Service, skipped: tuple[Skipped, ...], index: int) -> None:
         self.on_update(WatchUpdate(value, skipped, index, time.monotonic()))
+
+    def _empty(self, value: Service) -> bool:
+        return not value.instances
 
 
 def documented(raw: object, what: str) -> object:

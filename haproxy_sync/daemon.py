@@ -39,6 +39,7 @@ from haproxy_sync.consul import (
     ServiceWatch,
     WatchUpdate,
     backoff_delay,
+    check_token,
     make_client,
     service_queries,
 )
@@ -211,6 +212,8 @@ class Daemon:
         for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
         self._client = make_client(self.settings.consul)
+        token_check = asyncio.create_task(check_token(self._client, bool(self.settings.consul.token)),
+                                          name="token-check")
         try:
             self._start_catalog()
             self._sync_watches()
@@ -221,6 +224,7 @@ class Daemon:
             )
             await self._loop()
         finally:
+            token_check.cancel()
             self.notifier.notify("STOPPING=1")
             # Bounded, so that a stop is a stop: a write still owed after this is done by the next start.
             for step in (self.writer.flush(), self.watches.close(), self.client.close()):

@@ -194,7 +194,7 @@ parse_route_path = rules.route_path
 
 
 def parse_filter_expression(value: Any) -> str:
-    """A Consul ``filter`` expression; Consul itself checks the grammar (a bad one is a 400 on read)."""
+    """A Consul ``filter`` expression; Consul itself checks it on each read (a bad one is a 500 there)."""
     text = parse_string(value)
     if len(text) > 2000 or any(ch in text for ch in "\n\r\0"):
         raise ValueError("must be one line of at most 2000 characters")

@@ -175,3 +175,39 @@ build_haproxy30() (
   fi
   say "built $bin in $((SECONDS - started))s"
 )
+
+# The Go program that drives devconsul with Consul's official Go client (tests/goclient, run by
+# tests/integration/test_go_client.py), built into .cache/goclient/ and again only when its sources are
+# newer than the binary. `go build` verifies go.sum and fetches github.com/hashicorp/consul/api through
+# the module proxy the first time (about a minute on 2 cores, cold; a rebuild with warm caches is instant).
+GOCLIENT_SOURCE="$ROOT/tests/goclient"
+GOCLIENT_BIN="$ROOT/.cache/goclient/goclient"
+
+ensure_goclient() {
+  local go stale
+  go="$(command -v go || true)"
+  if [ -z "$go" ] && [ -x /usr/local/go/bin/go ]; then
+    go=/usr/local/go/bin/go
+  fi
+  stale="$(find "$GOCLIENT_SOURCE" -maxdepth 1 -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) \
+    -newer "$GOCLIENT_BIN" -print -quit 2>/dev/null || echo missing)"
+  if [ -x "$GOCLIENT_BIN" ] && [ -z "$stale" ]; then
+    export HAPROXY_SYNC_GOCLIENT="$GOCLIENT_BIN"
+    return 0
+  fi
+  if [ -z "$go" ]; then
+    say "Go is not installed; tests/integration/test_go_client.py will be skipped (install Go 1.26 or later to run it)"
+    return 0
+  fi
+  local started=$SECONDS
+  say "building tests/goclient with $("$go" env GOVERSION) into $GOCLIENT_BIN"
+  mkdir -p "$(dirname "$GOCLIENT_BIN")"
+  if ! (cd "$GOCLIENT_SOURCE" && "$go" build -buildvcs=false -trimpath -o "$GOCLIENT_BIN.partial" .); then
+    rm -f "$GOCLIENT_BIN.partial"
+    say "building tests/goclient failed; tests/integration/test_go_client.py will try again and fail with the error"
+    return 0
+  fi
+  mv -f "$GOCLIENT_BIN.partial" "$GOCLIENT_BIN"
+  export HAPROXY_SYNC_GOCLIENT="$GOCLIENT_BIN"
+  say "built $GOCLIENT_BIN in $((SECONDS - started))s"
+}

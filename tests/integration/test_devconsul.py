@@ -707,10 +707,32 @@ def test_filter_expressions(consul: DevConsulThread) -> None:
     assert ids("Checks.Status == critical") == ["b"]
     assert ids('not (Service.ID == "a") and Service.Meta is empty') == ["b"]
     assert ids('Service.ID matches "^[ab]$" or Service.Port != 0') == ["a", "b"]
-    bad = health(consul, "web", "?filter=" + urllib.parse.quote("Nope == 1"))
-    assert bad.status == 400
-    assert bad.text.startswith("Failed to create boolean expression evaluator")
-    assert health(consul, "web", "?filter=" + urllib.parse.quote("Service.ID ==")).status == 400
+    # go-bexpr v0.1.2 evaluate.go:232-250: a list selector matches when one element does, for != too:
+    # b's TTL check is critical, but the node's serfHealth on every entry is not
+    assert ids('Checks.Status != "critical"') == ["a", "b"]
+    assert ids('not Checks.Status == "critical"') == ["a"]
+
+
+def test_a_filter_on_a_dashed_meta_key_uses_the_index_form(consul: DevConsulThread) -> None:
+    register(consul, {"ID": "a", "Name": "web", "Meta": {"haproxy-sync-host": "a.example"}})
+    register(consul, {"ID": "b", "Name": "web", "Meta": {"haproxy-sync-host": "b.example"}})
+    query = urllib.parse.urlencode({"filter": 'Service.Meta["haproxy-sync-host"] == "a.example"'})
+    reply = health(consul, "web", f"?{query}")
+    assert reply.status == 200, reply.text
+    assert [entry["Service"]["ID"] for entry in reply.json()] == ["a"]
+
+
+def test_a_bad_filter_is_a_500_with_bexprs_message(consul: DevConsulThread) -> None:
+    # Consul's agent/http.go answers an error that is no HTTPError with 500 and the error's text; the text
+    # is bexpr.CreateFilter's (go-bexpr v0.1.2 filter.go:38) around the parser's or validator's message
+    for expression, message in (
+        ("Nope == 1", 'Selector "Nope" is not valid'),
+        ("Service.ID ==", '1:14 (13): no match found, expected: "-", "0", "\\"", "`", [ \\t\\r\\n], [1-9] or [a-zA-Z]'),
+        ('Service.Meta.haproxy-sync-host == "a"',
+         '1:21 (20): no match found, expected: "!=", ".", "==", "[", [ \\t\\r\\n] or [a-zA-Z0-9_]'),
+    ):
+        bad = health(consul, "web", "?filter=" + urllib.parse.quote(expression))
+        assert (bad.status, bad.text) == (500, f"Failed to create boolean expression evaluator: {message}")
 
 
 def test_other_datacenters_and_conflicting_consistency_are_refused(consul: DevConsulThread) -> None:
@@ -875,25 +897,31 @@ def test_node_identity_is_configurable() -> None:
 # ACL
 
 
-def test_token_is_required_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+def test_token_shorthand_is_a_management_token_over_default_deny(caplog: pytest.LogCaptureFixture) -> None:
+    """DevConsul(token=...) as Consul with that token as its initial management token and default deny:
+    token-less reads are filtered (200, empty, no filtered header), not refused; the rest is in
+    test_devconsul_acl.py."""
     caplog.set_level(logging.DEBUG, logger="haproxy_sync.devconsul")
     token = "s3cret-token"
     with DevConsulThread(token=token) as consul:
+        headers = {"X-Consul-Token": token}
+        good = call("PUT", f"{consul.url}/v1/agent/service/register", {"Name": "web"}, headers=headers)
+        assert good.status == 200
+
         none = health(consul, "web")
-        assert (none.status, none.text) == (403, "Permission denied")
+        assert (none.status, none.json()) == (200, [])
+        assert "x-consul-results-filtered-by-acls" not in none.headers
+        assert none.headers["x-consul-default-acl-policy"] == "deny"
         wrong = get(consul, "/v1/health/service/web", headers={"X-Consul-Token": "guess"})
         assert (wrong.status, wrong.text) == (403, "ACL not found")
-        assert put(consul, "/v1/agent/service/register", {"Name": "web"}).status == 403
+        denied = put(consul, "/v1/agent/service/register", {"Name": "web"})
+        assert denied.status == 403
+        assert denied.text.startswith("Permission denied: anonymous token lacks permission 'service:write' on \"web\"")
 
-        good = call(
-            "PUT",
-            f"{consul.url}/v1/agent/service/register",
-            {"Name": "web"},
-            headers={"X-Consul-Token": token},
-        )
-        assert good.status == 200
-        assert get(consul, f"/v1/health/service/web?token={token}").status == 200
-        assert get(consul, "/v1/status/leader", headers={"Authorization": f"Bearer {token}"}).status == 200
+        assert [e["Service"]["ID"] for e in get(consul, f"/v1/health/service/web?token={token}").json()] == ["web"]
+        assert get(consul, "/v1/status/leader").status == 200
+        bearer = get(consul, "/v1/agent/services", headers={"Authorization": f"Bearer {token}"})
+        assert set(bearer.json()) == {"web"}
     assert token not in caplog.text
 
 

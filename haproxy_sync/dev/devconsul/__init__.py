@@ -21,21 +21,27 @@ The parts, bottom to top:
 * ``decode.py``: decoding of registration bodies (Consul accepts any key casing and snake_case),
   ``ConsulHTTPError``;
 * ``encode.py``: the JSON shapes Consul answers with;
-* ``filter.py``: a small ``filter`` expression evaluator (a go-bexpr subset);
+* ``filter.py``: ``filter`` expressions as Consul evaluates them (go-bexpr v0.1.2, the version it pins);
+* ``acl.py``: the ACL system, pure: rules, tokens, ``AclConfig`` and the ``Authorizer`` that decides
+  what a request's token may read and write (Consul's longest-prefix / exact-match rules, an
+  anonymous token, a default policy);
 * ``store.py``: the state store with its raft-like modify indexes;
 * ``http.py``: HTTP plumbing (read options, tokens, the listening socket, query parameters);
 * the server, ``DevConsul`` in ``server.py``, composed of mixins (see ``base.py``): the listener and
   fault switch (``listening.py``), checks it really runs (``checks.py``), agent writes
-  (``writes.py``), the request pipeline with blocking queries (``pipeline.py``) and the handlers of
-  each endpoint group (``agent.py``, ``health.py``, ``catalog.py``, ``control.py``);
+  (``writes.py``), the request pipeline with blocking queries and the ACL wiring (``pipeline.py``)
+  and the handlers of each endpoint group (``agent.py``, ``health.py``, ``catalog.py``, ``tokens.py``
+  for /v1/acl/token/self, ``control.py``);
 * ``thread.py``: ``DevConsulThread``, a thread wrapper for synchronous callers;
-* ``cli.py``: ``run_forever`` and ``main`` for the command line (``python -m haproxy_sync.dev.devconsul``).
+* ``cli.py``: ``run_forever`` and ``main`` for the command line (``python -m haproxy_sync.dev.devconsul``,
+  whose ``--help`` explains the ACL options).
 
 Its log lines go to the logger ``haproxy_sync.devconsul``.
 """
 
 from __future__ import annotations
 
+from haproxy_sync.dev.devconsul.acl import AclConfig, AclConfigError, AclToken, Rule, parse_rules
 from haproxy_sync.dev.devconsul.cli import main, run_forever
 from haproxy_sync.dev.devconsul.decode import ConsulHTTPError
 from haproxy_sync.dev.devconsul.faults import FAULTS
@@ -49,13 +55,18 @@ __all__ = [
     "FAULTS",
     "PASSING",
     "WARNING",
+    "AclConfig",
+    "AclConfigError",
+    "AclToken",
     "ConsulHTTPError",
     "DevConsul",
     "DevConsulThread",
     "FilterError",
+    "Rule",
     "compile_filter",
     "format_go_duration",
     "main",
     "parse_go_duration",
+    "parse_rules",
     "run_forever",
 ]

@@ -1,4 +1,4 @@
-"""``python -m haproxy_sync.dev.devconsul [--host H] [--port P]``; the token comes from DEVCONSUL_TOKEN."""
+"""``python -m haproxy_sync.dev.devconsul [--host H] [--port P] [ACL options]`` (``--help`` explains them)."""
 
 from haproxy_sync.dev.devconsul.cli import main
 

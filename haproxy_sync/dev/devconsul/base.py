@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from haproxy_sync.dev.devconsul.acl import AclConfig
 from haproxy_sync.dev.devconsul.faults import Fault
 from haproxy_sync.dev.devconsul.records import Node
 from haproxy_sync.dev.devconsul.store import _Catalog
@@ -21,7 +22,8 @@ class ServerBase:
 
     host: str
     port: int
-    _token: str | None
+    _acl: AclConfig | None  # None: ACLs disabled (every request may do everything)
+    _acl_created: str  # the tokens' CreateTime, in Go's RFC 3339 form
     _node: Node
     _catalog: _Catalog
     _fault: Fault

@@ -1,16 +1,24 @@
-"""Handlers of /v1/health/*: service entries with their checks, checks by service, state and node."""
+"""Handlers of /v1/health/*: service entries with their checks, checks by service, state and node.
+
+ACLs filter each answer as Consul's aclFilter does (agent/consul/acl.go): a service entry needs
+node:read on its node and service:read on its service (filterCheckServiceNodes), a check node:read
+and, for a service check, service:read (filterHealthChecks). The ACL filter runs before ?filter=, as
+in Consul since the bexpr filter may only see what the token may read.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
+from haproxy_sync.dev.devconsul.acl import Authorizer
 from haproxy_sync.dev.devconsul.decode import _bad_request
 from haproxy_sync.dev.devconsul.encode import _CHECK_FIELDS, _HEALTH_FIELDS, _check_json, _node_json, _service_json
 from haproxy_sync.dev.devconsul.http import _all_passing, _has_tags, _passing_param
-from haproxy_sync.dev.devconsul.pipeline import RequestPipeline
-from haproxy_sync.dev.devconsul.records import _STATUSES, Service
+from haproxy_sync.dev.devconsul.pipeline import Filtered, RequestPipeline, _acl_keep
+from haproxy_sync.dev.devconsul.records import _STATUSES, Check, Service
 
 
 class HealthHandlers(RequestPipeline):
@@ -24,6 +32,13 @@ class HealthHandlers(RequestPipeline):
             "Checks": [_check_json(check, self._node) for check in checks],
         }
 
+    def _checks_answer(
+        self, authorizer: Authorizer, keep: Callable[[Iterable[Any]], list[Any]], checks: list[Check]
+    ) -> Filtered:
+        """Checks as JSON: first what the token may read, then what ?filter= keeps."""
+        visible, removed = _acl_keep(checks, lambda check: self._check_visible(authorizer, check))
+        return Filtered(keep(_check_json(check, self._node) for check in visible), removed)
+
     async def _h_health_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         options = self._read_options(request, _HEALTH_FIELDS)
@@ -31,10 +46,13 @@ class HealthHandlers(RequestPipeline):
         tags = request.query.getall("tag", [])
         node_ok = self._node_meta_matches(request)
 
-        def payload() -> list[dict[str, Any]]:
+        def payload(authorizer: Authorizer) -> Filtered:
             instances = [s for s in self._catalog.instances(name) if _has_tags(s, tags)] if node_ok else []
-            entries = [self._health_entry(service) for service in instances]
-            return options.keep(entry for entry in entries if not passing or _all_passing(entry))
+            visible, removed = _acl_keep(
+                instances, lambda s: authorizer.node_read(self._node.name) and authorizer.service_read(s.name)
+            )
+            entries = options.keep(self._health_entry(service) for service in visible)
+            return Filtered([entry for entry in entries if not passing or _all_passing(entry)], removed)
 
         return await self._read(request, options, lambda: self._catalog.health_index(name), payload)
 
@@ -42,13 +60,13 @@ class HealthHandlers(RequestPipeline):
         name = request.match_info["name"]
         options = self._read_options(request, _CHECK_FIELDS)
 
-        def payload() -> list[dict[str, Any]]:
+        def payload(authorizer: Authorizer) -> Filtered:
             checks = [
                 check
                 for service in self._catalog.instances(name)
                 for check in self._catalog.checks_of(service.service_id)
             ]
-            return options.keep(_check_json(check, self._node) for check in checks)
+            return self._checks_answer(authorizer, options.keep, checks)
 
         return await self._read(request, options, lambda: self._catalog.health_index(name), payload)
 
@@ -58,9 +76,9 @@ class HealthHandlers(RequestPipeline):
             raise _bad_request("Bad check state")
         options = self._read_options(request, _CHECK_FIELDS)
 
-        def payload() -> list[dict[str, Any]]:
+        def payload(authorizer: Authorizer) -> Filtered:
             checks = sorted(self._catalog.checks.values(), key=lambda c: (c.service_id, c.check_id))
-            return options.keep(_check_json(c, self._node) for c in checks if state in ("any", c.status))
+            return self._checks_answer(authorizer, options.keep, [c for c in checks if state in ("any", c.status)])
 
         return await self._read(request, options, lambda: self._catalog.table_index("checks"), payload)
 
@@ -68,10 +86,10 @@ class HealthHandlers(RequestPipeline):
         node = request.match_info["node"]
         options = self._read_options(request, _CHECK_FIELDS)
 
-        def payload() -> list[dict[str, Any]]:
+        def payload(authorizer: Authorizer) -> Filtered:
             if node not in (self._node.name, self._node.node_id):
-                return []
+                return Filtered([])
             checks = sorted(self._catalog.checks.values(), key=lambda c: (c.service_id, c.check_id))
-            return options.keep(_check_json(check, self._node) for check in checks)
+            return self._checks_answer(authorizer, options.keep, checks)
 
         return await self._read(request, options, lambda: self._catalog.table_index("checks"), payload)

@@ -23,6 +23,9 @@ _JITTER_FRACTION: Final = 16  # Consul adds up to wait/16 so that many waiters d
 
 _FAULTED_PREFIXES: Final = ("/v1/health/", "/v1/catalog/", "/v1/status/")
 _CONTROL_PREFIX: Final = "/v1/devconsul/"
+# Endpoints Consul answers without resolving the token (ACL required: none), and the ACL endpoints,
+# which resolve it themselves (token/self reads the token by its secret).
+_NO_ACL_PREFIXES: Final = ("/v1/status/", "/v1/catalog/datacenters", "/v1/acl/")
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,20 @@ def _is_faulted_path(path: str) -> bool:
 
 
 def _request_token(request: web.Request) -> str | None:
-    """The token as Consul looks for it: X-Consul-Token, then Authorization: Bearer, then ?token=."""
+    """The token as Consul's parseToken looks for it (agent/http.go): ?token= first, then X-Consul-Token,
+    then ``Authorization: Bearer <token>`` (scheme in any case; the first word of the value). None: no token.
+    """
+    query = request.query.get("token")
+    if query:
+        return query
     header = request.headers.get("X-Consul-Token")
     if header:
         return header
-    authorization = request.headers.get("Authorization", "")
-    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        return authorization[7:].strip()
-    return request.query.get("token") or None
+    parts = request.headers.get("Authorization", "").split(" ")
+    if len(parts) > 1 and parts[0].lower() == "bearer":
+        value = " ".join(parts[1:]).strip()
+        return value.split(" ")[0].strip() or None
+    return None
 
 
 def _reset_transport(transport: asyncio.BaseTransport) -> None:

@@ -1,16 +1,23 @@
-"""The request pipeline: faults and ACLs in front of every handler, read options, blocking queries, answers."""
+"""The request pipeline: faults and ACLs in front of every handler, read options, blocking queries, answers.
+
+ACLs here are only the wiring: each request's token is resolved once to an `Authorizer` (acl.py),
+an unknown token is Consul's 403 "ACL not found", and a refused permission is Consul's 403 text.
+What a read keeps is decided by its handler (`Filtered`); `_read_response` adds the
+``X-Consul-Results-Filtered-By-ACLs`` header when that removed anything and a token was presented.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NoReturn
 
 from aiohttp import web
 
+from haproxy_sync.dev.devconsul.acl import ALLOW_ALL, Authorizer
 from haproxy_sync.dev.devconsul.base import ServerBase
 from haproxy_sync.dev.devconsul.decode import ConsulHTTPError, _bad_request
 from haproxy_sync.dev.devconsul.encode import _node_json
@@ -19,6 +26,7 @@ from haproxy_sync.dev.devconsul.filter import FilterError, compile_filter
 from haproxy_sync.dev.devconsul.http import (
     _CONTROL_PREFIX,
     _JITTER_FRACTION,
+    _NO_ACL_PREFIXES,
     DEFAULT_WAIT,
     MAX_WAIT,
     _is_faulted_path,
@@ -28,7 +36,28 @@ from haproxy_sync.dev.devconsul.http import (
     _reset_transport,
     _text_response,
 )
-from haproxy_sync.dev.devconsul.records import parse_go_duration
+from haproxy_sync.dev.devconsul.records import Check, parse_go_duration
+
+# Where a request's resolved Authorizer is kept: a typed key where aiohttp has them (3.13+; a plain
+# string key warns there), a string on the older versions pyproject allows.
+_AUTHZ_KEY: Final[Any] = (
+    web.RequestKey("devconsul_authorizer", Authorizer) if hasattr(web, "RequestKey") else "devconsul.authorizer"
+)
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """A read's answer after ACL filtering, and whether the filter removed anything."""
+
+    payload: Any
+    removed: bool = False
+
+
+def _acl_keep(items: Iterable[Any], allowed: Callable[[Any], bool]) -> tuple[list[Any], bool]:
+    """The items the token may see, and whether any was removed."""
+    everything = list(items)
+    kept = [item for item in everything if allowed(item)]
+    return kept, len(kept) != len(everything)
 
 
 class RequestPipeline(ServerBase):
@@ -43,7 +72,10 @@ class RequestPipeline(ServerBase):
             control = request.path.startswith(_CONTROL_PREFIX)
             if not control and self._fault.name in ("reset", "refuse"):
                 self._abort(request)
-            self._check_acl(request)
+            if control:
+                self._require(request, "operator", "read" if request.method == "GET" else "write")
+            elif request.method != "PUT" and not request.path.startswith(_NO_ACL_PREFIXES):
+                self._authorizer(request)  # reads resolve the token first; writes where Consul does
             if not control and _is_faulted_path(request.path):
                 await self._read_faults(request)
             response: web.StreamResponse = await handler(request)
@@ -58,14 +90,31 @@ class RequestPipeline(ServerBase):
             _reset_transport(transport)
         raise asyncio.CancelledError
 
-    def _check_acl(self, request: web.Request) -> None:
-        if self._token is None:
-            return
-        presented = _request_token(request)
-        if presented is None:
-            raise ConsulHTTPError(403, "Permission denied")
-        if not hmac.compare_digest(presented.encode(), self._token.encode()):
+    def _authorizer(self, request: web.Request) -> Authorizer:
+        """The request's Authorizer (resolved once); an unknown token is Consul's 403 "ACL not found"."""
+        cached = request.get(_AUTHZ_KEY)
+        if isinstance(cached, Authorizer):
+            return cached
+        authorizer = ALLOW_ALL if self._acl is None else self._acl.resolve(_request_token(request))
+        if authorizer is None:
             raise ConsulHTTPError(403, "ACL not found")
+        request[_AUTHZ_KEY] = authorizer
+        return authorizer
+
+    def _require(self, request: web.Request, kind: str, need: Literal["read", "write"], name: str = "") -> None:
+        """Refuse with Consul's 403 text unless the request's token has this permission."""
+        authorizer = self._authorizer(request)
+        if not authorizer.allowed(kind, need, name):
+            raise ConsulHTTPError(403, authorizer.denial(kind, need, name))
+
+    def _check_visible(self, authorizer: Authorizer, check: Check) -> bool:
+        """Consul's filterHealthChecks: node:read on the check's node, and service:read on its service if any."""
+        if not authorizer.node_read(self._node.name):
+            return False
+        return not check.service_name or authorizer.service_read(check.service_name)
+
+    def _default_acl_policy(self) -> str:
+        return "allow" if self._acl is None else self._acl.default_policy
 
     async def _read_faults(self, request: web.Request) -> None:
         if self._fault.name == "slow":
@@ -104,7 +153,7 @@ class RequestPipeline(ServerBase):
             try:
                 predicate = compile_filter(query["filter"], fields)
             except FilterError as exc:
-                raise _bad_request(f"Failed to create boolean expression evaluator: {exc}") from None
+                raise ConsulHTTPError(500, f"Failed to create boolean expression evaluator: {exc}") from None
         consistency = "stale" if "stale" in query else "consistent" if "consistent" in query else "leader"
         return _ReadOptions(min_index, wait, consistency, "pretty" in query, predicate)
 
@@ -134,13 +183,21 @@ class RequestPipeline(ServerBase):
         request: web.Request,
         options: _ReadOptions,
         index_of: Callable[[], int],
-        payload_of: Callable[[], Any],
+        payload_of: Callable[[Authorizer], Filtered],
     ) -> web.Response:
-        """Answer a read, first holding it as a blocking query when ?index= is given."""
+        """Answer a read, first holding it as a blocking query when ?index= is given.
+
+        The payload is built after the wait, through the request's Authorizer: a blocking query on a
+        filtered read still waits on the real index, and answers what the token may see of the result.
+        """
         faulted = _is_faulted_path(request.path)
+        authorizer = self._authorizer(request)
         if options.min_index > 0:
             await self._block(request, options, index_of, faulted)
-        return self._read_response(options, index_of(), payload_of(), faulted)
+        answer = payload_of(authorizer)
+        return self._read_response(
+            options, index_of(), answer.payload, faulted, acl_filtered=authorizer.filtered_header(answer.removed)
+        )
 
     async def _block(
         self, request: web.Request, options: _ReadOptions, index_of: Callable[[], int], faulted: bool
@@ -161,7 +218,9 @@ class RequestPipeline(ServerBase):
             elif self._stopping:
                 self._abort(request)
 
-    def _read_response(self, options: _ReadOptions, index: int, payload: Any, faulted: bool) -> web.Response:
+    def _read_response(
+        self, options: _ReadOptions, index: int, payload: Any, faulted: bool, *, acl_filtered: bool = False
+    ) -> web.Response:
         fault = self._fault if faulted else _NO_FAULT
         reported = self._reported_index(index, faulted)
         self._highest_reported = max(self._highest_reported, reported)
@@ -186,8 +245,10 @@ class RequestPipeline(ServerBase):
             "X-Consul-KnownLeader": "true",
             "X-Consul-LastContact": "0",
             "X-Consul-Effective-Consistency": options.consistency,
-            "X-Consul-Default-ACL-Policy": "deny" if self._token else "allow",
+            "X-Consul-Default-ACL-Policy": self._default_acl_policy(),
         }
+        if acl_filtered:
+            headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
         if fault.name == "not_found":
             return web.Response(status=404, text="", headers={"X-Consul-Index": str(reported)})
         if fault.name == "not_found_bare":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 import socket
 import ssl
@@ -11,6 +12,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
+from haproxy_sync.dev.devconsul.acl import AclConfig
 from haproxy_sync.dev.devconsul.agent import AgentHandlers
 from haproxy_sync.dev.devconsul.catalog import CatalogHandlers
 from haproxy_sync.dev.devconsul.checks import _Runner
@@ -30,9 +32,16 @@ from haproxy_sync.dev.devconsul.records import (
     _log,
 )
 from haproxy_sync.dev.devconsul.store import _Catalog
+from haproxy_sync.dev.devconsul.tokens import AclHandlers
 
 
-class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers):
+def _go_time_now() -> str:
+    """Now as Go's time.Time marshals to JSON (RFC 3339 with the local offset, Z for UTC)."""
+    text = datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="microseconds")
+    return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
+
+
+class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, ControlHandlers):
     """A Consul agent's HTTP API on a real port, for one node, with an in-memory catalog.
 
     Use it from asyncio code (``await DevConsul().start()``); synchronous code uses
@@ -41,8 +50,8 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
     Endpoints: agent service register/deregister/maintenance, agent check register/deregister/
     pass/warn/fail/update, agent node maintenance, agent services/service/checks/self/members,
     health service/checks/state/node, catalog services/service/nodes/datacenters, status
-    leader/peers, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and bulk writes for
-    benchmarks and tests at /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister,
+    leader/peers, acl token/self, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and
+    bulk writes for benchmarks and tests at /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister,
     /v1/devconsul/bulk/weights (PUT; one index each) and
     /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
 
@@ -55,10 +64,17 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
     after a random stagger, and their output is written on every change (Consul may defer
     output-only updates by check_update_interval); DeregisterCriticalServiceAfter has no 1-minute
     floor; script, gRPC, H2PING, UDP, OSService and alias checks are refused with 400 (scripts with
-    Consul's own 500); ?filter= is a go-bexpr subset (see compile_filter); there is no KV, no
+    Consul's own 500); ?filter= follows go-bexpr v0.1.2 (see filter.KNOWN_DIFFERENCES); there is no KV, no
     sessions, no Connect, no hash-based blocking on agent endpoints; agent reads also carry
-    X-Consul-Index (the global index); the ACL system is one token that may do everything,
-    required on every request, the fault switch included.
+    X-Consul-Index (the global index).
+
+    ACLs (acl.py) are off unless ``acl=AclConfig(...)`` (or the ``token=`` shorthand: that secret a
+    management token, default policy deny, the anonymous token nothing) switches on Consul's: reads
+    filtered to what the token may see, 403 only for an unknown token or a write without permission.
+    Where that differs from Consul: rules are service, node, agent and operator only (no key, session,
+    event, query, mesh, acl rules, no roles, service or node identities); tokens are fixed at start
+    (no /v1/acl/token writes); devconsul's control endpoints (/v1/devconsul/*) need operator:read
+    (GET) or operator:write.
     """
 
     def __init__(
@@ -67,6 +83,7 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
         port: int = 0,
         *,
         token: str | None = None,
+        acl: AclConfig | None = None,
         datacenter: str = "dc1",
         node: str = "devconsul",
         node_address: str = "127.0.0.1",
@@ -81,10 +98,16 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
         connections for a while, then the same data), which a fresh catalog would turn into another
         event (everything gone, indexes back to the start). The catalog object itself is handed over,
         nothing is copied; check runners and reapers start again from it, as an agent's do.
+
+        ``acl``: the ACL system (None: ACLs disabled). ``token``: a shorthand for
+        ``acl=AclConfig.management_only(token)``; giving both is an error.
         """
+        if token and acl is not None:
+            raise ValueError("devconsul: give either token= (a management token) or acl=, not both")
         self.host = host
         self.port = port
-        self._token = token or None
+        self._acl = AclConfig.management_only(token) if token else acl
+        self._acl_created = restored_from._acl_created if restored_from is not None else _go_time_now()
         self._ssl_context = ssl_context
         if restored_from is not None:
             if restored_from._runner is not None and not restored_from._stopping:
@@ -182,7 +205,8 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
                 url=self.url,
                 datacenter=self._node.datacenter,
                 node=self._node.name,
-                acl=self._token is not None,
+                acl="off" if self._acl is None else f"default-{self._acl.default_policy}",
+                acl_tokens=",".join(token.name for token in self._acl.tokens) if self._acl else "",
             ),
         )
 
@@ -260,6 +284,7 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, ControlHandlers)
             web.get("/v1/catalog/datacenters", self._h_catalog_datacenters),
             web.get("/v1/status/leader", self._h_status_leader),
             web.get("/v1/status/peers", self._h_status_peers),
+            web.get("/v1/acl/token/self", self._h_acl_token_self),
             web.get("/v1/devconsul/fault", self._h_fault_get),
             web.put("/v1/devconsul/fault", self._h_fault_put),
             web.delete("/v1/devconsul/fault", self._h_fault_delete),

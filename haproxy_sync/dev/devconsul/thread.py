@@ -20,6 +20,9 @@ class DevConsulThread:
     the same services, checks and indexes, the index going on from where it was), so a client sees
     the port refuse connections while it is stopped, then the same data. Why here: the thread's
     event loop ends with its server, so the one object that outlives both is this wrapper.
+
+    Keyword arguments are DevConsul's (``token=``, ``acl=AclConfig(...)``, ``datacenter=``, ...),
+    handed over unchanged, and kept for a restart: the same ACL system comes back with the catalog.
     """
 
     def __init__(self, **kwargs: Any) -> None:

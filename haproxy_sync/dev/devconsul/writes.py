@@ -97,12 +97,17 @@ class AgentWrites(ServerBase):
         self._catalog.write(drop_services=[service_id])
         _log.info("devconsul: deregistered service %s", _kv(id=service_id))
 
+    def _service_of_check(self, registration: CheckRegistration) -> Service | None:
+        """The local service a check registration names (None for a node check); a missing one is an error."""
+        if not registration.service_id:
+            return None
+        service = self._catalog.services.get(registration.service_id)
+        if service is None or not service.local:
+            raise ConsulHTTPError(500, f"ServiceID {_go_quote(registration.service_id)} does not exist")
+        return service
+
     def register_check(self, registration: CheckRegistration) -> None:
-        service = None
-        if registration.service_id:
-            service = self._catalog.services.get(registration.service_id)
-            if service is None or not service.local:
-                raise ConsulHTTPError(500, f"ServiceID {_go_quote(registration.service_id)} does not exist")
+        service = self._service_of_check(registration)
         registration = replace(registration, check_id=registration.check_id or registration.name)
         check = self._new_check(registration, service, self._catalog.checks.get(registration.check_id))
         self._catalog.write(checks=[check])
