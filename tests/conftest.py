@@ -111,8 +111,13 @@ def haproxy_binary() -> str:
 
 @pytest.fixture
 def consul() -> Iterator[DevConsulThread]:
-    """A devconsul of this test's own, on a free port, over real HTTP."""
-    server = DevConsulThread(port=0)
+    """A devconsul of this test's own, on a free port, over real HTTP.
+
+    With Consul's check_update_interval = 0: every check result reaches the catalog at once, output-only
+    ones included, so check output noise moves the index as often as it can (the harshest Consul for a
+    client that must not render on it). devconsul's default is Consul's 5m, which defers those.
+    """
+    server = DevConsulThread(port=0, check_update_interval=0)
     server.start()
     try:
         yield server

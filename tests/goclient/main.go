@@ -841,9 +841,12 @@ var checks = []check{
 	}},
 
 	// agent/checks/check.go CheckHTTP.check: any other status is critical, with the status in Output
-	// (so the probe ran: a new check is critical before its first run too).
+	// (so the probe ran). The check starts passing: a new check is critical before its first run, and
+	// from critical to critical only the output would change, which the agent syncs to the catalog only
+	// after check_update_interval (agent/local/state.go UpdateCheck); passing to critical is synced at once.
 	{name: "http_check_500_critical", run: func(e *env, n string) (string, error) {
-		chk := &api.AgentServiceCheck{CheckID: n + "-http", HTTP: e.httpBase + "/fail", Interval: "1s", Timeout: "1s"}
+		chk := &api.AgentServiceCheck{CheckID: n + "-http", HTTP: e.httpBase + "/fail", Interval: "1s", Timeout: "1s",
+			Status: api.HealthPassing}
 		if err := register(e, &api.AgentServiceRegistration{ID: n, Name: n, Port: 1, Check: chk}); err != nil {
 			return "", err
 		}

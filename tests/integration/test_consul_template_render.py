@@ -47,11 +47,9 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "key": ('{{ key "gc/greeting" }}\n', "hello\n"),
 }
 
-# function -> why it does not render against devconsul today, and what covers it
-KNOWN_NOT_RENDERING: dict[str, str] = {
-    "node": "devconsul has no /v1/catalog/node/<name> (404); #15 point 6, as tests/goclient's catalog_node_local",
-    "key": "devconsul has no KV store (/v1/kv is 404, so key waits forever); #15 point 6, as tests/goclient's kv_*",
-}
+# function -> why it does not render against devconsul today, and what covers it (empty since #15 point 5,
+# which gave devconsul /v1/catalog/node/<name> and the KV store)
+KNOWN_NOT_RENDERING: dict[str, str] = {}
 
 
 def _put(url: str, body: Any) -> int:
@@ -74,7 +72,7 @@ def _populate(consul: DevConsulThread) -> None:
     ]
     for registration in registrations:
         assert _put(f"{consul.url}/v1/agent/service/register", registration) == 200, registration
-    _put(f"{consul.url}/v1/kv/gc/greeting", b"hello")  # 404 where there is no KV: the key function shows it
+    assert _put(f"{consul.url}/v1/kv/gc/greeting", b"hello") == 200
 
 
 def _render(binary: Path, consul: DevConsulThread, tmp_path: Path, function: str, template: str) -> tuple[bool, str]:

@@ -575,10 +575,37 @@ def test_check_update_sets_status_and_output(consul: DevConsulThread) -> None:
     assert (bad.status, bad.text) == (400, "Invalid check status: 'bogus'")
 
 
-def test_ttl_verbs_need_a_ttl_check(consul: DevConsulThread) -> None:
-    reply = put(consul, "/v1/agent/check/pass/nope")
+UNKNOWN_CHECK = 'Unknown check ID "{}". Ensure that the check ID is passed, not the check name.'
 
-    assert (reply.status, reply.text) == (500, 'CheckID "nope" does not have associated TTL')
+
+@pytest.mark.parametrize("verb", ["pass", "warn", "fail", "update"])
+def test_ttl_verbs_on_an_unknown_check_are_404(consul: DevConsulThread, verb: str) -> None:
+    """vetCheckUpdateWithAuthorizer: a check the agent does not have is 404 before anything else."""
+    body = {"Status": "passing"} if verb == "update" else None
+    reply = put(consul, f"/v1/agent/check/{verb}/nope", body)
+
+    assert (reply.status, reply.text) == (404, UNKNOWN_CHECK.format("nope"))
+    serf = put(consul, f"/v1/agent/check/{verb}/serfHealth", body)  # the servers' check, not the agent's
+    assert (serf.status, serf.text) == (404, UNKNOWN_CHECK.format("serfHealth"))
+
+
+def test_ttl_verbs_on_an_unknown_check_are_404_with_acls_too() -> None:
+    with DevConsulThread(token="root") as consul:
+        reply = call("PUT", f"{consul.url}/v1/agent/check/pass/nope", b"", headers={"X-Consul-Token": "root"})
+        assert (reply.status, reply.text) == (404, UNKNOWN_CHECK.format("nope"))
+        anonymous = put(consul, "/v1/agent/check/pass/nope")  # no permission needed to learn it is unknown
+        assert (anonymous.status, anonymous.text) == (404, UNKNOWN_CHECK.format("nope"))
+        bad = call("PUT", f"{consul.url}/v1/agent/check/pass/nope", b"", headers={"X-Consul-Token": "bogus"})
+        assert (bad.status, bad.text) == (403, "ACL not found")  # the token is resolved first
+
+
+def test_ttl_verbs_need_a_ttl_check(consul: DevConsulThread) -> None:
+    register(consul, {"ID": "web-1", "Name": "web"})
+    put(consul, "/v1/agent/service/maintenance/web-1?enable=true")
+
+    reply = put(consul, "/v1/agent/check/pass/_service_maintenance:web-1")
+
+    assert (reply.status, reply.text) == (500, 'CheckID "_service_maintenance:web-1" does not have associated TTL')
 
 
 def test_check_register_and_deregister_endpoints(consul: DevConsulThread) -> None:
@@ -810,24 +837,102 @@ def test_index_rules(consul: DevConsulThread) -> None:
     assert health(consul, "web").json() == []
 
 
-def test_output_only_change_bumps_the_index(consul: DevConsulThread, pool: ThreadPoolExecutor) -> None:
-    register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
-    put(consul, "/v1/agent/check/pass/beat?note=a")
-    first = health(consul, "job")
-    put(consul, "/v1/agent/check/pass/beat?note=a")
-    assert health(consul, "job").index == first.index  # same status, same output: nothing changed
+def test_output_only_change_waits_for_check_update_interval(pool: ThreadPoolExecutor) -> None:
+    """agent/local/state.go UpdateCheck: same status, new output: the agent's state has it at once, the
+    catalog (and every index) only after check_update_interval / 2 plus up to the interval."""
+    with DevConsulThread(check_update_interval=1.0) as consul:
+        register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
+        put(consul, "/v1/agent/check/pass/beat?note=a")  # critical -> passing: a status change, at once
+        first = health(consul, "job")
+        assert checks_by_id(first.json()[0])["beat"]["Output"] == "a"
+        put(consul, "/v1/agent/check/pass/beat?note=a")
+        assert health(consul, "job").index == first.index  # same status, same output: nothing changed
 
-    pending: Future[Reply] = pool.submit(health, consul, "job", f"?index={first.index}&wait=30s")
-    time.sleep(0.1)
-    put(consul, "/v1/agent/check/pass/beat?note=b")
-    second = pending.result(timeout=5)
+        pending: Future[Reply] = pool.submit(health, consul, "job", f"?index={first.index}&wait=30s")
+        time.sleep(0.05)
+        changed_at = time.monotonic()
+        put(consul, "/v1/agent/check/pass/beat?note=b")
+        assert get(consul, "/v1/agent/checks").json()["beat"]["Output"] == "b"  # the agent's own state: at once
+        assert checks_by_id(health(consul, "job").json()[0])["beat"]["Output"] == "a"
+        put(consul, "/v1/agent/check/pass/beat?note=c")  # the latest output is the one that goes out
+        second = pending.result(timeout=5)
+        waited = time.monotonic() - changed_at
 
-    assert second.index > first.index
-    beat = checks_by_id(second.json()[0])["beat"]
-    assert (beat["Status"], beat["Output"], beat["ModifyIndex"]) == ("passing", "b", second.index)
-    catalog = get(consul, "/v1/catalog/service/job")
-    assert catalog.index < second.index  # the catalog view does not depend on check output
-    assert get(consul, "/v1/catalog/services").index < second.index
+        assert 0.45 <= waited <= 1.6, waited  # 0.5 s (half the interval) to 1.5 s
+        assert second.index > first.index
+        beat = checks_by_id(second.json()[0])["beat"]
+        assert (beat["Status"], beat["Output"], beat["ModifyIndex"]) == ("passing", "c", second.index)
+        assert get(consul, "/v1/catalog/services").index < second.index  # the services table did not move
+
+
+def test_a_status_change_goes_out_at_once_with_the_latest_output() -> None:
+    with DevConsulThread(check_update_interval=60.0) as consul:
+        register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
+        put(consul, "/v1/agent/check/pass/beat?note=a")
+        index = health(consul, "job").index
+        put(consul, "/v1/agent/check/pass/beat?note=b")  # deferred for 30 s or more
+        assert health(consul, "job").index == index
+
+        put(consul, "/v1/agent/check/warn/beat?note=c")
+
+        beat = checks_by_id(health(consul, "job").json()[0])["beat"]
+        assert (beat["Status"], beat["Output"]) == ("warning", "c")
+        assert health(consul, "job").index > index
+
+
+def test_the_default_interval_holds_a_blocking_query_through_output_noise() -> None:
+    with DevConsulThread() as consul:  # check_update_interval 5m, as Consul's default
+        register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
+        put(consul, "/v1/agent/check/pass/beat?note=a")
+        index = health(consul, "job").index
+        for note in ("b", "c", "d"):
+            put(consul, f"/v1/agent/check/pass/beat?note={note}")
+        started = time.monotonic()
+        held = health(consul, "job", f"?index={index}&wait=1s")
+
+        assert time.monotonic() - started >= 0.95
+        assert held.index == index
+        assert checks_by_id(held.json()[0])["beat"]["Output"] == "a"
+        assert get(consul, "/v1/agent/checks").json()["beat"]["Output"] == "d"
+
+
+def test_interval_zero_writes_every_output_at_once() -> None:
+    """check_update_interval=0 is Consul's switch for syncing every update (what tests/conftest.py uses)."""
+    with DevConsulThread(check_update_interval=0) as consul:
+        register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
+        put(consul, "/v1/agent/check/pass/beat?note=a")
+        first = health(consul, "job")
+
+        put(consul, "/v1/agent/check/pass/beat?note=b")
+
+        second = health(consul, "job")
+        assert second.index > first.index
+        assert checks_by_id(second.json()[0])["beat"]["Output"] == "b"
+
+
+def test_a_negative_check_update_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="check_update_interval"):
+        DevConsul(check_update_interval=-1)
+
+
+def test_a_deferred_output_goes_out_when_the_agent_restarts() -> None:
+    """A restarted agent's first full sync has no deferral running: what it kept locally goes out."""
+    consul = DevConsulThread(check_update_interval=60.0).start()
+    try:
+        register(consul, {"ID": "job-1", "Name": "job", "Check": {"CheckID": "beat", "TTL": "30s"}})
+        put(consul, "/v1/agent/check/pass/beat?note=a")
+        put(consul, "/v1/agent/check/pass/beat?note=b")
+        before = health(consul, "job")
+        assert checks_by_id(before.json()[0])["beat"]["Output"] == "a"
+
+        consul.stop()
+        consul.start()  # the same port, catalog and agent state
+
+        after = health(consul, "job")
+        assert checks_by_id(after.json()[0])["beat"]["Output"] == "b"
+        assert after.index > before.index
+    finally:
+        consul.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1181,6 +1286,16 @@ def test_https_when_given_an_ssl_context(tls_files: tuple[Path, Path]) -> None:
     with DevConsulThread(ssl_context=server_context) as consul:
         assert consul.url.startswith("https://")
         assert call("GET", f"{consul.url}/v1/status/leader", context=client_context).status == 200
+
+
+def test_the_command_line_takes_a_check_update_interval() -> None:
+    from haproxy_sync.dev.devconsul.cli import _parser
+
+    assert _parser().parse_args([]).check_update_interval == 300.0  # Consul's default, 5m
+    assert _parser().parse_args(["--check-update-interval", "1m30s"]).check_update_interval == 90.0
+    assert _parser().parse_args(["--check-update-interval", "0"]).check_update_interval == 0.0
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--check-update-interval", "soon"])
 
 
 def test_run_forever_serves_until_sigterm() -> None:

@@ -34,40 +34,9 @@ BINARY = ROOT / ".cache" / "goclient" / "goclient"
 TOKEN = "5d2c6c8e-7f0a-4b8e-9c55-3e1f0b7a9d41"  # the management token of the ACL run
 RUN_TIMEOUT = 300
 
-_KV = "devconsul has no KV store (/v1/kv is 404); #15 point 6 found it, no fix yet"
-_CATALOG_WRITE = ("devconsul has no /v1/catalog/node/<name> and no /v1/catalog/register or deregister "
-                  "(its only node is the agent's); #15 point 6 found it, no fix yet")
-
 # name of a check in tests/goclient/main.go -> why devconsul answers otherwise, and what covers it.
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "ttl_unknown_check_404": (
-        "devconsul answers 500 'does not have associated TTL' for a check ID it does not know; Consul's "
-        "vetCheckUpdateWithAuthorizer answers 404 'Unknown check ID' first; #15 point 6 found it, no fix yet"
-    ),
-    "blocking_not_woken_by_output_only_ttl_update": (
-        "devconsul writes an output-only TTL update to the catalog at once (a new index wakes health queries); "
-        "Consul defers it by check_update_interval (agent/local/state.go UpdateCheck); #15 point 6, no fix yet"
-    ),
-    "blocking_never_registered_not_woken_by_unrelated_write": (
-        "devconsul answers a service with no instances with the global index, which any write moves; Consul "
-        "answers the service_last_extinction index, which registrations do not move; #15 point 6, no fix yet"
-    ),
-    "catalog_node_local": _CATALOG_WRITE,
-    "catalog_node_unknown_null": _CATALOG_WRITE,
-    "catalog_register_external_service": _CATALOG_WRITE,
-    "catalog_register_external_health": _CATALOG_WRITE,
-    "catalog_nodes_include_external_with_meta": _CATALOG_WRITE,
-    "catalog_deregister_external_node": _CATALOG_WRITE,
-    "kv_put_get": _KV,
-    "kv_get_missing_nil": _KV,
-    "kv_list_recurse_sorted": _KV,
-    "kv_keys_separator": _KV,
-    "kv_cas": _KV,
-    "kv_cas_zero_create_only": _KV,
-    "kv_delete": _KV,
-    "kv_blocking_get_returns_on_change": _KV,
-    "kv_blocking_get_ignores_other_keys": _KV,
-}
+# Empty since #15 point 5: every check the program has matches Consul.
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 def _go() -> str | None:

@@ -31,17 +31,17 @@ from haproxy_sync.dev.devconsul.filter import (
     FilterError,
     compile_filter,
 )
-from haproxy_sync.dev.devconsul.records import Check, Node, Service
+from haproxy_sync.dev.devconsul.records import Check, Service, agent_node
 
-NODE = Node("0b1c", "node1", "127.0.0.1", "dc1")
+NODE = agent_node("node1", "0b1c", "127.0.0.1", "dc1")
 
 
 def entry(service: Service, *statuses: str) -> dict[str, Any]:
     """A /v1/health/service entry exactly as devconsul encodes it, with one check per status."""
     checks = [Check(f"c{n}", "check", status, service_id=service.service_id, service_name=service.name,
-                    service_tags=service.tags) for n, status in enumerate(statuses)]
+                    service_tags=service.tags, node=NODE.name) for n, status in enumerate(statuses)]
     return {"Node": _node_json(NODE), "Service": _service_json(service),
-            "Checks": [_check_json(check, NODE) for check in checks]}
+            "Checks": [_check_json(check) for check in checks]}
 
 
 A = entry(Service("a", "web", ("blue", "v1"), port=8080,
@@ -259,7 +259,7 @@ def test_the_docs_canary_example_keeps_instances_without_the_key() -> None:
 
 
 def test_each_endpoint_filters_on_its_own_type() -> None:
-    check = _check_json(Check("c1", "ttl", "critical", service_id="a", service_tags=("blue",)), NODE)
+    check = _check_json(Check("c1", "ttl", "critical", service_id="a", service_tags=("blue",), node=NODE.name))
     assert compile_filter('CheckID == c1 and "blue" in ServiceTags', _CHECK_FIELDS)(check) is True
     assert refused('Checks.Status == "x"', _CHECK_FIELDS) == 'Selector "Checks" is not valid'
     assert refused("Definition.HTTP == x", _CHECK_FIELDS) == 'Selector "Definition" is not valid'  # bexpr:"-"

@@ -20,7 +20,10 @@ vet with it. Semantics follow Consul's acl package:
   rules (agent/consul/acl.go: the token's authorizer chained with ``RootAuthorizer(default)``); a
   management token may do everything;
 * a request without a token is the anonymous token's (AccessorID ``00000000-...-0002``, secret
-  ``anonymous``), whose rules are configurable.
+  ``anonymous``), whose rules are configurable;
+* ``key`` / ``key_prefix`` rules guard the KV store the same way; a recursive delete needs
+  ``key_write_prefix`` (``KeyWritePrefix``): the longest prefix rule over the prefix grants write and
+  no rule under the prefix (exact or prefix) grants less.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 Level = Literal["read", "write", "deny"]
-RuleKind = Literal["service", "node", "agent", "operator"]
+RuleKind = Literal["service", "node", "agent", "key", "operator"]
 DefaultPolicy = Literal["allow", "deny"]
 
 ANONYMOUS_ACCESSOR_ID: Final = "00000000-0000-0000-0000-000000000002"  # acl.AnonymousTokenID
@@ -43,7 +46,7 @@ MANAGEMENT_POLICY_ID: Final = "00000000-0000-0000-0000-000000000001"  # structs.
 MANAGEMENT_POLICY_NAME: Final = "global-management"
 
 _LEVELS: Final = ("read", "write", "deny")
-_NAMED_KINDS: Final = ("service", "node", "agent")  # each with an exact and a _prefix form
+_NAMED_KINDS: Final = ("service", "node", "agent", "key")  # each with an exact and a _prefix form
 _KINDS: Final = (*_NAMED_KINDS, *(kind + "_prefix" for kind in _NAMED_KINDS), "operator")
 _RESERVED_SECRETS: Final = (ANONYMOUS_SECRET, "allow", "deny", "manage")  # Consul's root policy names
 _PRECEDENCE: Final = {"deny": 3, "write": 2, "read": 1}
@@ -52,7 +55,8 @@ _NAMESPACE: Final = uuid.UUID("7d3c8a52-5a0e-4f55-9d0c-6b1a3f0e9c41")  # devcons
 RULES_SYNTAX: Final = (
     "RULES is a comma-separated list of rules, each KIND:LEVEL (the name is \"\", so a _prefix kind "
     "matches every name) or KIND:NAME:LEVEL. KIND is service, service_prefix, node, node_prefix, "
-    "agent, agent_prefix or operator (operator takes no name); LEVEL is read, write or deny. "
+    "agent, agent_prefix, key, key_prefix or operator (operator takes no name); LEVEL is read, write or "
+    "deny. "
     "Example: service_prefix:read,node_prefix:read,service:web:write"
 )
 
@@ -230,6 +234,20 @@ class _RuleTable:
         matches = [prefix for prefix in self._prefix if name.startswith(prefix)]
         return self._prefix[max(matches, key=len)] if matches else None
 
+    def write_prefix(self, prefix: str) -> bool | None:
+        """KeyWritePrefix (acl/policy_authorizer.go): False when the longest prefix rule over `prefix` is
+        not write or any rule under it (exact or prefix) is not write; True when that prefix rule is write
+        and nothing under it is less; None when no prefix rule covers it and nothing under it is less
+        (the default policy decides)."""
+        covering = [rule for rule in self._prefix if prefix.startswith(rule)]
+        over = self._prefix[max(covering, key=len)] if covering else None
+        if over is not None and over != "write":
+            return False
+        under = [level for name, level in (*self._prefix.items(), *self._exact.items()) if name.startswith(prefix)]
+        if any(level != "write" for level in under):
+            return False
+        return None if over is None else True
+
 
 def _enforce(level: Level, need: Literal["read", "write"]) -> bool:
     return level == "write" or (level == "read" and need == "read")
@@ -278,6 +296,19 @@ class Authorizer:
 
     def agent_write(self, node: str) -> bool:
         return self._decide("agent", node, "write")
+
+    def key_read(self, key: str) -> bool:
+        return self._decide("key", key, "read")
+
+    def key_write(self, key: str) -> bool:
+        return self._decide("key", key, "write")
+
+    def key_write_prefix(self, prefix: str) -> bool:
+        """May delete everything under `prefix` (``?recurse``): see _RuleTable.write_prefix."""
+        if self.token.management:
+            return True
+        decision = self._tables["key"].write_prefix(prefix)
+        return self._default_allow if decision is None else decision
 
     def operator_read(self) -> bool:
         return self._decide("operator", "", "read")

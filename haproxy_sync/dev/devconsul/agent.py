@@ -3,13 +3,16 @@
 ACLs as Consul's agent endpoints (agent/agent_endpoint.go, agent/acl.go): a write resolves the token
 where Consul does (after decoding the body) and is vetted like vetServiceRegister, vetServiceUpdate,
 vetCheckRegister and vetCheckUpdate: service:write on the service (and on the one it replaces), or
-node:write on this agent's node for a node check; an unknown ID stays a 404 before any permission.
+node:write on this agent's node for a node check. A check update or deregistration of a check the
+agent does not have (serfHealth and catalog-registered checks included) is Consul's 404 "Unknown check
+ID ..." once the token resolved, before any permission, ACLs or not (vetCheckUpdateWithAuthorizer).
 Reads filter (services: service:read; checks: service:read, or node:read for node checks; members:
 node:read); agent/self needs agent:read and agent/service/<id> service:read, else a 403.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -32,12 +35,11 @@ from haproxy_sync.dev.devconsul.records import (
     CONSUL_VERSION,
     CRITICAL,
     PASSING,
-    SERF_CHECK_ID,
     WARNING,
     Check,
     Service,
 )
-from haproxy_sync.dev.devconsul.writes import AgentWrites
+from haproxy_sync.dev.devconsul.writes import AgentWrites, unknown_check
 
 
 class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
@@ -53,9 +55,17 @@ class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
         if existing is not None and existing.local:
             self._require(request, "service", "write", existing.name)
 
-    def _vet_check(self, request: web.Request, check: Check | None) -> None:
-        """vetCheckUpdate: the token resolved (403 if unknown), then service:write on a service check's
-        service or node:write on this node for a node check; an unknown check stays the write's 404."""
+    def _vet_check_update(self, request: web.Request, check_id: str) -> None:
+        """vetCheckUpdateWithAuthorizer: the token resolved (403 if unknown), then 404 for a check the agent
+        does not have, else service:write on a service check's service or node:write on this node."""
+        self._authorizer(request)
+        check = self._agent_check(check_id)
+        if check is None:
+            raise unknown_check(check_id)
+        self._vet_existing_check(request, check)
+
+    def _vet_existing_check(self, request: web.Request, check: Check | None) -> None:
+        """vetCheckRegister's second half: write permission on a check the registration would replace."""
         self._authorizer(request)
         if check is None:
             return
@@ -104,12 +114,12 @@ class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
             self._require(request, "service", "write", service.name)
         else:
             self._require(request, "node", "write", self._node.name)
-        self._vet_check(request, self._catalog.checks.get(registration.check_id or registration.name))
+        self._vet_existing_check(request, self._agent_check(registration.check_id or registration.name))
         self.register_check(registration)
         return web.Response()
 
     async def _h_check_deregister(self, request: web.Request) -> web.Response:
-        self._vet_check(request, self._catalog.checks.get(request.match_info["id"]))
+        self._vet_check_update(request, request.match_info["id"])
         self.deregister_check(request.match_info["id"])
         return web.Response()
 
@@ -130,13 +140,18 @@ class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
         return self._ttl_update(request, status, _str(data, "output", "checkUpdate.Output"))
 
     def _ttl_update(self, request: web.Request, status: str, output: str) -> web.Response:
-        """agentCheckUpdate: vet the existing check (vetCheckUpdate), then update it."""
-        self._vet_check(request, self._catalog.checks.get(request.match_info["id"]))
+        """agentCheckUpdate: vet the existing check (vetCheckUpdate; 404 for an unknown one), then update it."""
+        self._vet_check_update(request, request.match_info["id"])
         self._update_ttl(request.match_info["id"], status, output)
         return web.Response()
 
     def _local_services(self) -> list[Service]:
         return sorted((s for s in self._catalog.services.values() if s.local), key=lambda s: s.service_id)
+
+    def _local_checks(self) -> list[Check]:
+        """The agent's own checks (its local state), by ID."""
+        checks = (self._agent_check(check_id) for check_id in sorted(self._catalog.checks))
+        return [check for check in checks if check is not None]
 
     async def _h_agent_services(self, request: web.Request) -> web.Response:
         options = self._read_options(request, _AGENT_SERVICE_FIELDS)
@@ -162,15 +177,9 @@ class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
 
     async def _h_agent_checks(self, request: web.Request) -> web.Response:
         options = self._read_options(request, _CHECK_FIELDS)
-        local = [
-            check
-            for check in self._catalog.checks.values()
-            if check.check_id != SERF_CHECK_ID and check.service_id != "consul"
-        ]
-        local.sort(key=lambda check: check.check_id)
         authorizer = self._authorizer(request)
-        visible, removed = _acl_keep(local, lambda check: self._agent_check_visible(authorizer, check))
-        items = options.keep(_check_json(check, self._node) for check in visible)
+        visible, removed = _acl_keep(self._local_checks(), lambda check: self._agent_check_visible(authorizer, check))
+        items = options.keep(_check_json(replace(check, output=self._agent_output(check))) for check in visible)
         payload = {item["CheckID"]: item for item in items}
         return self._read_response(
             options, self._catalog.index, payload, faulted=False, acl_filtered=authorizer.filtered_header(removed)
@@ -238,7 +247,7 @@ class AgentHandlers(AgentWrites, CheckRunners, RequestPipeline):
                 },
                 "agent": {
                     "services": str(len(self._local_services())),
-                    "checks": str(len(self._catalog.checks) - 1),
+                    "checks": str(len(self._local_checks())),
                 },
             },
             "Meta": {"consul-network-segment": ""},

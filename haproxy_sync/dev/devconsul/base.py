@@ -1,8 +1,9 @@
 """What every part of the server relies on: the state of one DevConsul, and waking its blocking queries.
 
 `DevConsul` (server.py) is composed of mixins, one per concern: the listener and fault switch
-(listening.py), the check runners (checks.py), agent writes (writes.py), the request pipeline
-(pipeline.py) and the handlers of each endpoint group (agent.py, health.py, catalog.py, control.py).
+(listening.py), the check runners (checks.py) and their sync to the catalog (agentsync.py), agent
+writes (writes.py), the request pipeline (pipeline.py) and the handlers of each endpoint group
+(agent.py, health.py, catalog.py, catalog_writes.py, kv.py, tokens.py, control.py).
 Each mixin derives from the ones whose methods it calls, and all of them from `ServerBase`, which
 declares the state they share; `DevConsul.__init__` sets it.
 """

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 
-from haproxy_sync.dev.devconsul.base import ServerBase
+from haproxy_sync.dev.devconsul.agentsync import CheckSync
 from haproxy_sync.dev.devconsul.decode import ConsulHTTPError
 from haproxy_sync.dev.devconsul.records import (
     _DEFAULT_CHECK_TIMEOUT,
@@ -132,8 +132,9 @@ class _Runner:
             self.timer.cancel()
 
 
-class CheckRunners(ServerBase):
-    """Keeps a runner (probe task or TTL timer) and a reaper per check, in step with the catalog."""
+class CheckRunners(CheckSync):
+    """Keeps a runner (probe task or TTL timer) and a reaper per check, in step with the catalog; results
+    reach the catalog through `CheckSync` (an output-only change waits for check_update_interval)."""
 
     _runners: dict[str, _Runner]
     _reapers: dict[str, asyncio.TimerHandle]
@@ -161,6 +162,7 @@ class CheckRunners(ServerBase):
                     current.cancel()
                 self._runners[check_id] = self._start_runner(check_id, check.definition)
         self._reconcile_reapers()
+        self._reconcile_deferred()
 
     def _start_runner(self, check_id: str, definition: CheckDefinition) -> _Runner:
         assert self._loop is not None
@@ -197,7 +199,7 @@ class CheckRunners(ServerBase):
         check = self._catalog.checks.get(check_id)
         if check is None:
             return
-        changed = self._catalog.write(checks=[replace(check, status=status, output=output)])
+        changed = self._sync_check_result(check_id, status, output)
         if changed and status != check.status:
             _log.info(
                 "devconsul: check status %s",

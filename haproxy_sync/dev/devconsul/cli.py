@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from haproxy_sync.dev.devconsul.acl import RULES_SYNTAX, AclConfig, AclConfigError, AclToken, parse_rules
-from haproxy_sync.dev.devconsul.records import _log
+from haproxy_sync.dev.devconsul.agentsync import DEFAULT_CHECK_UPDATE_INTERVAL
+from haproxy_sync.dev.devconsul.records import _log, parse_go_duration
 from haproxy_sync.dev.devconsul.server import DevConsul
 
 _ACL_HELP: Final = f"""\
@@ -49,8 +50,10 @@ def _ensure_stderr_logging() -> None:
         _log.setLevel(logging.INFO)
 
 
-async def _serve_until_signal(host: str, port: int, token: str | None, acl: AclConfig | None) -> None:
-    server = DevConsul(host, port, token=token, acl=acl)
+async def _serve_until_signal(
+    host: str, port: int, token: str | None, acl: AclConfig | None, check_update_interval: float
+) -> None:
+    server = DevConsul(host, port, token=token, acl=acl, check_update_interval=check_update_interval)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,13 +68,32 @@ async def _serve_until_signal(host: str, port: int, token: str | None, acl: AclC
         await server.stop()
 
 
-def run_forever(host: str, port: int, *, token: str | None = None, acl: AclConfig | None = None) -> None:
+def run_forever(
+    host: str,
+    port: int,
+    *,
+    token: str | None = None,
+    acl: AclConfig | None = None,
+    check_update_interval: float = DEFAULT_CHECK_UPDATE_INTERVAL,
+) -> None:
     """Serve until SIGINT/SIGTERM; logs one line 'devconsul listening on http://...' to stderr.
 
     ``token``: a management token (ACLs on, default deny); ``acl``: the whole ACL system. Not both.
+    ``check_update_interval``: seconds an output-only check change waits for the catalog (Consul's).
     """
     _ensure_stderr_logging()
-    asyncio.run(_serve_until_signal(host, port, token, acl))
+    asyncio.run(_serve_until_signal(host, port, token, acl, check_update_interval))
+
+
+def _go_duration_arg(text: str) -> float:
+    """An argparse type: a Go duration ("5m", "10s", "0") of at least 0."""
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return seconds
 
 
 def acl_from_args(args: argparse.Namespace, env_token: str | None) -> AclConfig | None:
@@ -99,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument(
+        "--check-update-interval",
+        type=_go_duration_arg,
+        default=DEFAULT_CHECK_UPDATE_INTERVAL,
+        metavar="DURATION",
+        help="Consul's check_update_interval: how long a check result that changes only the output waits "
+        "before it reaches the catalog (default 5m; 0: at once).",
+    )
     acl = parser.add_argument_group("ACLs (see below)")
     acl.add_argument(
         "--acl-default-policy",
@@ -126,4 +156,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         acl = acl_from_args(args, os.environ.get("DEVCONSUL_TOKEN") or None)
     except AclConfigError as exc:
         parser.error(str(exc))
-    run_forever(args.host, args.port, acl=acl)
+    run_forever(args.host, args.port, acl=acl, check_update_interval=args.check_update_interval)

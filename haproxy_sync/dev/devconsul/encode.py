@@ -5,24 +5,35 @@ The ``_*_FIELDS`` tuples are the top-level keys of each view: what a ?filter= se
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Final
 
-from haproxy_sync.dev.devconsul.records import PASSING, Check, CheckDefinition, Node, Service, format_go_duration
+from haproxy_sync.dev.devconsul.records import (
+    PASSING,
+    Check,
+    CheckDefinition,
+    KVEntry,
+    Node,
+    Pairs,
+    Service,
+    format_go_duration,
+)
+
+
+def _pairs_json(pairs: Pairs | None) -> dict[str, str] | None:
+    """A Go map[string]string: null where Consul holds a nil map."""
+    return None if pairs is None else dict(pairs)
 
 
 def _node_json(node: Node) -> dict[str, Any]:
+    """Consul's Node (catalog/nodes, health entries, catalog/node)."""
     return {
         "ID": node.node_id,
         "Node": node.name,
         "Address": node.address,
         "Datacenter": node.datacenter,
-        "TaggedAddresses": {
-            "lan": node.address,
-            "lan_ipv4": node.address,
-            "wan": node.address,
-            "wan_ipv4": node.address,
-        },
-        "Meta": {"consul-network-segment": ""},
+        "TaggedAddresses": _pairs_json(node.tagged_addresses),
+        "Meta": _pairs_json(node.meta),
         "CreateIndex": node.create_index,
         "ModifyIndex": node.modify_index,
     }
@@ -88,7 +99,7 @@ def _definition_json(definition: CheckDefinition) -> dict[str, Any]:
         out["TCP"] = definition.tcp
     if definition.interval:
         out["Interval"] = format_go_duration(definition.interval)
-    if definition.kind in ("http", "tcp"):
+    if definition.kind in ("http", "tcp") or (definition.kind == "catalog" and definition.timeout):
         out["Timeout"] = format_go_duration(definition.timeout)
     if definition.deregister_critical_after:
         out["DeregisterCriticalServiceAfter"] = format_go_duration(definition.deregister_critical_after)
@@ -96,14 +107,17 @@ def _definition_json(definition: CheckDefinition) -> dict[str, Any]:
 
 
 def _check_type(definition: CheckDefinition) -> str:
+    if definition.kind == "catalog":
+        return definition.type_name
     return "" if definition.kind in ("serf", "") else definition.kind
 
 
-def _check_json(check: Check, node: Node) -> dict[str, Any]:
+def _check_json(check: Check) -> dict[str, Any]:
     """Consul's HealthCheck."""
     definition = check.definition
+    agent_run = definition.kind != "catalog"
     return {
-        "Node": node.name,
+        "Node": check.node,
         "CheckID": check.check_id,
         "Name": check.name,
         "Status": check.status,
@@ -113,7 +127,8 @@ def _check_json(check: Check, node: Node) -> dict[str, Any]:
         "ServiceName": check.service_name,
         "ServiceTags": list(check.service_tags),
         "Type": _check_type(definition),
-        "Interval": format_go_duration(definition.interval) if definition.interval else "",
+        # a catalog-registered check keeps its timing in Definition only (the agent fills these for its own)
+        "Interval": format_go_duration(definition.interval) if definition.interval and agent_run else "",
         "Timeout": format_go_duration(definition.timeout) if definition.kind in ("http", "tcp") else "",
         "ExposedPort": 0,
         "Definition": _definition_json(definition),
@@ -129,8 +144,8 @@ def _catalog_service_json(service: Service, node: Node) -> dict[str, Any]:
         "Node": node.name,
         "Address": node.address,
         "Datacenter": node.datacenter,
-        "TaggedAddresses": _node_json(node)["TaggedAddresses"],
-        "NodeMeta": _node_json(node)["Meta"],
+        "TaggedAddresses": _pairs_json(node.tagged_addresses),
+        "NodeMeta": _pairs_json(node.meta),
         "ServiceKind": service.kind,
         "ServiceID": service.service_id,
         "ServiceName": service.name,
@@ -148,8 +163,20 @@ def _catalog_service_json(service: Service, node: Node) -> dict[str, Any]:
     }
 
 
+def _kv_json(entry: KVEntry) -> dict[str, Any]:
+    """Consul's DirEntry: the value base64 (null for a nil one), LockIndex 0 (no sessions here)."""
+    return {
+        "LockIndex": 0,
+        "Key": entry.key,
+        "Flags": entry.flags,
+        "Value": None if entry.value is None else base64.b64encode(entry.value).decode(),
+        "CreateIndex": entry.create_index,
+        "ModifyIndex": entry.modify_index,
+    }
+
+
 _HEALTH_FIELDS: Final = ("Node", "Service", "Checks")
-_CHECK_FIELDS: Final = tuple(_check_json(Check("", "", PASSING), Node("", "", "", "")))
+_CHECK_FIELDS: Final = tuple(_check_json(Check("", "", PASSING)))
 _NODE_FIELDS: Final = tuple(_node_json(Node("", "", "", "")))
 _CATALOG_SERVICE_FIELDS: Final = tuple(_catalog_service_json(Service("", ""), Node("", "", "", "")))
 _AGENT_SERVICE_FIELDS: Final = (*_agent_service_json(Service("", ""), ""), "TaggedAddresses")

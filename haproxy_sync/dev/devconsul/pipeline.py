@@ -20,9 +20,8 @@ from aiohttp import web
 from haproxy_sync.dev.devconsul.acl import ALLOW_ALL, Authorizer
 from haproxy_sync.dev.devconsul.base import ServerBase
 from haproxy_sync.dev.devconsul.decode import ConsulHTTPError, _bad_request
-from haproxy_sync.dev.devconsul.encode import _node_json
 from haproxy_sync.dev.devconsul.faults import _ERROR_FAULTS, _NO_FAULT
-from haproxy_sync.dev.devconsul.filter import FilterError, compile_filter
+from haproxy_sync.dev.devconsul.filter import FilterError, GoType, compile_filter
 from haproxy_sync.dev.devconsul.http import (
     _CONTROL_PREFIX,
     _JITTER_FRACTION,
@@ -36,7 +35,7 @@ from haproxy_sync.dev.devconsul.http import (
     _reset_transport,
     _text_response,
 )
-from haproxy_sync.dev.devconsul.records import Check, parse_go_duration
+from haproxy_sync.dev.devconsul.records import Check, Node, parse_go_duration
 
 # Where a request's resolved Authorizer is kept: a typed key where aiohttp has them (3.13+; a plain
 # string key warns there), a string on the older versions pyproject allows.
@@ -109,7 +108,7 @@ class RequestPipeline(ServerBase):
 
     def _check_visible(self, authorizer: Authorizer, check: Check) -> bool:
         """Consul's filterHealthChecks: node:read on the check's node, and service:read on its service if any."""
-        if not authorizer.node_read(self._node.name):
+        if not authorizer.node_read(check.node):
             return False
         return not check.service_name or authorizer.service_read(check.service_name)
 
@@ -129,8 +128,9 @@ class RequestPipeline(ServerBase):
         if fault.name in _ERROR_FAULTS:
             raise ConsulHTTPError(*_ERROR_FAULTS[fault.name])
 
-    def _read_options(self, request: web.Request, fields: Sequence[str] = ()) -> _ReadOptions:
-        """Parse what every read takes: dc, index/wait, stale/consistent, filter, pretty."""
+    def _read_options(self, request: web.Request, fields: Sequence[str] | GoType = ()) -> _ReadOptions:
+        """Parse what every read takes: dc, index/wait, stale/consistent, filter, pretty (`fields`: the
+        items' JSON keys or Go type; none for an endpoint that takes no filter)."""
         query = request.query
         datacenter = query.get("dc")
         if datacenter and datacenter != self._node.datacenter:
@@ -157,13 +157,17 @@ class RequestPipeline(ServerBase):
         consistency = "stale" if "stale" in query else "consistent" if "consistent" in query else "leader"
         return _ReadOptions(min_index, wait, consistency, "pretty" in query, predicate)
 
-    def _node_meta_matches(self, request: web.Request) -> bool:
-        meta = _node_json(self._node)["Meta"]
-        for pair in request.query.getall("node-meta", []):
-            key, _, value = pair.partition(":")
-            if meta.get(key) != value:
-                return False
-        return True
+    def _node_meta_filter(self, request: web.Request) -> Callable[[Node], bool]:
+        """Consul's ?node-meta=key:value filters (structs.SatisfiesMetaFilters): every one must hold."""
+        wanted = [pair.partition(":")[::2] for pair in request.query.getall("node-meta", [])]
+        if not wanted:
+            return lambda _node: True
+
+        def matches(node: Node) -> bool:
+            meta = dict(node.meta or ())
+            return all(meta.get(key) == value for key, value in wanted)
+
+        return matches
 
     def _compare_index(self, index: int, faulted: bool) -> int:
         if faulted and self._fault.name == "index_backwards":

@@ -113,7 +113,9 @@ def _kv(**fields: object) -> str:
 
 @dataclass(frozen=True)
 class CheckDefinition:
-    """How a check is run: "http", "tcp", "ttl", or the passive kinds "maintenance", "serf", "alias"."""
+    """How a check is run: "http", "tcp", "ttl", or the passive kinds "maintenance", "serf", "alias", and
+    "catalog" for a check registered through /v1/catalog/register, which nothing runs (its ``type_name``
+    is the Type Consul shows for it)."""
 
     kind: str
     http: str = ""
@@ -126,11 +128,13 @@ class CheckDefinition:
     timeout: float = 0.0
     ttl: float = 0.0
     deregister_critical_after: float = 0.0
+    type_name: str = ""
 
 
 @dataclass(frozen=True)
 class Check:
-    """One health check as the catalog holds it (node-level when service_id is empty)."""
+    """One health check as the catalog holds it (node-level when service_id is empty); ``node`` is the
+    name of its node, set by the store."""
 
     check_id: str
     name: str
@@ -141,6 +145,7 @@ class Check:
     service_name: str = ""
     service_tags: tuple[str, ...] = ()
     definition: CheckDefinition = CheckDefinition("")
+    node: str = ""
     create_index: int = 0
     modify_index: int = 0
 
@@ -156,7 +161,9 @@ class TaggedAddress:
 
 @dataclass(frozen=True)
 class Service:
-    """One service instance. `local` is False for the built-in "consul" service the agent does not own."""
+    """One service instance. `local` is False for what the agent does not own: the built-in "consul"
+    service and anything registered through /v1/catalog/register. ``node`` is its node's name (the store
+    sets it)."""
 
     service_id: str
     name: str
@@ -169,20 +176,47 @@ class Service:
     tagged_addresses: tuple[TaggedAddress, ...] = ()
     kind: str = ""
     local: bool = True
+    node: str = ""
     create_index: int = 0
     modify_index: int = 0
 
 
+Pairs = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class Node:
-    """The single node this agent is."""
+    """A node of the catalog: the agent's own, or an external one registered through /v1/catalog/register.
+
+    ``tagged_addresses`` and ``meta`` are None where Consul has a nil map (an external node registered
+    without them: JSON null), so that "given empty" and "not given" stay apart as in Consul's ChangesNode.
+    """
 
     node_id: str
     name: str
     address: str
     datacenter: str
+    tagged_addresses: Pairs | None = None
+    meta: Pairs | None = None
     create_index: int = 1
     modify_index: int = 1
+
+
+def agent_node(name: str, node_id: str, address: str, datacenter: str) -> Node:
+    """The agent's own node as a Consul agent registers it: lan/wan tagged addresses, the network segment."""
+    tagged = (("lan", address), ("lan_ipv4", address), ("wan", address), ("wan_ipv4", address))
+    return Node(node_id, name, address, datacenter, tagged, (("consul-network-segment", ""),))
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """One key of the KV store (Consul's DirEntry); ``value`` None is Consul's nil value (JSON null)."""
+
+    key: str
+    value: bytes | None
+    flags: int = 0
+    create_index: int = 0
+    modify_index: int = 0
 
 
 @dataclass(frozen=True)

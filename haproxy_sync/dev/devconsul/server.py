@@ -14,22 +14,25 @@ from aiohttp import web
 
 from haproxy_sync.dev.devconsul.acl import AclConfig
 from haproxy_sync.dev.devconsul.agent import AgentHandlers
+from haproxy_sync.dev.devconsul.agentsync import DEFAULT_CHECK_UPDATE_INTERVAL
 from haproxy_sync.dev.devconsul.catalog import CatalogHandlers
+from haproxy_sync.dev.devconsul.catalog_writes import CatalogWrites
 from haproxy_sync.dev.devconsul.checks import _Runner
 from haproxy_sync.dev.devconsul.control import ControlHandlers
 from haproxy_sync.dev.devconsul.faults import _NO_FAULT, Fault
 from haproxy_sync.dev.devconsul.health import HealthHandlers
 from haproxy_sync.dev.devconsul.http import _bind_listener
+from haproxy_sync.dev.devconsul.kv import KVHandlers
 from haproxy_sync.dev.devconsul.records import (
     CONSUL_VERSION,
     PASSING,
     SERF_CHECK_ID,
     Check,
     CheckDefinition,
-    Node,
     Service,
     _kv,
     _log,
+    agent_node,
 )
 from haproxy_sync.dev.devconsul.store import _Catalog
 from haproxy_sync.dev.devconsul.tokens import AclHandlers
@@ -41,40 +44,55 @@ def _go_time_now() -> str:
     return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
 
 
-class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, ControlHandlers):
-    """A Consul agent's HTTP API on a real port, for one node, with an in-memory catalog.
+class DevConsul(
+    AgentHandlers, HealthHandlers, CatalogHandlers, CatalogWrites, KVHandlers, AclHandlers, ControlHandlers
+):
+    """A Consul agent's HTTP API on a real port: a dev agent (its own server) with an in-memory catalog.
 
     Use it from asyncio code (``await DevConsul().start()``); synchronous code uses
     `DevConsulThread`. All methods must be called from the event loop that started it.
 
     Endpoints: agent service register/deregister/maintenance, agent check register/deregister/
     pass/warn/fail/update, agent node maintenance, agent services/service/checks/self/members,
-    health service/checks/state/node, catalog services/service/nodes/datacenters, status
-    leader/peers, acl token/self, the fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and
-    bulk writes for benchmarks and tests at /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister,
-    /v1/devconsul/bulk/weights (PUT; one index each) and
-    /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
+    health service/checks/state/node, catalog services/service/nodes/node/datacenters and
+    register/deregister (external nodes, catalog_writes.py), kv (GET with recurse/keys/separator/raw,
+    PUT with flags/cas, DELETE with recurse/cas; kv.py), status leader/peers, acl token/self, the
+    fault switch at /v1/devconsul/fault (GET, PUT, DELETE), and bulk writes for benchmarks and tests at
+    /v1/devconsul/bulk/register, /v1/devconsul/bulk/deregister, /v1/devconsul/bulk/weights (PUT; one
+    index each) and /v1/devconsul/bulk/weights-over-time (PUT; several weight writes on a timer).
 
-    Faults (see FAULTS) hit /v1/health/*, /v1/catalog/* and /v1/status/*; agent endpoints keep
+    Check results reach the catalog as a Consul agent syncs them (agentsync.py): a status change at
+    once, an output-only change after ``check_update_interval`` (5 minutes unless given; 0: at once),
+    while /v1/agent/checks shows the agent's own state at once. Indexes move as Consul's state store
+    moves them (store.py), including a service without instances answering the last extinction index.
+
+    Faults (see FAULTS) hit /v1/health/*, /v1/catalog/* and /v1/status/*; agent and KV endpoints keep
     working except under "refuse" and "reset", and the fault switch itself is only out of reach
     under "refuse" (use clear_fault()). Error faults also end blocking queries already pending.
 
     Where it deliberately differs from Consul: the "consul" service is in the catalog (as on a
     server agent) with only serfHealth; HTTP/TCP checks run at once after registration instead of
-    after a random stagger, and their output is written on every change (Consul may defer
-    output-only updates by check_update_interval); DeregisterCriticalServiceAfter has no 1-minute
-    floor; script, gRPC, H2PING, UDP, OSService and alias checks are refused with 400 (scripts with
-    Consul's own 500); ?filter= follows go-bexpr v0.1.2 (see filter.KNOWN_DIFFERENCES); there is no KV, no
-    sessions, no Connect, no hash-based blocking on agent endpoints; agent reads also carry
-    X-Consul-Index (the global index).
+    after a random stagger; DeregisterCriticalServiceAfter has no 1-minute floor; script, gRPC, H2PING,
+    UDP, OSService and alias checks are refused with 400 (scripts with Consul's own 500); ?filter=
+    follows go-bexpr v0.1.2 (see filter.KNOWN_DIFFERENCES); there are no sessions (so ``?acquire=`` on a
+    key is 500 'invalid session', ``?release=`` false, LockIndex always 0), no KV transactions (/v1/txn),
+    no Connect, no hash-based blocking on agent endpoints; KV tombstones are never reaped (Consul reaps
+    them after tombstone_ttl, after which a prefix's list index may fall back to the table index); KV
+    keys are not checked for the characters newer Consul versions refuse; catalog register and
+    deregister may not replace or remove what the agent itself owns (its node, services and checks,
+    serfHealth, the "consul" service: 400; Consul would let them and the agent's anti-entropy would
+    restore them), and leave the agent node's own fields as they are; a node ID given to catalog
+    register is not checked against other nodes' IDs; agent reads also carry X-Consul-Index (the global
+    index).
 
     ACLs (acl.py) are off unless ``acl=AclConfig(...)`` (or the ``token=`` shorthand: that secret a
     management token, default policy deny, the anonymous token nothing) switches on Consul's: reads
-    filtered to what the token may see, 403 only for an unknown token or a write without permission.
-    Where that differs from Consul: rules are service, node, agent and operator only (no key, session,
-    event, query, mesh, acl rules, no roles, service or node identities); tokens are fixed at start
-    (no /v1/acl/token writes); devconsul's control endpoints (/v1/devconsul/*) need operator:read
-    (GET) or operator:write.
+    filtered to what the token may see, 403 only for an unknown token or a write without permission
+    (and for a read of one KV key, as Consul). Where that differs from Consul: rules are service,
+    node, agent, key and operator only (no session, event, query, mesh, acl rules, no roles, service or
+    node identities; acl.enable_key_list_policy is off, as by default); tokens are fixed at start (no
+    /v1/acl/token writes); devconsul's control endpoints (/v1/devconsul/*) need operator:read (GET) or
+    operator:write.
     """
 
     def __init__(
@@ -89,6 +107,7 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
         node_address: str = "127.0.0.1",
         ssl_context: ssl.SSLContext | None = None,
         restored_from: DevConsul | None = None,
+        check_update_interval: float = DEFAULT_CHECK_UPDATE_INTERVAL,
     ) -> None:
         """``restored_from``: a stopped DevConsul whose catalog this one takes over (its node, services,
         checks and indexes; ``node``, ``datacenter`` and ``node_address`` are then ignored).
@@ -101,9 +120,17 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
 
         ``acl``: the ACL system (None: ACLs disabled). ``token``: a shorthand for
         ``acl=AclConfig.management_only(token)``; giving both is an error.
+
+        ``check_update_interval``: seconds, Consul's check_update_interval (default 5 minutes): a check
+        result that changes only the output reaches the catalog after half of it plus up to all of it
+        (agentsync.py); 0 writes every result at once, as Consul does with 0.
         """
         if token and acl is not None:
             raise ValueError("devconsul: give either token= (a management token) or acl=, not both")
+        if check_update_interval < 0:
+            raise ValueError("devconsul: check_update_interval must be >= 0")
+        self._check_update_interval = float(check_update_interval)
+        self._deferred: dict[str, asyncio.TimerHandle] = {}
         self.host = host
         self.port = port
         self._acl = AclConfig.management_only(token) if token else acl
@@ -116,11 +143,8 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
             self._catalog = restored_from._catalog
             self._catalog._on_change = self._after_change  # its writes now wake this server's queries
         else:
-            self._node = Node(
-                node_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.{datacenter}.devconsul")),
-                name=node,
-                address=node_address,
-                datacenter=datacenter,
+            self._node = agent_node(
+                node, str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.{datacenter}.devconsul")), node_address, datacenter
             )
             self._catalog = _Catalog(self._node, self._after_change)
         self._fault: Fault = _NO_FAULT
@@ -198,6 +222,7 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
             await runner.cleanup()
             raise
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+        self._sync_all_deferred()  # a restarted agent's first full sync sends what it kept locally
         self._reconcile()
         _log.info(
             "devconsul: started %s",
@@ -225,6 +250,7 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
             runner.cancel()
         for handle in self._reapers.values():
             handle.cancel()
+        self._stop_deferred()
         self._runners.clear()
         self._reapers.clear()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -281,9 +307,15 @@ class DevConsul(AgentHandlers, HealthHandlers, CatalogHandlers, AclHandlers, Con
             web.get("/v1/catalog/services", self._h_catalog_services),
             web.get("/v1/catalog/service/{name:.+}", self._h_catalog_service),
             web.get("/v1/catalog/nodes", self._h_catalog_nodes),
+            web.get("/v1/catalog/node/{node:.*}", self._h_catalog_node),
+            web.put("/v1/catalog/register", self._h_catalog_register),
+            web.put("/v1/catalog/deregister", self._h_catalog_deregister),
             web.get("/v1/catalog/datacenters", self._h_catalog_datacenters),
             web.get("/v1/status/leader", self._h_status_leader),
             web.get("/v1/status/peers", self._h_status_peers),
+            web.get("/v1/kv/{key:.*}", self._h_kv_get),
+            web.put("/v1/kv/{key:.*}", self._h_kv_put),
+            web.delete("/v1/kv/{key:.*}", self._h_kv_delete),
             web.get("/v1/acl/token/self", self._h_acl_token_self),
             web.get("/v1/devconsul/fault", self._h_fault_get),
             web.put("/v1/devconsul/fault", self._h_fault_put),

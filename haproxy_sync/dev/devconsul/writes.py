@@ -13,7 +13,6 @@ from haproxy_sync.dev.devconsul.decode import ConsulHTTPError, _bad_request
 from haproxy_sync.dev.devconsul.records import (
     CRITICAL,
     NODE_MAINT_CHECK_ID,
-    SERF_CHECK_ID,
     SERVICE_MAINT_PREFIX,
     Check,
     CheckDefinition,
@@ -33,6 +32,13 @@ _SERVICE_MAINT_REASON: Final = (
 )
 
 
+def unknown_check(check_id: str) -> ConsulHTTPError:
+    """agent/acl.go vetCheckUpdateWithAuthorizer's answer for a check the agent does not have."""
+    return ConsulHTTPError(
+        404, f"Unknown check ID {_go_quote(check_id)}. Ensure that the check ID is passed, not the check name."
+    )
+
+
 class AgentWrites(ServerBase):
     """What the agent endpoints write, and the bulk writes; methods tests and `DevConsulThread.call` use directly."""
 
@@ -45,6 +51,14 @@ class AgentWrites(ServerBase):
                 "Ensure that the service ID is passed, not the service name.",
             )
         return service
+
+    def _agent_check(self, check_id: str) -> Check | None:
+        """A check of the agent's local state: on its node, not serfHealth (the servers keep that one), not
+        one registered through /v1/catalog/register (the catalog has it, the agent does not)."""
+        check = self._catalog.checks.get(check_id)
+        if check is None or check.definition.kind in ("serf", "catalog") or check.service_id == "consul":
+            return None
+        return check
 
     def register_service(self, registration: ServiceRegistration, *, replace_existing_checks: bool) -> None:
         """Add or replace a service; checks it already had keep their state (as Consul's snapshot)."""
@@ -117,12 +131,8 @@ class AgentWrites(ServerBase):
         )
 
     def deregister_check(self, check_id: str) -> None:
-        check = self._catalog.checks.get(check_id)
-        if check is None or check.check_id == SERF_CHECK_ID:
-            raise ConsulHTTPError(
-                404,
-                f"Unknown check ID {_go_quote(check_id)}. Ensure that the check ID is passed, not the check name.",
-            )
+        if self._agent_check(check_id) is None:
+            raise unknown_check(check_id)
         self._catalog.write(drop_checks=[check_id])
         _log.info("devconsul: deregistered check %s", _kv(id=check_id))
 
