@@ -1,4 +1,4 @@
-"""Raw HTTP for the devconsul tests that need no client library (test_devconsul_kv.py, test_devconsul_catalog.py).
+"""Raw HTTP for the devconsul tests (test_devconsul*.py): one request, one :class:`Reply`.
 
 Every request is one urllib call with a bounded timeout; an HTTP error status is an answer, not an
 exception, so a test can assert Consul's status and text; only a transport failure raises.
@@ -7,6 +7,7 @@ exception, so a test can assert Consul's status and text; only a transport failu
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ def call(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
     """Send one request: bytes are sent as they are, anything else as JSON; PUT without a body sends b""."""
     all_headers = dict(headers or {})
@@ -60,7 +62,7 @@ def call(
         data = b""
     request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
     except urllib.error.HTTPError as error:
         try:

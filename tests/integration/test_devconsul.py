@@ -34,54 +34,13 @@ import aiohttp
 import pytest
 
 from haproxy_sync.dev.devconsul import DevConsul, DevConsulThread, format_go_duration, parse_go_duration
+from tests.integration.devconsul_http import Reply, call
 
 T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One HTTP answer, headers keyed in lower case."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-    @property
-    def index(self) -> int:
-        return int(self.headers["x-consul-index"])
-
-
-def call(
-    method: str,
-    url: str,
-    body: Any = None,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
-    context: ssl.SSLContext | None = None,
-) -> Reply:
-    """Send one request; HTTP error statuses are answers too, only transport failures raise."""
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
-    except urllib.error.HTTPError as error:
-        try:
-            return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-        finally:
-            error.close()
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 5.0, what: str = "condition") -> T:
@@ -138,27 +97,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# --------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture
-def consul() -> Iterator[DevConsulThread]:
-    server = DevConsulThread().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    """Threads for requests that must be in flight while the test does something else."""
-    executor = ThreadPoolExecutor(max_workers=4)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -1349,3 +1287,9 @@ def test_py_consul_registers_and_reads(consul: DevConsulThread, monkeypatch: pyt
         assert services["web"] == ["blue"]
         assert client.agent.service.deregister("web-1")
         assert client.health.service("web")[1] == []
+
+
+@pytest.fixture
+def consul(consul_defaults: DevConsulThread) -> DevConsulThread:
+    """devconsul with Consul's defaults (tests/integration/conftest.py)."""
+    return consul_defaults

@@ -9,73 +9,28 @@ fills it with the management token, and stops it; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytest
 
 from haproxy_sync.dev.devconsul import AclConfig, AclToken, DevConsulThread, parse_rules
 from haproxy_sync.dev.devconsul.cli import _parser, acl_from_args
+from tests.integration.devconsul_http import Reply, call
 
 ROOT = "r00t-management-secret"
-FILTERED = "x-consul-results-filtered-by-acls"
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 ANONYMOUS_TAIL = ". The anonymous token is used implicitly when a request does not specify a token."
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One HTTP answer, headers keyed in lower case."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-    @property
-    def filtered(self) -> bool:
-        """Whether Consul's filtered-by-ACLs header is there (it is only ever set to "true")."""
-        value = self.headers.get(FILTERED)
-        assert value in (None, "true"), value
-        return value == "true"
-
-
-def call(method: str, url: str, body: Any = None, *, token: str | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 10.0) -> Reply:
-    """One request; error statuses are answers, only transport failures raise."""
-    all_headers = dict(headers or {})
-    if token is not None:
-        all_headers["X-Consul-Token"] = token
-    data = None if body is None else json.dumps(body).encode()
-    if method == "PUT" and data is None:
-        data = b""
-    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Reply(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
-    except urllib.error.HTTPError as error:
-        try:
-            return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
-        finally:
-            error.close()
 
 
 def get(consul: DevConsulThread, path: str, **kwargs: Any) -> Reply:

@@ -11,7 +11,6 @@ index. Raw HTTP to a devconsul of each test's own; every wait is bounded.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -24,22 +23,6 @@ ROOT = "catalog-root-secret"
 NODE_ID = "2d6a5f1e-8c3b-4f7a-9e0d-1b2c3d4e5f60"
 
 
-@pytest.fixture
-def consul() -> Iterator[DevConsulThread]:
-    server = DevConsulThread().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(max_workers=4)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def get(consul: DevConsulThread, path: str, **kwargs: Any) -> Reply:
@@ -392,3 +375,9 @@ def test_reads_of_an_external_node_are_filtered_by_node_read() -> None:
         assert get(consul, "/v1/health/node/ext-1", token="local-only-secret").json() == []
         assert get(consul, "/v1/catalog/services", token="local-only-secret").json()["redis"] == ["primary"]
         assert len(get(consul, "/v1/health/service/redis", token=ROOT).json()) == 1
+
+
+@pytest.fixture
+def consul(consul_defaults: DevConsulThread) -> DevConsulThread:
+    """devconsul with Consul's defaults (tests/integration/conftest.py)."""
+    return consul_defaults

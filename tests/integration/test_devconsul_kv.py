@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -21,22 +20,6 @@ from tests.integration.devconsul_http import Reply, call
 ROOT = "kv-root-secret"
 
 
-@pytest.fixture
-def consul() -> Iterator[DevConsulThread]:
-    server = DevConsulThread().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(max_workers=4)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def kv(consul: DevConsulThread, method: str, path: str, body: bytes | None = None, **kwargs: object) -> Reply:
@@ -364,3 +347,9 @@ def test_key_rules_guard_writes_and_a_recursive_delete_needs_the_whole_prefix() 
         assert kv(consul, "DELETE", "?recurse", token="writer-secret").status == 403  # no rule covers ""
         assert kv(consul, "GET", "?keys", token=ROOT).json() == ["app/a", "app/locked"]
         assert kv(consul, "DELETE", "?recurse", token=ROOT).json() is True
+
+
+@pytest.fixture
+def consul(consul_defaults: DevConsulThread) -> DevConsulThread:
+    """devconsul with Consul's defaults (tests/integration/conftest.py)."""
+    return consul_defaults
