@@ -26,7 +26,6 @@ from haproxy_sync.dev.devconsul.encode import (
     _service_json,
 )
 from haproxy_sync.dev.devconsul.filter import AGENT_SERVICE
-from haproxy_sync.dev.devconsul.http import _has_tags
 from haproxy_sync.dev.devconsul.pipeline import Filtered, RequestPipeline, _acl_keep
 from haproxy_sync.dev.devconsul.store import NODE_EXTINCTION, _node_table
 
@@ -61,14 +60,7 @@ class CatalogHandlers(RequestPipeline):
         node_ok = self._node_meta_filter(request)
 
         def payload(authorizer: Authorizer) -> Filtered:
-            instances = [
-                s
-                for s in self._catalog.instances(name)
-                if _has_tags(s, tags) and node_ok(self._catalog.node_of(s))
-            ]
-            visible, removed = _acl_keep(
-                instances, lambda s: authorizer.node_read(s.node) and authorizer.service_read(s.name)
-            )
+            visible, removed = self._service_instances(name, tags, node_ok, authorizer)
             entries = (_catalog_service_json(service, self._catalog.node_of(service)) for service in visible)
             return Filtered(options.keep(entries), removed)
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from haproxy_sync.dev.devconsul.acl import Authorizer
 from haproxy_sync.dev.devconsul.decode import _bad_request
 from haproxy_sync.dev.devconsul.encode import _CHECK_FIELDS, _HEALTH_FIELDS, _check_json, _node_json, _service_json
-from haproxy_sync.dev.devconsul.http import _all_passing, _has_tags, _passing_param
+from haproxy_sync.dev.devconsul.http import _all_passing, _passing_param
 from haproxy_sync.dev.devconsul.pipeline import Filtered, RequestPipeline, _acl_keep
 from haproxy_sync.dev.devconsul.records import _STATUSES, Check, Service
 
@@ -52,14 +52,7 @@ class HealthHandlers(RequestPipeline):
         node_ok = self._node_meta_filter(request)
 
         def payload(authorizer: Authorizer) -> Filtered:
-            instances = [
-                s
-                for s in self._catalog.instances(name)
-                if _has_tags(s, tags) and node_ok(self._catalog.node_of(s))
-            ]
-            visible, removed = _acl_keep(
-                instances, lambda s: authorizer.node_read(s.node) and authorizer.service_read(s.name)
-            )
+            visible, removed = self._service_instances(name, tags, node_ok, authorizer)
             entries = options.keep(self._health_entry(service) for service in visible)
             return Filtered([entry for entry in entries if not passing or _all_passing(entry)], removed)
 

@@ -28,6 +28,7 @@ from haproxy_sync.dev.devconsul.http import (
     _NO_ACL_PREFIXES,
     DEFAULT_WAIT,
     MAX_WAIT,
+    _has_tags,
     _is_faulted_path,
     _json_bytes,
     _ReadOptions,
@@ -35,7 +36,7 @@ from haproxy_sync.dev.devconsul.http import (
     _reset_transport,
     _text_response,
 )
-from haproxy_sync.dev.devconsul.records import Check, Node, parse_go_duration
+from haproxy_sync.dev.devconsul.records import Check, Node, Service, parse_go_duration
 
 # Where a request's resolved Authorizer is kept: a typed key where aiohttp has them (3.13+; a plain
 # string key warns there), a string on the older versions pyproject allows.
@@ -168,6 +169,17 @@ class RequestPipeline(ServerBase):
             return all(meta.get(key) == value for key, value in wanted)
 
         return matches
+
+    def _service_instances(
+        self, name: str, tags: Sequence[str], node_ok: Callable[[Node], bool], authorizer: Authorizer
+    ) -> tuple[list[Service], bool]:
+        """The instances of ``name`` a catalog or health read asked for (every ?tag=, ?node-meta=) and
+        may see: service:read on the service and node:read on its node, as Consul's filterACL does for
+        service nodes. Also whether the ACLs left any out."""
+        instances = [
+            s for s in self._catalog.instances(name) if _has_tags(s, tags) and node_ok(self._catalog.node_of(s))
+        ]
+        return _acl_keep(instances, lambda s: authorizer.node_read(s.node) and authorizer.service_read(s.name))
 
     def _compare_index(self, index: int, faulted: bool) -> int:
         if faulted and self._fault.name == "index_backwards":
