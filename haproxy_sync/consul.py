@@ -281,7 +281,6 @@ class WatchStatus:
     fault: str = ""
     failures: int = 0
     last_index: int = 0
-    last_success: float | None = None  # monotonic
     #: When the data was last known current (monotonic): the last good answer, or the moment an agent
     #: that held a blocking query for it went away (until then it would have answered a change).
     current_at: float | None = None
@@ -473,7 +472,7 @@ class BlockingWatch(Generic[T]):
             )
         status.healthy, status.fault, status.failures = True, "", 0
         status.last_index = index
-        status.last_success = status.current_at = time.monotonic()
+        status.current_at = time.monotonic()
 
     def _record_failure(self, error: ConsulError) -> float:
         status = self.status

@@ -121,14 +121,9 @@ def find_rejected(suspects: Sequence[Suspect], check: Check, max_checks: int = M
     kept: frozenset[int] = frozenset()
     rejected: list[tuple[Suspect, str]] = []
     whole = list(range(len(suspects)))
-    pending = [whole[len(whole) // 2:], whole[:len(whole) // 2]] if len(whole) > 1 else []
-    if len(whole) == 1:
-        # The only suspect, with the base accepted: the original failure already refused it.
-        again = check(frozenset(whole))
-        checks += 1
-        if again is None:
-            return Isolation(checks=checks)  # the failure did not come back: nothing to blame
-        return Isolation(((suspects[0], again),), checks)
+    # Start from the two halves: the whole was refused already (a lone suspect is checked once, for
+    # HAProxy's reason; when the failure does not come back, no one is blamed).
+    pending = [whole[len(whole) // 2:], whole[:len(whole) // 2]]
     while pending:
         group = pending.pop()
         if not group:

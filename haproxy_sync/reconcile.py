@@ -16,7 +16,7 @@ from haproxy_sync import haproxy
 from haproxy_sync.apply import Applier
 from haproxy_sync.config import Settings
 from haproxy_sync.metrics import Metrics
-from haproxy_sync.plan import BackendSlots
+from haproxy_sync.plan import BackendSlots, Drift
 from haproxy_sync.render import rebind_spelling
 from haproxy_sync.routing import Routing
 
@@ -56,8 +56,7 @@ def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, Backend
                     exc, settings.sync.reconcile_interval)
         return Finding.NOTHING
     if drift.found:
-        metrics.drift_found.inc(len(drift.found))
-        metrics.drift_repaired.inc(len(drift.commands))
+        _count(metrics, drift)
         log.warning("reconcile: drift found on %d servers, repaired with %d runtime commands: %s",
                     len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
     if drift.missing:
@@ -75,7 +74,11 @@ def read_back_after_reload(settings: Settings, applier: Applier, tables: Mapping
         log.warning("could not read back servers after the reload: %s; the reconcile tries again", exc)
         return
     if not drift.empty:
-        metrics.drift_found.inc(len(drift.found))
-        metrics.drift_repaired.inc(len(drift.commands))
+        _count(metrics, drift)
         log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
                     len(drift.found), "; ".join(drift.found[:5]))
+
+
+def _count(metrics: Metrics, drift: Drift) -> None:
+    metrics.drift_found.inc(len(drift.found))
+    metrics.drift_repaired.inc(len(drift.commands))

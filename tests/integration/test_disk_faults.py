@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.soak.faults import ReadOnlyDir
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import DaemonProcess, Stack, consul_put, wait_until
@@ -34,13 +35,14 @@ def _mount(*args: str) -> None:
 
 @contextlib.contextmanager
 def read_only(directory: Path) -> Iterator[None]:
-    """``directory`` read-only (a bind mount over itself) for the ``with`` block: EROFS on every write."""
-    _mount("--bind", str(directory), str(directory))
+    """``directory`` read-only for the ``with`` block (the soak's fault: a read-only bind mount over
+    itself): EROFS on every write."""
+    fault = ReadOnlyDir(directory, directory / "haproxy.cfg")
+    fault.inject()
     try:
-        _mount("-o", "remount,ro,bind", str(directory))
         yield
     finally:
-        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=10)
+        fault.undo()
 
 
 def test_a_read_only_config_directory_for_a_while_is_ridden_out(tmp_path: Path, consul: DevConsulThread,
