@@ -24,7 +24,8 @@ The parts, bottom to top:
   ``ConsulHTTPError``; ``registration.py``: decoding and validation of catalog register/deregister
   bodies;
 * ``encode.py``: the JSON shapes Consul answers with;
-* ``filter.py``: ``filter`` expressions as Consul evaluates them (go-bexpr v0.1.2, the version it pins);
+* ``filter.py``: ``filter`` expressions as Consul evaluates them (go-bexpr v0.1.2, the version it
+  pins), with its syntax in ``filter_syntax.py`` and RE2 patterns in ``filter_regexp.py``;
 * ``acl.py``: the ACL system, pure: rules (service, node, agent, key, operator), tokens, ``AclConfig``
   and the ``Authorizer`` that decides what a request's token may read and write (Consul's
   longest-prefix / exact-match rules, an anonymous token, a default policy, key_write_prefix);
