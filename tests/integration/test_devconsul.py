@@ -10,8 +10,10 @@ socket a test opens is closed by the test; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -1293,3 +1295,44 @@ def test_py_consul_registers_and_reads(consul: DevConsulThread, monkeypatch: pyt
 def consul(consul_defaults: DevConsulThread) -> DevConsulThread:
     """devconsul with Consul's defaults (tests/integration/conftest.py)."""
     return consul_defaults
+
+
+def _sockets_bound_to(port: int) -> list[int]:
+    """The file descriptors of this process whose socket's local port is `port` (server-side ones)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            probe = socket.socket(fileno=os.dup(int(name)))
+            try:
+                address = probe.getsockname()
+                if isinstance(address, tuple) and address[1] == port:
+                    found.append(int(name))
+            finally:
+                probe.close()
+    return found
+
+
+def test_stop_while_clients_keep_connecting_leaves_no_server_socket_open() -> None:
+    """A connection accepted as the listener closes must be closed by stop(), not left to the GC."""
+    for _ in range(15):
+        consul = DevConsulThread(port=0).start()
+        port = consul.port
+        stopping = threading.Event()
+
+        def hammer(port: int, stopping: threading.Event) -> None:
+            while not stopping.is_set():
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as client:
+                    client.sendall(b"GET /v1/health/service/web?index=1&wait=5m HTTP/1.1\r\nHost: x\r\n\r\n")
+                    time.sleep(0.001)
+
+        clients = [threading.Thread(target=hammer, args=(port, stopping), daemon=True) for _ in range(8)]
+        for client in clients:
+            client.start()
+        time.sleep(0.05)
+        consul.stop()
+        stopping.set()
+        for client in clients:
+            client.join(timeout=5)
+        assert _sockets_bound_to(port) == [], f"devconsul left connections on port {port} open after stop()"

@@ -8,6 +8,7 @@ import random
 import socket
 import ssl
 import uuid
+import weakref
 
 import aiohttp
 from aiohttp import web
@@ -155,9 +156,9 @@ class DevConsul(
         self._reapers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self._listen_task: asyncio.Task[None] | None = None
-        self._pending_sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: dict[asyncio.Task[None], socket.socket] = {}
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         if restored_from is None:
@@ -214,13 +215,7 @@ class DevConsul(
             raise
         self._runner = runner
         self.port = sock.getsockname()[1]
-        self._pending_sock = sock
-        try:
-            await self._serve(sock)
-        except BaseException:
-            self._runner = None
-            await runner.cleanup()
-            raise
+        self._listen(sock)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
         self._sync_all_deferred()  # a restarted agent's first full sync sends what it kept locally
         self._reconcile()
@@ -242,9 +237,7 @@ class DevConsul(
         self._stopping = True
         self._notify()
         self._stop_listening(spare=None)
-        if self._listen_task is not None:
-            await asyncio.gather(self._listen_task, return_exceptions=True)
-        self._stop_listening(spare=None)  # in case that task got a listener up meanwhile
+        await self._close_accepting()
         tasks = [runner.task for runner in self._runners.values() if runner.task is not None]
         for runner in self._runners.values():
             runner.cancel()
@@ -255,6 +248,9 @@ class DevConsul(
         self._reapers.clear()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._runner.cleanup()
+        # aiohttp's shutdown() clears its list after closing what it held, so a connection whose
+        # connection_made ran meanwhile would be left open (and leak) when the loop ends.
+        self._reset_connections(spare=None)
         if self._session is not None:
             await self._session.close()
         _log.info("devconsul: stopped %s", _kv(url=self.url))
