@@ -466,6 +466,7 @@ class Daemon:
             self._doubt()
             if isinstance(exc, master.ReloadError):
                 self.metrics.reload_failures.labels(exc.failure.label).inc()
+                self.metrics.reloaded(ok=False)
                 # The reload budget holds after a failed reload too: with the failures' backoff it keeps
                 # a config HAProxy is slow to load, or refuses, from being reloaded over and over.
                 self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
@@ -478,6 +479,7 @@ class Daemon:
             log.log(logging.INFO if back else logging.WARNING, "HAProxy's admin socket %s %s after the reload",
                     settings.haproxy.stats_socket, "is back" if back else "is still missing: the reconcile tries again")
         if report.reloaded:
+            self.metrics.reloaded(ok=True)
             self.drains.forget_version()
             self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
             action = f"{action} ({reason})"
@@ -601,6 +603,7 @@ class Daemon:
             return
         reason = outcome.reason.label if outcome.reason is not None else outcome.path.label
         metrics.applies.labels(outcome.path.label, reason).inc()
+        metrics.last_apply.set(time.time())
         metrics.runtime_commands.inc(outcome.commands)
         if outcome.reload is not None and outcome.reload.reloaded:
             metrics.reload_duration.observe(outcome.reload.seconds)
@@ -632,6 +635,7 @@ class Daemon:
             confirmed=self._confirmed, reload_owed=self._structure_changed, rejected_config=self._rejected_config,
             last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
             stale_after=self.settings.metrics.stale_after,
+            haproxy_version=self.applier.features(self.settings).version_text,
         )
 
     # --- configuration changes ---
@@ -691,6 +695,10 @@ class Daemon:
                 # Gone, not restarted: its series go too, or names cycling through Consul would
                 # pile up series without bound ("catalog" is also the discovery watch's label).
                 self.metrics.forget_service(name)
+        for name, _ in self.watches.services():
+            self.metrics.watching(name)  # idempotent: a sample of 0 for each guard outcome
+        if self.watches.catalog is not None:
+            self.metrics.watching("catalog")
 
     def _count_consul_error(self, service: str, kind: str) -> None:
         self.metrics.consul_errors.labels(service, kind).inc()

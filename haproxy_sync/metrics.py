@@ -18,13 +18,27 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from haproxy_sync import __version__
+from haproxy_sync.buildinfo import revision
+from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadFailure, ReloadKind
 
 log = logging.getLogger(__name__)
+
+#: The outcomes of the empty-backend guard (``guard_total{outcome}``), see guard.Count.
+GUARD_OUTCOMES = ("held", "applied", "recovered")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -53,6 +67,7 @@ class StateView:
     last_apply_path: str = ""
     last_apply_age: float | None = None
     stale_after: float = 180.0
+    haproxy_version: str = "unknown"  # of the configured binary, asked again when the file changes
 
     def not_ready(self) -> list[str]:
         reasons = []
@@ -79,7 +94,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.view = view
         reg = self.registry
-        Gauge("haproxy_sync_build_info", "haproxy-sync version.", ["version"], registry=reg).labels(__version__).set(1)
+        # The process and Python collectors of prometheus_client, in this registry rather than the global one.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            reg.register(collector)
         self.consul_errors = Counter(
             "haproxy_sync_consul_errors_total", "Failed Consul reads by fault kind.", ["service", "kind"], registry=reg)
         self.renders = Counter("haproxy_sync_renders_total", "Templates rendered.", registry=reg)
@@ -128,11 +145,55 @@ class Metrics:
             "by result (applied, rejected).", ["result"], registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
+        self.last_reload_ok = Gauge(
+            "haproxy_sync_config_last_reload_successful",
+            "1 unless the last HAProxy reload haproxy-sync asked for failed (1 before the first).", registry=reg)
+        self.last_reload_ok.set(1)
+        self.last_reload_success = Gauge(
+            "haproxy_sync_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last reload HAProxy confirmed (0: none since this daemon started).", registry=reg)
+        self.last_apply = Gauge(
+            "haproxy_sync_last_apply_timestamp_seconds",
+            "Unix time of the last successful apply, a no-op included (0: none yet).", registry=reg)
+        self._initialise()
         #: The labelled metrics with a ``service`` label kept in this registry (the scrape-time series
         #: of _StateCollector follow the watches by themselves); a new one must be listed here.
         self.per_service: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
             (self.consul_errors, ("service", "kind")), (self.guard, ("service", "outcome")))
         reg.register(_StateCollector(view))
+
+    def _initialise(self) -> None:
+        """A sample of 0 for every label value known in advance, so that ``increase()`` sees the first one.
+
+        Per-service counters are initialised by :meth:`watching` when the service's watch starts.
+        """
+        for stage in FailureStage:
+            self.apply_failures.labels(stage.label)
+        for failure in ReloadFailure:
+            self.reload_failures.labels(failure.label)
+        for result in ("applied", "rejected"):
+            self.config_rereads.labels(result)
+        self.applies.labels(ApplyPath.RUNTIME.label, ApplyPath.RUNTIME.label)
+        self.applies.labels(ApplyPath.NONE.label, ApplyPath.NONE.label)
+        for kind in ReloadKind:
+            self.applies.labels(ApplyPath.RELOAD.label, kind.label)
+            self.applies.labels(ApplyPath.NONE.label, kind.label)  # a reload found HAProxy already running it
+        for path in ApplyPath:
+            self.convergence.labels(path.label)
+        for origin in ("configured", "discovered"):
+            self.routed.labels(origin)
+
+    def watching(self, service: str) -> None:
+        """A watch of ``service`` started: its guard outcomes start at 0 (3 series per service; the
+        Consul error kinds are left to appear at the first error, 13 per service would be too many)."""
+        for outcome in GUARD_OUTCOMES:
+            self.guard.labels(service, outcome)
+
+    def reloaded(self, ok: bool) -> None:
+        """A reload haproxy-sync asked for ended: confirmed (``ok``) or not."""
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_success.set(time.time())
 
     def forget_service(self, service: str) -> None:
         """Remove every series of ``service`` (a discovered service that left, its watch stopped), so
@@ -179,9 +240,13 @@ class _StateCollector(Collector):
                                     labels=["service", "reason"])
         for (service, kind), count in sorted(state.skipped.items()):
             skipped.add_metric([service, kind], float(count))
+        build = GaugeMetricFamily("haproxy_sync_build_info", "haproxy-sync's version and revision, and the "
+                                  "version of the HAProxy binary it runs.",
+                                  labels=["version", "revision", "haproxy_version"])
+        build.add_metric([__version__, revision(), state.haproxy_version], 1.0)
         ready = GaugeMetricFamily("haproxy_sync_ready", "1 when /ready answers 200.")
         ready.add_metric([], 0.0 if state.not_ready() else 1.0)
-        yield from (up, index, age, servers, skipped, ready)
+        yield from (build, up, index, age, servers, skipped, ready)
 
 
 async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -15,6 +17,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
+from haproxy_sync.reasons import FailureStage, ReloadFailure
 from tests.helpers import Stack, cli, consul_put, haproxy_version, http_get, operator_command, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
@@ -29,7 +32,12 @@ def stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]
 
 def test_metrics_count_what_the_run_did(stack: Stack) -> None:
     before = stack.scrape()
-    assert before['haproxy_sync_build_info{version="0.1.0"}'] == 1
+    build = [key for key in before if key.startswith("haproxy_sync_build_info{")]
+    assert len(build) == 1 and before[build[0]] == 1
+    running = ".".join(map(str, haproxy_version()))
+    labels = r'haproxy_version="[0-9.]+",revision="([0-9a-f]{7,}(-dirty)?|unknown)",version="0\.1\.0"'
+    assert re.fullmatch(r"haproxy_sync_build_info\{" + labels + r"\}", build[0]), build[0]
+    assert f'haproxy_version="{running}.' in build[0]  # major.minor from the tests' binary, then the patch
     assert before['haproxy_sync_servers{backend="cabify",state="up"}'] == 3
     assert before['haproxy_sync_servers{backend="cabify",state="free"}'] == 5
     assert before['haproxy_sync_consul_watch_up{service="cabify"}'] == 1
@@ -48,6 +56,36 @@ def test_metrics_count_what_the_run_did(stack: Stack) -> None:
     assert draining + after['haproxy_sync_servers{backend="cabify",state="free"}'] == 8
     assert draining == 3 or idle_rule
     assert after["haproxy_sync_renders_total"] >= 3
+
+
+def test_first_failures_are_visible_to_increase_and_the_process_is_measured(stack: Stack) -> None:
+    """Every labelled counter with known labels has a sample at 0 from the start, so that the first
+    failure is an increase() and an alert rule sees it; the process collectors are on."""
+    scraped = stack.scrape()
+    for stage in FailureStage:
+        assert scraped[f'haproxy_sync_apply_failures_total{{stage="{stage.label}"}}'] == 0
+    for failure in ReloadFailure:
+        assert scraped[f'haproxy_sync_reload_failures_total{{kind="{failure.label}"}}'] == 0
+    assert scraped['haproxy_sync_config_rereads_total{result="rejected"}'] == 0
+    for outcome in ("held", "applied", "recovered"):
+        assert scraped[f'haproxy_sync_guard_total{{outcome="{outcome}",service="cabify"}}'] == 0
+    assert scraped['haproxy_sync_applies_total{path="runtime",reason="runtime"}'] == 0
+    assert scraped["process_open_fds"] > 0 and scraped["process_max_fds"] >= scraped["process_open_fds"]
+    assert scraped["process_resident_memory_bytes"] > 10_000_000
+    started = scraped["process_start_time_seconds"]
+    assert abs(started - time.time()) < 600
+    assert scraped["haproxy_sync_config_last_reload_successful"] == 1
+    assert started <= scraped["haproxy_sync_last_apply_timestamp_seconds"] <= time.time()
+    assert any(key.startswith("python_info{") for key in scraped)
+    # A SIGHUP owes a reload; the next change pays it, and the reload's time is recorded.
+    reloads = stack.daemon.log().count("reloaded in")
+    stack.daemon.signal(signal.SIGHUP)
+    stack.daemon.wait_for_log("configuration and template re-read", timeout=10)
+    consul_put(stack.consul.url, f"/v1/agent/service/deregister/{stack.apps[0].instance_id}")
+    stack.daemon.wait_for_log("reloaded in", count=reloads + 1, timeout=20)
+    after = stack.scrape()
+    assert after["haproxy_sync_config_last_reload_successful"] == 1
+    assert started <= after["haproxy_sync_config_last_reload_success_timestamp_seconds"] <= time.time()
 
 
 def test_health_and_ready_follow_consul(stack: Stack) -> None:
