@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import jinja2
 
-from haproxy_sync import haproxy, master, stats_file
+from haproxy_sync import haproxy, master, running_claim, stats_file
 from haproxy_sync.commands import Command
-from haproxy_sync.config import Settings
+from haproxy_sync.config import HAProxySettings, Settings
 from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
 from haproxy_sync.render import render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, route_drift
@@ -55,19 +55,53 @@ def write_routes(settings: Settings, routes: str) -> None:
         haproxy.atomic_write(hap.routes_map_path, routes, mode=hap.config_mode, group=hap.config_group)
 
 
-def running_config_is_current(master_socket: Path, config_path: Path) -> bool:
-    """True when HAProxy's newest worker started after the live config was written.
+def running_config_is_current(hap: HAProxySettings, text: str) -> bool:
+    """Whether HAProxy's current worker runs ``text``, the live config on disk.
 
-    A worker reads the config when it starts, so a worker younger than the file runs the file. This
-    lets a restarted daemon (or one that found HAProxy down) know whether a reload is still owed.
+    This lets a restarted daemon (or one that found HAProxy down) know whether a reload is still owed.
+    Asked of the master CLI only, never ``/proc`` (which the unit hides): the claim the daemon wrote
+    when it last knew (:mod:`running_claim`), else the worker's uptime against the file's age (a
+    worker reads the config when it starts, so a worker younger than the file runs the file). A
+    current answer without a claim writes one, so the next runtime change keeps it up to date.
     """
     try:
-        worker = master.show_proc(master_socket).current_worker
-        if worker is None:
+        proc = master.show_proc(hap.master_socket)
+        if proc.current_worker is None:
             return False
-        return master.process_start_time(worker) >= config_path.stat().st_mtime
+        claim = running_claim.read_claim(hap.server_state_file)
+        if claim is not None and claim.vouches(proc, text):
+            return True
+        if not running_claim.started_after(proc, time.time() - hap.config_path.stat().st_mtime):
+            return False
     except (haproxy.HAProxyError, OSError, ValueError):
         return False
+    _claim_for(hap, proc, text)
+    return True
+
+
+def _claim_for(hap: HAProxySettings, proc: master.ProcInfo, text: str) -> None:
+    """Write down that ``proc``'s current worker runs ``text`` (nothing without a master to name)."""
+    if proc.master_pid > 0 and proc.current_worker is not None:
+        running_claim.write_claim(hap.server_state_file,
+                                  running_claim.Claim(proc.master_pid, proc.current_worker, running_claim.digest(text)))
+
+
+def _claim_follows(hap: HAProxySettings, text: str) -> None:
+    """After a runtime change reached the disk: the worker the claim names now runs ``text``.
+
+    Only when ``show proc`` still names that worker: after a reload nobody asked for (``systemctl
+    reload haproxy``) what the new worker runs is not known here, and the claim stays stale, so the
+    next start reloads rather than trusting it.
+    """
+    claim = running_claim.read_claim(hap.server_state_file)
+    if claim is None:
+        return
+    try:
+        proc = master.show_proc(hap.master_socket)
+    except (haproxy.HAProxyError, OSError):
+        return
+    if proc.master_pid == claim.master_pid and proc.current_worker == claim.worker_pid:
+        _claim_for(hap, proc, text)
 
 
 @dataclass(frozen=True)
@@ -104,7 +138,7 @@ def apply_config(
         routes_changed = routes is not None and haproxy.read_text(hap.routes_map_path) != routes
         if routes is not None:
             write_routes(settings, routes)
-        if not routes_changed and running_config_is_current(hap.master_socket, path):
+        if not routes_changed and running_config_is_current(hap, text):
             haproxy.remember_last_good(path)
             return ReloadReport("unchanged; HAProxy already runs it")
         action = "unchanged on disk"
@@ -139,6 +173,7 @@ def apply_config(
                 and haproxy.restore_last_good(path)):
             raise master.ReloadError(f"{exc}; restored {haproxy.last_good_path(path).name}", exc.failure) from None
         raise
+    _claim_for(hap, info, text)
     try:
         haproxy.remember_last_good(path)
         if carry_counters:
@@ -187,6 +222,20 @@ def read_running(stats_socket: Path, backend: str | None = None) -> dict[tuple[s
     }
 
 
+def inherited_routes(settings: Settings, live: str) -> dict[str, str] | None:
+    """The routes HAProxy runs when its current worker is known to run ``live``, else None.
+
+    A restarted daemon starts from what HAProxy runs: with this it plans Runtime API commands from the
+    live config instead of reloading to be sure (see :func:`running_config_is_current`).
+    """
+    if not running_config_is_current(settings.haproxy, live):
+        return None
+    try:
+        return read_routes(settings)
+    except haproxy.HAProxyError:
+        return None
+
+
 class RuntimeApplyError(haproxy.HAProxyError):
     """The Runtime API did not leave HAProxy running what was planned; a reload will."""
 
@@ -224,6 +273,7 @@ def persist(settings: Settings, text: str, routes: str | None = None) -> None:
     """Write what HAProxy now runs to disk (validated), so a restart or a reload gives the same state."""
     write_live(settings, text, routes)
     haproxy.remember_last_good(settings.haproxy.config_path)
+    _claim_follows(settings.haproxy, text)
 
 
 def repair_drift(settings: Settings, tables: Mapping[str, BackendSlots], routing: Routing | None = None) -> Drift:
@@ -286,6 +336,8 @@ class Applier(Protocol):
 
     def routes_on_disk(self, settings: Settings) -> dict[str, str]: ...
 
+    def inherit(self, settings: Settings, live: str) -> dict[str, str] | None: ...
+
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
                 routing: Routing) -> str: ...
 
@@ -318,6 +370,9 @@ class HAProxyApplier:
 
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return routes_on_disk(settings)
+
+    def inherit(self, settings: Settings, live: str) -> dict[str, str] | None:
+        return inherited_routes(settings, live)
 
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
                 routing: Routing) -> str:

@@ -309,6 +309,11 @@ class SyncSettings:
         parse_bool, True,
         "Apply membership, health and weight changes through the Runtime API, without a reload.",
     )
+    ready_without_consul: float = setting(
+        parse_duration, "10s",
+        "At start, with no answer from Consul this long and HAProxy known to run the live config, tell systemd "
+        "READY (HAProxy serves the last good config; /ready stays 503 until Consul answers); 0 waits for Consul.",
+    )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from haproxy_sync.metrics import Metrics, StateView, WatchView
 from haproxy_sync.outcome import Outcome, RunningState
 from haproxy_sync.persist import BackgroundWriter, Files
 from haproxy_sync.pipeline import (
+    Baseline,
     Observed,
     Prepared,
     adoptable,
@@ -64,6 +65,7 @@ from haproxy_sync.plan import (
     diff_snapshots,
     draining,
     servers_by_state,
+    slots_from_config,
 )
 from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason, SkipKind
 from haproxy_sync.reconcile import Finding, read_back_after_reload, reconcile
@@ -130,6 +132,7 @@ class Daemon:
         self.guard = ServiceGuard(count)
         self.catalog_guard = CatalogGuard(count)
         self._ready_sent = False
+        self._ready_without_consul_at: float | None = None  # when a start still waiting for Consul tells READY
         self.writer = BackgroundWriter(self._persist, self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
 
@@ -217,6 +220,8 @@ class Daemon:
         try:
             self._start_catalog()
             self._sync_watches()
+            if self.settings.sync.ready_without_consul > 0:
+                self._ready_without_consul_at = time.monotonic() + self.settings.sync.ready_without_consul
             log.info(
                 "started services=%s consul=%s config=%s runtime_api=%s",
                 ",".join(s.name for s in self.settings.services), self.settings.consul.address,
@@ -237,7 +242,7 @@ class Daemon:
 
     def _timers(self) -> list[float]:
         timers = [self._retry_at, *self.drains.deadlines(), self.hold_down.due_at, self._reconcile_at,
-                  self.catalog_guard.due_at, *self.guard.deadlines()]
+                  self.catalog_guard.due_at, *self.guard.deadlines(), self._ready_without_consul_at]
         return [t for t in timers if t is not None]
 
     async def _loop(self) -> None:
@@ -258,6 +263,7 @@ class Daemon:
                         log.info("waiting for a first good read from Consul of services=%s",
                                  ",".join(sorted(missing)[:20]))
                         waiting_logged = True
+                    await self._ready_without_consul(missing)
                     continue
                 now = time.monotonic()
                 due = self.guard.due(now)
@@ -288,6 +294,31 @@ class Daemon:
                 self._after(Outcome(False, f"unexpected {type(exc).__name__} in this cycle: {str(exc)[:300]}",
                                     stage=FailureStage.UNEXPECTED))
                 log.debug("traceback of the cycle that failed", exc_info=exc)
+
+    async def _ready_without_consul(self, missing: list[str]) -> None:
+        """A start that cannot reach Consul, with HAProxy serving the last good config: READY to systemd
+        rather than a start timeout and a restart loop that would not bring Consul back. Told once, when
+        ``sync.ready_without_consul`` has passed and HAProxy's current worker is known to run the live
+        config; /ready stays 503 (no Consul data) and the first apply follows when Consul answers."""
+        due = self._ready_without_consul_at
+        if self._ready_sent or due is None or time.monotonic() < due:
+            return
+        self._ready_without_consul_at = None
+        settings = self.settings
+        live = await asyncio.to_thread(self.applier.read_live, settings)
+        serving = live is not None and await asyncio.to_thread(self.applier.inherit, settings, live) is not None
+        if not serving:
+            log.warning("no answer from Consul for %s after %gs and HAProxy is not known to run the live config "
+                        "%s: not ready until the first apply", ",".join(sorted(missing)[:20]),
+                        settings.sync.ready_without_consul, settings.haproxy.config_path)
+            return
+        log.warning("no answer from Consul for %s after %gs: ready (to systemd) with HAProxy serving the last "
+                    "good config %s; /ready answers 503 until Consul answers and the first apply is done",
+                    ",".join(sorted(missing)[:20]), settings.sync.ready_without_consul, settings.haproxy.config_path)
+        self.notifier.notify("READY=1")
+        self._ready_sent = True
+        status = f"STATUS=waiting for Consul; HAProxy serves the last good config {settings.haproxy.config_path}"
+        self.notifier.notify(status[:200])
 
     def _waiting_for(self) -> list[str]:
         """What the first apply still waits for: every configured service, the catalog, and a first
@@ -358,7 +389,8 @@ class Daemon:
         can_poll = bool(draining(tables)) and await asyncio.to_thread(self.drains.supported)
         self.drains.planned(tables, settings.sync.drain_timeout, time.monotonic(), can_poll)
         self.metrics.renders.inc()
-        decision = decide(settings, self.runs.baseline if self.runs else None, prepared, self._structure_changed)
+        baseline = self.runs.baseline if self.runs else await self._inherited(live, snapshot, routing)
+        decision = decide(settings, baseline, prepared, self._structure_changed)
         if decision.path is ApplyPath.NONE:
             self._commit(prepared)
             return Outcome(True, f"{change}; rendered config identical, no write, no reload")
@@ -415,6 +447,18 @@ class Daemon:
         self.rejections = self.rejections.with_found(found.found)
         self.metrics.instances_rejected.inc(len(found.rejected))
         return True
+
+    async def _inherited(self, live: str | None, snapshot: Snapshot, routing: Routing) -> Baseline | None:
+        """At the first apply, the live config as the starting point when HAProxy's current worker is
+        known to run it (a restart of the daemon): the plan is then Runtime API commands, not a reload."""
+        if live is None or self._structure_changed:
+            return None
+        routes = await asyncio.to_thread(self.applier.inherit, self.settings, live)
+        if routes is None:
+            return None
+        log.info("HAProxy already runs the live config %s: starting from it, no reload",
+                 self.settings.haproxy.config_path)
+        return Baseline(slots_from_config(live, snapshot, routing.backends), routes, live)
 
     async def _adoptable(self, live: str, routing: Routing) -> str | None:
         """The live config to take slots over from at the first apply, or None to lay them out anew."""

@@ -169,6 +169,12 @@ def last_good_path(path: Path) -> Path:
     return path.with_name(path.name + ".last-good")
 
 
+def running_claim_path(server_state_file: Path) -> Path:
+    """Which worker runs the live config (:mod:`running_claim`): in the state directory, beside the
+    server state, writable by the daemon under its unit."""
+    return server_state_file.parent / "haproxy-sync.running"
+
+
 def atomic_write(
     path: Path,
     text: str,
@@ -301,6 +307,7 @@ def owned_files(hap: FileSettings) -> dict[Path, str]:
         last_good_path(hap.config_path): "haproxy.config_path",
         hap.routes_map_path: "haproxy.routes_map",
         hap.server_state_file: "haproxy.server_state_file",
+        running_claim_path(hap.server_state_file): "haproxy.server_state_file",
         hap.stats_file_path: "haproxy.stats_file",
     }
 

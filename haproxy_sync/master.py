@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import re
 import subprocess
 import time
@@ -54,6 +53,7 @@ class ProcInfo:
     reloads: int
     failed: int
     workers: tuple[tuple[int, int], ...]  # (pid, reloads seen by that worker: 0 is the newest)
+    current_uptime: float | None = None  # seconds the newest worker has run, in whole seconds
 
     @property
     def current_worker(self) -> int | None:
@@ -61,20 +61,24 @@ class ProcInfo:
 
 
 _MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?")
-_WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)")
+_WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)(?:\s+(\d+)d(\d+)h(\d+)m(\d+)s\b)?")
 
 
 def parse_show_proc(text: str) -> ProcInfo:
     master = None
     workers: list[tuple[int, int]] = []
+    uptime = None
     for line in text.splitlines():
         if match := _MASTER_LINE.match(line):
             master = match
         elif match := _WORKER_LINE.match(line):
             workers.append((int(match.group(1)), int(match.group(2))))
+            if int(match.group(2)) == 0 and match.group(3) is not None:
+                days, hours, minutes, seconds = (int(g) for g in match.group(3, 4, 5, 6))
+                uptime = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
     if master is None:
         raise SocketError(f"unexpected `show proc` answer: {text.strip()[:200]!r}")
-    return ProcInfo(int(master.group(1)), int(master.group(2)), int(master.group(3) or 0), tuple(workers))
+    return ProcInfo(int(master.group(1)), int(master.group(2)), int(master.group(3) or 0), tuple(workers), uptime)
 
 
 def show_proc(master_socket: Path, timeout: float = 5.0) -> ProcInfo:
@@ -166,17 +170,6 @@ def process_alive(pid: int) -> bool | None:
     except (OSError, IndexError):
         return None
     return fields[0] not in ("Z", "X") if fields else None
-
-
-def process_start_time(pid: int) -> float:
-    """When ``pid`` started, as a Unix time precise to a clock tick.
-
-    psutil derives this from the boot time in whole seconds, too coarse to tell whether a worker
-    started before or after a file was written; the boot clock gives the boot time to the tick.
-    """
-    start_ticks = int(_stat_fields(pid)[19])
-    boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    return boot_epoch + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def descriptors_asked(config_text: str) -> int | None:

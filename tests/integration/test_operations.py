@@ -143,12 +143,13 @@ def test_systemd_unit_verifies_and_is_rated_ok(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
     match = re.search(r"Overall exposure level for haproxy-sync.service: ([\d.]+) (\w+)", security.stdout)
     assert match, security.stdout[-500:] + security.stderr
-    assert float(match.group(1)) <= 3.0 and match.group(2) == "OK"
+    assert float(match.group(1)) <= 2.0 and match.group(2) == "OK"
     text = unit.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                  "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-                 "SystemCallFilter=@system-service"):
+                 "SystemCallFilter=@system-service", "LimitNOFILE=65536\n",
+                 "After=network-online.target haproxy.service consul.service\n"):
         assert line in text, line
 
 

@@ -59,6 +59,9 @@ class FakeApplier:
     def routes_on_disk(self, settings: Settings) -> dict[str, str]:
         return {}
 
+    def inherit(self, settings: Settings, live: str) -> dict[str, str] | None:
+        return None  # a HAProxy not known to run the live file: the first apply reloads
+
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple, routing) -> str:
         self.calls.append(f"runtime {len(sequence)}")
         if self.runtime_fails:
