@@ -13,23 +13,46 @@ from pathlib import Path
 from typing import Any
 
 from haproxy_sync import rules
+from haproxy_sync.durations import parse_go_duration
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_BARE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)", re.ASCII)
 _BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z", re.ASCII)
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"250ms"``, ``"60s"``, ``"5m"``, ``"1h"`` or a plain number of seconds."""
+def _kind(value: Any) -> str:
+    """A value's TOML type as an operator reads it, for "expected X, got Y" messages."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"250ms\", \"60s\" or \"5m\"")
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value:g})"
+    if isinstance(value, str):
+        return f"a string ({value[:80]!r})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Go duration (``"250ms"``, ``"1m30s"``, ``"1.5s"``, ``"1h"``: what Consul and
+    consul-template write) or a TOML number of seconds; a bare number in a string has no unit, as in Go."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"250ms\", \"1m30s\" or \"5m\", not true/false")
     if isinstance(value, int | float):
         seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = parse_go_duration(text)
+        except ValueError:
+            if _BARE_NUMBER.fullmatch(text):
+                raise ValueError(f"{value!r} has no unit; write e.g. \"{text}s\" or \"{text}ms\"") from None
+            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"1m30s\" or \"5m\"") from None
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"60s\" or \"5m\"")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(f"expected a duration such as \"250ms\" or \"1m30s\", got {_kind(value)}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,15 +130,42 @@ def test_wait_max_must_not_be_shorter_than_wait_min(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[sync]\nwait_min = "2s"\nwait_max = "1s"\n'), env={})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("250ms", 0.25), ("60s", 60), ("5m", 300), ("1h", 3600), (2, 2.0)])
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("60s", 60), ("5m", 300), ("1h", 3600), (2, 2.0), (1.5, 1.5), ("0", 0.0),
+    # Go's forms, as consul-template's config writes them
+    ("1m30s", 90), ("1.5s", 1.5), ("1h2m3.5s", 3723.5), ("500us", 0.0005), ("2h45m", 9900), (".5s", 0.5),
+])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["soon", "-1s", "1d", True])
-def test_bad_durations(bad: object) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("bad", "says"), [
+    ("soon", "'soon' is not a duration"), ("-1s", "cannot be negative"), ("1d", "is not a duration"),
+    (True, "not true/false"), ("10", "'10' has no unit; write e.g. \"10s\""), ("1m30", "is not a duration"),
+    (["1s"], "got an array"),
+])
+def test_bad_durations(bad: object, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
         parse_duration(bad)
+
+
+def test_a_go_duration_configures_every_duration_setting(tmp_path: Path) -> None:
+    """Every duration key takes Go's forms: the file is written as a consul-template user would."""
+    keys = [(section, key) for section, keys in config.SCHEMA.items() for key, setting in keys.items()
+            if setting.parse is parse_duration]
+    assert len(keys) >= 15
+    by_section: dict[str, list[str]] = {}
+    for section, key in keys:
+        by_section.setdefault(section, []).append(f'{key} = "1m30s"')
+    text = "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in by_section.items())
+    settings = load_settings(write(tmp_path, text + ONE_SERVICE), env={})
+    assert all(getattr(getattr(settings, section), key) == 90.0 for section, key in keys)
+
+
+def test_devconsul_and_the_settings_share_one_duration_parser() -> None:
+    from haproxy_sync import durations
+    from haproxy_sync.dev.devconsul import decode, pipeline
+    assert decode.parse_go_duration is pipeline.parse_go_duration is durations.parse_go_duration
 
 
 @pytest.mark.parametrize(("raw", "url"), [

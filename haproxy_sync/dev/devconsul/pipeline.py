@@ -36,7 +36,8 @@ from haproxy_sync.dev.devconsul.http import (
     _reset_transport,
     _text_response,
 )
-from haproxy_sync.dev.devconsul.records import Check, Node, Service, parse_go_duration
+from haproxy_sync.dev.devconsul.records import Check, Node, Service
+from haproxy_sync.durations import parse_go_duration
 
 # Where a request's resolved Authorizer is kept: a typed key where aiohttp has them (3.13+; a plain
 # string key warns there), a string on the older versions pyproject allows.
