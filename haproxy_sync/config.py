@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import grp
 import ipaddress
@@ -18,7 +19,7 @@ import pwd
 import socket
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,20 +436,28 @@ def _layer_file(
             services = [(dict(s), f"{where}: services[{i}]") for i, s in enumerate(content)]
             continue
         if section not in SCHEMA:
-            known = ", ".join([*SCHEMA, "services"])
-            problems.append(f"{where}: [{section}]: unknown section; known sections: {known}")
+            hint = _nearest(section, [*SCHEMA, "services"], "[{}]")
+            problems.append(f"{where}: [{section}]: unknown section; {hint}")
             continue
         if not isinstance(content, dict):
             problems.append(f"{where}: {section}: must be a table ([{section}])")
             continue
         for key, raw in content.items():
             if key not in SCHEMA[section]:
-                problems.append(
-                    f"{where}: {section}.{key}: unknown key; known keys: {', '.join(SCHEMA[section])}"
-                )
+                problems.append(f"{where}: {section}.{key}: unknown key; {_nearest(key, SCHEMA[section])}")
                 continue
             values[section][key] = _Value(raw, f"{where}: {section}.{key}")
     return services
+
+
+def _nearest(name: str, known: Iterable[str], form: str = "{}") -> str:
+    """"did you mean `address`?" for a typo (difflib's closest name, as git and cargo suggest), else
+    the whole list: a key that resembles none is more likely from another tool's config."""
+    choices = list(known)
+    close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{form.format(close[0])}`?"
+    return f"known: {', '.join(form.format(choice) for choice in choices)}"
 
 
 def load_settings(
@@ -534,7 +543,7 @@ def _parse_services(tables: list[tuple[dict[str, Any], str]], problems: list[str
         fields: dict[str, Any] = {}
         for key, raw in table.items():
             if key not in SERVICE_SCHEMA:
-                problems.append(f"{where}.{key}: unknown key; known keys: {', '.join(SERVICE_SCHEMA)}")
+                problems.append(f"{where}.{key}: unknown key; {_nearest(key, SERVICE_SCHEMA)}")
                 continue
             try:
                 fields[key] = SERVICE_SCHEMA[key].parse(raw)

@@ -103,9 +103,13 @@ def parse_haproxy_path_or_none(value: Any) -> Path | None:
 
 
 def parse_bool(value: Any) -> bool:
+    """true/false; a string only as the environment writes it (``CONSUL_HTTP_SSL=true``). A number is
+    refused: ``1`` for ``true`` is a guess about what the writer meant, and the loader does not guess."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    if not isinstance(value, str):
+        raise ValueError(f"expected true or false, got {_kind(value)}")
+    text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off", ""):
@@ -114,16 +118,21 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_int_range(low: int, high: int) -> Callable[[Any], int]:
+    """A TOML integer in ``low``-``high``. A float is refused rather than truncated (``slots = 8.5`` is
+    a typo or a misunderstanding, and ``int()`` would hide either), and so are a string of digits and a
+    boolean (Python's ``True`` is an int; a config's is not)."""
+
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer in {low}-{high}")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not an integer in {low}-{high}") from None
-        if not low <= number <= high:
-            raise ValueError(f"{number} is outside {low}-{high}")
-        return number
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = f"write a whole number, e.g. {low if low > 0 else 1}"
+            if isinstance(value, float) and value.is_integer():
+                hint = f"write {int(value)}, without the decimal point"
+            elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                hint = f"write {value.strip()}, without quotes"
+            raise ValueError(f"expected an integer in {low}-{high}, got {_kind(value)}; {hint}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}-{high}")
+        return value
 
     return parse
 
@@ -137,7 +146,11 @@ def parse_argv(value: Any) -> tuple[str, ...]:
 
 
 def parse_octal_mode(value: Any) -> int:
-    text = str(value).strip()
+    """A file mode as a string (``"0640"``): TOML's ``0o640`` is an integer and ``640`` a decimal one,
+    and taking either as octal digits would give another mode than the one meant."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an octal file mode as a string, got {_kind(value)}; write e.g. \"0640\"")
+    text = value.strip()
     if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError(f"{value!r} is not an octal file mode such as \"0640\"")
     mode = int(text, 8)
@@ -147,13 +160,16 @@ def parse_octal_mode(value: Any) -> int:
 
 
 def parse_percent(value: Any) -> float:
+    """A share as ``"50%"`` or a number of percent (``50``); a boolean is no share."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a percentage such as \"50%\", got {_kind(value)}")
     text = str(value).strip()
     number = text[:-1] if text.endswith("%") else text
     try:
         share = float(number)
     except ValueError:
         raise ValueError(f"{value!r} is not a percentage such as \"50%\"") from None
-    if isinstance(value, bool) or not 0 <= share <= 100:
+    if not 0 <= share <= 100:
         raise ValueError(f"{value!r} is not a percentage between 0% and 100%")
     return share / 100
 

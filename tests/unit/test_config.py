@@ -241,3 +241,40 @@ def test_a_config_file_without_settings_is_an_error_never_the_defaults(tmp_path:
     result = subprocess.run([sys.executable, "-m", "haproxy_sync.cli", "run", "--config", str(path)],
                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "holds no settings" in result.stderr
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("[sync]\nslots = 8.5", "sync.slots: expected an integer in 1-10000, got a float (8.5); write a whole number"),
+    ("[sync]\nslots = 8.0", "sync.slots: expected an integer in 1-10000, got a float (8); write 8, without the "
+                            "decimal point"),
+    ('[sync]\nslots = "8"', "sync.slots: expected an integer in 1-10000, got a string ('8'); write 8, without quotes"),
+    ("[sync]\nslots = true", "sync.slots: expected an integer in 1-10000, got a boolean (true)"),
+    ("[haproxy]\nmaxconn = 1e4", "haproxy.maxconn: expected an integer in 1-1000000, got a float (10000)"),
+    ("[consul]\nssl = 1", "consul.ssl: expected true or false, got an integer (1)"),
+    ("[haproxy]\nconfig_mode = 0o640", "haproxy.config_mode: expected an octal file mode as a string, got an "
+                                       "integer (416); write e.g. \"0640\""),
+    ("[discovery]\nmax_drop = true", "discovery.max_drop: expected a percentage such as \"50%\", got a boolean"),
+    ('[consul]\nwait = ["5m"]', "consul.wait: expected a duration such as \"250ms\" or \"1m30s\", got an array"),
+    ('[[services]]\nname = "a"\nmin_servers = 1.5', "services[0].min_servers: expected an integer in 0-100000, "
+                                                    "got a float (1.5)"),
+])
+def test_wrong_types_are_errors_never_truncated_or_coerced(tmp_path: Path, line: str, says: str) -> None:
+    """A float where an integer goes, a string where a number goes, a boolean for a number (or a number for
+    a boolean) is one line naming the key and what to write: never int(8.5) == 8, never "8" taken as 8."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, line + "\n" + ("" if "services" in line else ONE_SERVICE)), env={})
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('[consul]\nadress = "x"', "consul.adress: unknown key; did you mean `address`?"),
+    ('[consul]\ntoken_fle = "x"', "consul.token_fle: unknown key; did you mean `token_file`?"),
+    ('[sync]\nwaitmax = "1s"', "sync.waitmax: unknown key; did you mean `wait_max`?"),
+    ('[consl]\naddress = "x"', "[consl]: unknown section; did you mean `[consul]`?"),
+    ('[[services]]\nname = "a"\nhealthpath = "/"', "services[0].healthpath: unknown key; did you mean `health_path`?"),
+    ('[haproxy]\nzzz = 1', "haproxy.zzz: unknown key; known: binary, config_path,"),
+])
+def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text + "\n" + ("" if "services" in text else ONE_SERVICE)), env={})
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
