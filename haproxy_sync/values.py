@@ -188,19 +188,54 @@ def parse_listen(value: Any) -> str:
 
 
 def parse_consul_address(value: Any) -> str:
-    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
+    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http(s)://host:port``, and
+    ``unix:///path/to/socket`` for an agent serving HTTP on a unix socket) as one base URL."""
     text = parse_string(value).strip()
     if not text:
         raise ValueError("an address is required, e.g. \"http://127.0.0.1:8500\"")
+    if text.startswith("unix://"):
+        path = text[len("unix://"):]
+        if not path.startswith("/") or any(ord(ch) < 0x20 for ch in path) or len(path) > 107:
+            raise ValueError(f"{text[:200]!r} is not unix:///absolute/path (an absolute socket path, at most "
+                             "107 bytes)")
+        return f"unix://{path}"
     parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"{text!r} is not host:port or http(s)://host:port")
+        raise ValueError(f"{text!r} is not host:port, http(s)://host:port or unix:///path/to/socket")
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 8500)
     except ValueError:
         raise ValueError(f"{text!r} has an invalid port") from None
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{parsed.scheme}://{host}:{port}"
+
+
+_ENTERPRISE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?", re.ASCII)
+
+
+def parse_enterprise_name(value: Any) -> str:
+    """A Consul Enterprise namespace or admin partition name (DNS-label-like, as Consul validates them),
+    or empty for none; it travels as a query parameter, so nothing else may reach the URL."""
+    text = parse_string(value).strip()
+    if text and not _ENTERPRISE_NAME.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not a Consul namespace or partition name: letters, digits and "
+                         "dashes, at most 63")
+    return text
+
+
+def parse_basic_auth(value: Any) -> str:
+    """``user:password`` for HTTP basic auth, as ``CONSUL_HTTP_AUTH`` writes it (a user alone is a user
+    with an empty password, as in Consul's client); never shown back, not even in an error."""
+    text = parse_string(value)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ValueError("holds a control character or a line break; it is user:password on one line")
+    if text.startswith(":"):
+        raise ValueError("has an empty user name; write user:password")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("holds characters HTTP basic auth cannot carry (outside Latin-1)") from None
+    return text
 
 
 def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

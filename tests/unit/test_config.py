@@ -278,3 +278,62 @@ def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path: Path, text: str
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, text + "\n" + ("" if "services" in text else ONE_SERVICE)), env={})
     assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+
+
+def test_consul_environment_names_as_consuls_own_cli(tmp_path: Path) -> None:
+    """Every CONSUL_* name Consul's CLI reads sets its key here (api.go's defaultConfig)."""
+    capath = tmp_path / "certs"
+    capath.mkdir()
+    env = {"CONSUL_HTTP_ADDR": "unix:///run/consul/http.sock", "CONSUL_HTTP_AUTH": "edge:pa:ss",
+           "CONSUL_HTTP_SSL_VERIFY": "false", "CONSUL_CAPATH": str(capath), "CONSUL_NAMESPACE": "team-a",
+           "CONSUL_PARTITION": "edge", "CONSUL_TLS_SERVER_NAME": "consul.test"}
+    settings = load_settings(write(tmp_path, ONE_SERVICE), env=env)
+    consul = settings.consul
+    assert consul.address == "unix:///run/consul/http.sock"
+    assert (consul.auth, consul.ssl_verify, consul.ca_path) == ("edge:pa:ss", False, str(capath))
+    assert (consul.namespace, consul.partition, consul.tls_server_name) == ("team-a", "edge", "consul.test")
+    assert "pa:ss" not in repr(settings), "basic auth is a secret, as the token"
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"CONSUL_NAMESPACE": "a b"}, "environment CONSUL_NAMESPACE: 'a b' is not a Consul namespace or partition name"),
+    ({"CONSUL_PARTITION": "x&dc=other"}, "environment CONSUL_PARTITION: 'x&dc=other' is not a Consul"),
+    ({"CONSUL_HTTP_AUTH": ":secret"}, "environment CONSUL_HTTP_AUTH: has an empty user name"),
+    ({"CONSUL_HTTP_AUTH": "u:p\nX: y"}, "environment CONSUL_HTTP_AUTH: holds a control character"),
+    ({"CONSUL_HTTP_SSL_VERIFY": "maybe"}, "environment CONSUL_HTTP_SSL_VERIFY: 'maybe' is not a boolean"),
+    ({"CONSUL_CAPATH": "/nonexistent/certs"}, "environment CONSUL_CAPATH: /nonexistent/certs: no such directory"),
+    ({"CONSUL_HTTP_ADDR": "unix://relative.sock"}, "environment CONSUL_HTTP_ADDR: 'unix://relative.sock' is not "
+                                                   "unix:///absolute/path"),
+])
+def test_consul_environment_values_are_checked_and_named(tmp_path: Path, env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, ONE_SERVICE), env=env)
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+    assert "secret" not in str(err.value)
+
+
+def test_ssl_verify_off_is_a_warning_naming_the_variable(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ONE_SERVICE),
+                             env={"CONSUL_HTTP_ADDR": "https://c:8501", "CONSUL_HTTP_SSL_VERIFY": "0"})
+    assert any("environment CONSUL_HTTP_SSL_VERIFY: Consul's certificate is not verified" in w
+               for w in settings.warnings), settings.warnings
+
+
+def test_token_file_wins_over_token_at_the_same_level_as_in_consul(tmp_path: Path) -> None:
+    """Consul's client: -token-file over -token, CONSUL_HTTP_TOKEN_FILE over CONSUL_HTTP_TOKEN; across
+    levels the layers decide (the environment over the file)."""
+    token = tmp_path / "token"
+    token.write_text("from-token-file\n")
+    token.chmod(0o600)
+    both_env = {"CONSUL_HTTP_TOKEN": "from-env", "CONSUL_HTTP_TOKEN_FILE": str(token)}
+    assert load_settings(write(tmp_path, ONE_SERVICE), env=both_env).consul.token == "from-token-file"
+    both_file = write(tmp_path, f'[consul]\ntoken = "in-file"\ntoken_file = "{token}"\n')
+    assert load_settings(both_file, env={}).consul.token == "from-token-file"
+    assert load_settings(both_file, env={"CONSUL_HTTP_TOKEN": "from-env"}).consul.token == "from-env"
+    token_in_file = write(tmp_path, '[consul]\ntoken = "in-file"\n')
+    assert load_settings(token_in_file, env={"CONSUL_HTTP_TOKEN_FILE": str(token)}).consul.token == "from-token-file"
+
+
+@pytest.mark.parametrize("raw", ["unix:///tmp/consul.sock", "unix:///var/run/consul/http.sock"])
+def test_unix_socket_addresses(raw: str) -> None:
+    assert parse_consul_address(raw) == raw
