@@ -8,6 +8,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from haproxy_sync import __version__, haproxy
 from haproxy_sync.cli import main
 from haproxy_sync.dev.devconsul import DevConsulThread
-from tests.helpers import Layout, all_passing, cli, free_port, register, wait_until
+from tests.helpers import DaemonProcess, Layout, all_passing, cli, free_port, register, wait_until
 
 COMMANDS = ["run", "render", "check", "dev", "devconsul", "systemd-unit"]
 needs_haproxy = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
@@ -288,3 +289,37 @@ def test_consul_http_auth_sends_basic_auth(consul: DevConsulThread, make_apps, t
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_daemon_without_consul_names_consul_and_the_setting(tmp_path: Path) -> None:
+    """The retry line names Consul, its address, consul.address and when it tries again."""
+    with socket.socket() as holder:  # bound, not listening: the port refuses, and nobody else takes it
+        holder.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{holder.getsockname()[1]}"
+        layout = Layout(tmp_path, address)
+        layout.write()
+        daemon = DaemonProcess(layout.config_toml, tmp_path / "daemon.log")
+        try:
+            log = daemon.wait_for_log("retrying in", timeout=15)
+        finally:
+            daemon.stop()
+    line = next(x for x in log.splitlines() if "failing fault=unreachable" in x)
+    assert f"Consul at {address} (consul.address) refused the connection; keeping last good data, retrying in " in line
+
+
+@needs_haproxy
+def test_a_missing_master_socket_is_one_line_naming_the_setting_and_how_to_start_haproxy(
+        layout: Layout) -> None:
+    """No HAProxy runs: every retry of the reload finds no master socket; one error line says so for the
+    whole episode (the retries are debug), naming haproxy.master_socket and HAProxy's -W -S."""
+    daemon = DaemonProcess(layout.config_toml, layout.root / "daemon.log")
+    try:
+        daemon.wait_for_log("apply failed", timeout=15)
+        time.sleep(5)  # backoff_max 2s: a few retries
+        log = daemon.log()
+    finally:
+        daemon.stop()
+    assert log.count("apply failed") == 1, log
+    line = next(x for x in log.splitlines() if "apply failed" in x)
+    assert f"HAProxy socket {layout.master_socket} does not exist" in line and "(haproxy.master_socket)" in line
+    assert f"haproxy -W -S {layout.master_socket} -f <config>" in line, line
