@@ -7,6 +7,7 @@ import http.client
 import http.server
 import json
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -34,9 +35,19 @@ def layout(tmp_path: Path, consul: DevConsulThread, make_apps) -> Layout:
     return layout
 
 
-def test_version() -> None:
+def test_version_shows_the_revision() -> None:
     result = cli("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"haproxy-sync {__version__}"
+    described = subprocess.run(["git", "-C", str(Path(__file__).parents[2]), "describe", "--always", "--dirty",
+                                "--abbrev=12", "--exclude", "*"], capture_output=True, text=True, check=False)
+    assert described.returncode == 0, "the tests run from a git checkout"
+    assert result.returncode == 0
+    assert result.stdout == f"haproxy-sync {__version__} (revision {described.stdout.strip()})\n"
+
+
+def test_render_write_goes_with_check_alone(layout: Layout) -> None:
+    result = cli("render", "--write", "--config", str(layout.config_toml))
+    assert result.returncode == 64 and "--write goes with --check alone" in result.stderr, result.stderr
+    assert not layout.haproxy_cfg.exists()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -80,7 +91,10 @@ def test_render_diff_exit_codes(layout: Layout) -> None:
     first = cli("render", "--diff", "--config", str(layout.config_toml))
     assert first.returncode == 2 and "+    server slot1 127.0.0.1:" in first.stdout
     assert not layout.haproxy_cfg.exists(), "--diff touches nothing"
-    written = cli("render", "--check", "--config", str(layout.config_toml))
+    checked = cli("render", "--check", "--config", str(layout.config_toml))
+    assert checked.returncode == 0 and "passed haproxy -c; nothing written" in checked.stderr, checked.stderr
+    assert not layout.haproxy_cfg.exists() and not layout.routes_map.exists(), "--check alone writes nothing"
+    written = cli("render", "--check", "--write", "--config", str(layout.config_toml))
     assert written.returncode == 0, written.stderr
     assert layout.haproxy_cfg.read_text().count("  # cabify-") == 3
     same = cli("render", "--diff", "--config", str(layout.config_toml))
