@@ -111,9 +111,21 @@ def _command(func: Callable[..., int]) -> Callable[..., None]:
     return wrapper
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: the release and the revision (buildinfo's, as build_info shows it), since two
+    hosts on "0.1.0" may run different code: the revision is what tells them apart."""
+    if not value or ctx.resilient_parsing:
+        return
+    from haproxy_sync.buildinfo import revision
+
+    click.echo(f"haproxy-sync {__version__} (revision {revision()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EXIT_CODES_HELP)
-@click.version_option(__version__, "--version", prog_name="haproxy-sync", message="%(prog)s %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the git revision it was built from, then exit.")
 def main() -> None:
     """Keep HAProxy in step with Consul: blocking queries, Jinja2, validated atomic swaps, clean reloads.
 
@@ -157,16 +169,23 @@ def run(once: bool, **params: Any) -> int:
 @click.option("--dry-run", is_flag=True, help="Print the rendered config to stdout; touch nothing.")
 @click.option("--diff", "show_diff", is_flag=True,
               help="Print a unified diff against the live file; exit 2 when they differ. Touches nothing.")
-@click.option("--check", "run_check", is_flag=True, help="Also run `haproxy -c` on the rendered config.")
+@click.option("--check", "run_check", is_flag=True,
+              help="Run `haproxy -c` on the rendered config; writes nothing unless --write is given too.")
+@click.option("--write", "write", is_flag=True, help="With --check: write the config once it passed.")
 @click.option("--plan", "show_plan", is_flag=True,
               help="Print what applying would do (runtime API commands or a reload, and why). Touches nothing.")
 @_command
-def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **params: Any) -> int:
+def render(dry_run: bool, show_diff: bool, run_check: bool, write: bool, show_plan: bool, **params: Any) -> int:
     """Read Consul once and render haproxy.cfg.
 
-    Without --dry-run or --diff the result is validated and written to haproxy.config_path
-    atomically, without reloading HAProxy (use `run --once` to reload too).
+    Without --dry-run, --diff, --plan or --check the result is validated and written to
+    haproxy.config_path atomically, without reloading HAProxy (use `run --once` to reload too).
+    --check only checks (`haproxy -c`), unless --write asks for the file too: a check that
+    replaced the live file would be no check.
     """
+    if write and (dry_run or show_diff or show_plan or not run_check):
+        raise click.UsageError("--write goes with --check alone (plain `render` writes; --dry-run, --diff and "
+                               "--plan touch nothing)")
     from haproxy_sync.apply import check_prepared, write_live
     from haproxy_sync.pipeline import read_and_prepare
     from haproxy_sync.render import load_template
@@ -195,6 +214,10 @@ def render(dry_run: bool, show_diff: bool, run_check: bool, show_plan: bool, **p
         return EXIT_CHANGES if diff else EXIT_OK
     if dry_run:
         click.echo(text, nl=False)
+        return EXIT_OK
+    if run_check and not write:
+        click.echo(f"ok: the rendered config passed haproxy -c; nothing written (--write writes "
+                   f"{settings.haproxy.config_path})", err=True)
         return EXIT_OK
     write_live(settings, text, prepared.routes)
     click.echo(f"wrote {settings.haproxy.config_path} and {settings.haproxy.routes_map_path}", err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import grp
 import ipaddress
@@ -18,7 +19,7 @@ import pwd
 import socket
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ import psutil
 from haproxy_sync import haproxy, rules
 from haproxy_sync.values import (
     parse_argv,
+    parse_basic_auth,
     parse_bind,
     parse_bool,
     parse_consul_address,
     parse_duration,
+    parse_enterprise_name,
     parse_filter_expression,
     parse_haproxy_path,
     parse_haproxy_path_or_none,
@@ -145,15 +148,31 @@ class LogSettings:
 class ConsulSettings:
     address: str = setting(
         parse_consul_address, "http://127.0.0.1:8500",
-        "Consul agent: host:port or http(s)://host:port.",
+        "Consul agent: host:port, http(s)://host:port, or unix:///path/to/socket (HTTP on a unix socket).",
         "CONSUL_HTTP_ADDR",
     )
     ssl: bool = setting(parse_bool, False, "Use HTTPS when `address` has no scheme.", "CONSUL_HTTP_SSL")
+    ssl_verify: bool = setting(
+        parse_bool, True,
+        "Verify Consul's certificate; false is logged at start (the token goes to whoever answers).",
+        "CONSUL_HTTP_SSL_VERIFY",
+    )
     token: str = setting(
         parse_string, "", "ACL token (prefer `token_file`). Never logged.", "CONSUL_HTTP_TOKEN", secret=True,
     )
-    token_file: str = setting(parse_string, "", "File holding the ACL token.", "CONSUL_HTTP_TOKEN_FILE")
+    token_file: str = setting(
+        parse_string, "",
+        "File holding the ACL token; wins over `token` set at the same level (as in Consul's CLI).",
+        "CONSUL_HTTP_TOKEN_FILE",
+    )
+    auth: str = setting(
+        parse_basic_auth, "",
+        "HTTP basic auth `user:password` (a proxy in front of Consul). Never logged.",
+        "CONSUL_HTTP_AUTH", secret=True,
+    )
     ca_file: str = setting(parse_string, "", "CA bundle to verify Consul's certificate.", "CONSUL_CACERT")
+    ca_path: str = setting(parse_string, "", "Directory of CA certificates to verify Consul's certificate.",
+                           "CONSUL_CAPATH")
     cert_file: str = setting(parse_string, "", "Client certificate for mutual TLS.", "CONSUL_CLIENT_CERT")
     key_file: str = setting(parse_string, "", "Client key for mutual TLS.", "CONSUL_CLIENT_KEY")
     tls_server_name: str = setting(
@@ -162,6 +181,16 @@ class ConsulSettings:
         "CONSUL_TLS_SERVER_NAME",
     )
     datacenter: str = setting(parse_string, "", "Datacenter to query; empty means the agent's own.")
+    namespace: str = setting(
+        parse_enterprise_name, "",
+        "Consul Enterprise namespace to read (sent as `ns=`); Consul CE refuses any, `default` too.",
+        "CONSUL_NAMESPACE",
+    )
+    partition: str = setting(
+        parse_enterprise_name, "",
+        "Consul Enterprise admin partition to read (sent as `partition=`); Consul CE refuses any.",
+        "CONSUL_PARTITION",
+    )
     wait: float = setting(
         parse_duration, "5m",
         "Blocking query wait (Consul's default, capped at 10m); shorter costs idle CPU.",
@@ -440,20 +469,28 @@ def _layer_file(
             services = [(dict(s), f"{where}: services[{i}]") for i, s in enumerate(content)]
             continue
         if section not in SCHEMA:
-            known = ", ".join([*SCHEMA, "services"])
-            problems.append(f"{where}: [{section}]: unknown section; known sections: {known}")
+            hint = _nearest(section, [*SCHEMA, "services"], "[{}]")
+            problems.append(f"{where}: [{section}]: unknown section; {hint}")
             continue
         if not isinstance(content, dict):
             problems.append(f"{where}: {section}: must be a table ([{section}])")
             continue
         for key, raw in content.items():
             if key not in SCHEMA[section]:
-                problems.append(
-                    f"{where}: {section}.{key}: unknown key; known keys: {', '.join(SCHEMA[section])}"
-                )
+                problems.append(f"{where}: {section}.{key}: unknown key; {_nearest(key, SCHEMA[section])}")
                 continue
             values[section][key] = _Value(raw, f"{where}: {section}.{key}")
     return services
+
+
+def _nearest(name: str, known: Iterable[str], form: str = "{}") -> str:
+    """"did you mean `address`?" for a typo (difflib's closest name, as git and cargo suggest), else
+    the whole list: a key that resembles none is more likely from another tool's config."""
+    choices = list(known)
+    close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{form.format(close[0])}`?"
+    return f"known: {', '.join(form.format(choice) for choice in choices)}"
 
 
 def load_settings(
@@ -539,7 +576,7 @@ def _parse_services(tables: list[tuple[dict[str, Any], str]], problems: list[str
         fields: dict[str, Any] = {}
         for key, raw in table.items():
             if key not in SERVICE_SCHEMA:
-                problems.append(f"{where}.{key}: unknown key; known keys: {', '.join(SERVICE_SCHEMA)}")
+                problems.append(f"{where}.{key}: unknown key; {_nearest(key, SERVICE_SCHEMA)}")
                 continue
             try:
                 fields[key] = SERVICE_SCHEMA[key].parse(raw)
@@ -600,11 +637,22 @@ def token_problem(token: str) -> str:
 def _apply_consul_rules(
     consul: dict[str, Any], origins: Mapping[str, _Value], problems: list[str], warnings: list[str]
 ) -> None:
-    """Consul's own conventions: CONSUL_HTTP_SSL picks https, a token file supplies the token."""
+    """Consul's own conventions: CONSUL_HTTP_SSL picks https, a token file supplies the token.
+
+    Between ``token`` and ``token_file`` the higher layer wins (a flag over the environment over the
+    file); set at the same level, the file wins, as Consul's client has it (``-token-file`` over
+    ``-token``, ``CONSUL_HTTP_TOKEN_FILE`` over ``CONSUL_HTTP_TOKEN``).
+    """
     raw_address = str(origins["address"].raw)
     if consul["ssl"] and "://" not in raw_address:
         consul["address"] = consul["address"].replace("http://", "https://", 1)
-    if consul["token_file"] and not consul["token"]:
+    if not consul["ssl_verify"] and consul["address"].startswith("https://"):
+        warnings.append(f"{origins['ssl_verify'].origin}: Consul's certificate is not verified: whoever answers "
+                        f"at {consul['address']} gets the ACL token; set a CA (consul.ca_file) instead")
+    if consul["ca_path"] and not Path(consul["ca_path"]).is_dir():
+        problems.append(f"{origins['ca_path'].origin}: {consul['ca_path']}: no such directory")
+    file_wins = _layer(origins["token_file"].origin) >= _layer(origins["token"].origin)
+    if consul["token_file"] and (file_wins or not consul["token"]):
         try:
             # Bytes, not text: a file that is not UTF-8 is a problem to report, not a traceback.
             token = Path(consul["token_file"]).read_bytes().decode("utf-8", errors="replace").strip()
@@ -628,6 +676,17 @@ def _apply_consul_rules(
             problems.append(f"{origins[key].origin}: {consul[key]}: no such file")
     if bool(consul["cert_file"]) != bool(consul["key_file"]):
         problems.append("consul: cert_file and key_file go together; set both or neither")
+
+
+def _layer(origin: str) -> int:
+    """Which layer a value came from, lowest first: default, file, environment, flag."""
+    if origin.startswith("default "):
+        return 0
+    if origin.startswith("environment "):
+        return 2
+    if origin.startswith("flag for "):
+        return 3
+    return 1
 
 
 def reference_markdown() -> str:

@@ -17,6 +17,7 @@ import asyncio
 import errno
 import logging
 import random
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -53,53 +54,78 @@ class ConsulError(Exception):
         self.kind = kind
 
 
-def classify(exc: BaseException, service: str) -> ConsulError:
-    """Turn whatever the client raised into one :class:`ConsulError` with a short, safe message."""
+def classify(exc: BaseException, service: str, address: str = "") -> ConsulError:
+    """Turn whatever the client raised into one :class:`ConsulError` with a short, safe message.
+
+    The message names Consul, its address and the setting that holds it (``Consul at
+    http://10.0.0.5:8500 (consul.address) refused the connection``): in a log line beside HAProxy's
+    own faults, "connection refused" alone does not say which side refused, nor what to change.
+    """
     if isinstance(exc, ConsulError):
         return exc
+    where = f"Consul at {address} (consul.address)" if address else "Consul"
     if isinstance(exc, RedirectRefused):
         return ConsulError(
             "redirect",
-            f"Consul at {exc.address} answered {exc.status} redirect to {exc.location}; not followed "
-            "(the ACL token is only sent to consul.address)",
+            f"Consul at {exc.address} (consul.address) answered {exc.status} redirect to {exc.location}; not "
+            "followed (the ACL token is only sent to consul.address)",
         )
     if isinstance(exc, consul.ACLPermissionDenied):
         return ConsulError(
             "acl",
-            f"403 permission denied reading service {service!r}: the ACL token needs "
+            f"{where} answered 403 permission denied reading service {service!r}: the ACL token needs "
             "service:read and node:read (check consul.token / CONSUL_HTTP_TOKEN)",
         )
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return ConsulError("timeout", "no answer within the blocking wait plus margin")
+        return ConsulError("timeout", f"{where} gave no answer within the blocking wait plus margin")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return ConsulError("tls", f"TLS handshake failed: {_short(exc)}")
+        return ConsulError("tls", f"{where}: TLS handshake failed: {_short(exc)}")
     os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE):
         return ConsulError("fd_limit", "too many open files to connect to Consul: raise the open-files limit "
                                        "(LimitNOFILE=65536 in the systemd unit) or lower consul.max_connections")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConsulError("unreachable", f"cannot connect: {_short(exc.os_error or exc)}")
+        if isinstance(os_error, OSError) and os_error.errno == errno.ECONNREFUSED:
+            return ConsulError("unreachable", f"{where} refused the connection")
+        if isinstance(os_error, OSError) and os_error.errno == errno.ENOENT:
+            return ConsulError("unreachable", f"{where} cannot be reached: no such socket")
+        return ConsulError("unreachable", f"{where} cannot be reached: {_short(_os_reason(os_error) or exc)}")
     if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, PayloadEncodingError):
         # The bytes came, but cannot be decoded (garbage Content-Encoding, broken chunking): the
         # answer is wrong, not the connection.
-        return ConsulError("bad_answer", f"answer body cannot be decoded: {_short(exc.__cause__)}")
+        return ConsulError("bad_answer", f"{where} sent an answer body that cannot be decoded: "
+                                         f"{_short(exc.__cause__)}")
     resets = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)
     if isinstance(exc, resets) or (isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)):
-        return ConsulError("connection_reset", "connection closed before the answer was complete")
+        return ConsulError("connection_reset", f"{where} closed the connection before the answer was complete")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return ConsulError("connection", _short(exc))
+        return ConsulError("connection", f"{where}: {_short(exc)}")
+    if isinstance(exc, consul.ACLDisabled):  # py-consul's name for any 401 (Consul's for /v1/acl/* with ACLs off)
+        said = f": {_short(exc)}" if str(exc).strip() else ""
+        return ConsulError("unauthorized", f"{where} answered 401 Unauthorized{said}: what stands in front of "
+                                           "Consul wants credentials (consul.auth / CONSUL_HTTP_AUTH user:password)")
     if isinstance(exc, consul.ConsulException):
         text = str(exc)
         if text.startswith("Failed to decode JSON") or text.startswith("Missing index header"):
-            return ConsulError("bad_answer", "answer was not valid JSON with an X-Consul-Index")
+            return ConsulError("bad_answer", f"{where} answered no valid JSON with an X-Consul-Index")
         if "No cluster leader" in text:
-            return ConsulError("no_leader", "500 No cluster leader: Consul servers have no leader")
+            return ConsulError("no_leader", f"{where} answered 500 No cluster leader: its servers have no leader")
         if text.startswith("429"):
-            return ConsulError("rate_limited", "429 rate limited by Consul")
-        return ConsulError("server_error", _short(text))
+            return ConsulError("rate_limited", f"{where} answered 429: rate limited")
+        if text.startswith("400") and "Consul Enterprise feature" in text:
+            # Consul CE refuses any ns= or partition=, "default" included (agent/http_ce.go).
+            return ConsulError("enterprise", f"{where} answered {_short(text)}: it is Consul CE; unset "
+                                             "consul.namespace (CONSUL_NAMESPACE) and consul.partition "
+                                             "(CONSUL_PARTITION)")
+        return ConsulError("server_error", f"{where} answered {_short(text)}")
     if isinstance(exc, ValueError):
-        return ConsulError("bad_answer", _short(exc))
+        return ConsulError("bad_answer", f"{where}: {_short(exc)}")
     return ConsulError("unexpected", f"{type(exc).__name__}: {_short(exc)}")
+
+
+def _os_reason(error: object) -> str:
+    """An OSError's reason without Python's ``[Errno 111]`` prefix (the operator reads the words)."""
+    return str(error.strerror) if isinstance(error, OSError) and error.strerror else ""
 
 
 def _short(value: object, limit: int = 200) -> str:
@@ -159,14 +185,40 @@ ACL_FILTERED = (f"Consul left part of the answer out by ACLs ({FILTERED_HEADER})
                 "nodes")
 
 
-class _TLSHTTPClient(consul.aio.HTTPClient):
-    """py-consul's aio client, plus ``CONSUL_TLS_SERVER_NAME`` (verify against a name, not the host),
-    and never a redirect: aiohttp would follow one with every header, the X-Consul-Token among them,
-    to wherever the answer points (aiohttp drops only ``Authorization`` on a cross-origin redirect).
+class _HTTPClient(consul.aio.HTTPClient):
+    """py-consul's aio client with the connection haproxy-sync's settings describe, and never a redirect.
+
+    Its own constructor knows a host, a port and a CA file; Consul's conventions also have a unix socket
+    (``unix:///path``), a CA directory (``CONSUL_CAPATH``), verification off (``CONSUL_HTTP_SSL_VERIFY``),
+    a server name to verify against (``CONSUL_TLS_SERVER_NAME``), basic auth (``CONSUL_HTTP_AUTH``) and
+    the Enterprise ``ns=``/``partition=`` on every request. Redirects are refused: aiohttp would follow
+    one with every header, the X-Consul-Token among them, to wherever the answer points (aiohttp drops
+    only ``Authorization`` on a cross-origin redirect).
     """
 
-    server_hostname: str | None = None
-    address: str = ""  # consul.address as configured, for the message that refuses a redirect
+    def __init__(self, settings: ConsulSettings, connections_limit: int) -> None:  # no super(): see above
+        unix = settings.address.startswith("unix://")
+        url = settings.url
+        consul.base.HTTPClient.__init__(self, url.hostname or "localhost", url.port or 80, url.scheme)
+        # The address as configured (IPv6 keeps its brackets); a unix socket's requests name "localhost".
+        self.base_uri = "http://localhost" if unix else settings.address
+        self.address = settings.address  # for the messages: Consul at <address> (consul.address)
+        self.loop = None
+        self.server_hostname = settings.tls_server_name or None
+        self.params = [(key, value) for key, value in (("ns", settings.namespace), ("partition", settings.partition))
+                       if value]
+        connector: aiohttp.BaseConnector
+        if unix:
+            connector = aiohttp.UnixConnector(path=settings.address[len("unix://"):], limit=connections_limit)
+        else:
+            connector = aiohttp.TCPConnector(limit=connections_limit, ssl=tls_context(settings))
+        user, _, password = settings.auth.partition(":")
+        auth = aiohttp.BasicAuth(user, password, encoding="latin-1") if settings.auth else None
+        self._session = aiohttp.ClientSession(connector=connector, auth=auth)
+
+    def uri(self, path: str, params: list[tuple[str, Any]] | None = None) -> str:
+        """Every request's URL, with the Enterprise namespace and partition when they are set."""
+        return super().uri(path, [*(params or []), *self.params] or None)
 
     async def _request(self, callback, method, uri, headers, data=None, connections_timeout=None, raw=False):  # type: ignore[no-untyped-def]
         extra = {"server_hostname": self.server_hostname} if self.server_hostname else {}
@@ -177,8 +229,7 @@ class _TLSHTTPClient(consul.aio.HTTPClient):
         )
         if 300 <= resp.status < 400:
             resp.release()
-            raise RedirectRefused(self.address or self.base_uri, resp.status,
-                                  _shown_location(resp.headers.get("Location")))
+            raise RedirectRefused(self.address, resp.status, _shown_location(resp.headers.get("Location")))
         if resp.headers.get(FILTERED_HEADER, "").lower() == "true":
             # Consul answers a read the token may not fully see with 200 and the part it may see: taken
             # as it is, the rest would look deregistered and empty backends and routes.
@@ -188,36 +239,42 @@ class _TLSHTTPClient(consul.aio.HTTPClient):
         return callback(consul.base.Response(resp.status, resp.headers, body))
 
 
+def tls_context(settings: ConsulSettings) -> ssl.SSLContext:
+    """How Consul's certificate is verified (CA file and directory, or not at all) and the client
+    certificate for mutual TLS; the system's CAs when neither CA setting is given."""
+    context = ssl.create_default_context(cafile=settings.ca_file or None, capath=settings.ca_path or None)
+    if not settings.ssl_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.cert_file:
+        context.load_cert_chain(settings.cert_file, settings.key_file or None)
+    return context
+
+
 def make_client(settings: ConsulSettings) -> consul.aio.Consul:
     """One client (one connection pool) for all watches; call from inside the running event loop."""
-    url = settings.url
-    verify: bool | str = settings.ca_file or True
-    cert = (settings.cert_file, settings.key_file) if settings.cert_file else None
-    server_name = settings.tls_server_name or None
-
     limit = settings.max_connections
 
     class _Client(consul.aio.Consul):
         def http_connect(self, host, port, scheme, verify=True, cert=None):  # type: ignore[no-untyped-def]
             # One blocking query holds one connection: aiohttp's default pool of 100 would queue the
             # 101st watch behind a query that may block for `wait`.
-            client = _TLSHTTPClient(host, port, scheme, verify=verify, cert=cert, connections_limit=limit)
-            client.server_hostname = server_name
-            client.address = settings.address
-            return client
+            return _HTTPClient(settings, limit)
 
     with warnings.catch_warnings():
         # py-consul hands aiohttp arguments it has deprecated; harmless, and not ours to fix.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _Client(
-            host=url.hostname,
-            port=url.port,
-            scheme=url.scheme,
-            token=settings.token or None,
-            dc=settings.datacenter or None,
-            verify=verify,
-            cert=cert,
-        )
+        client = _Client(host="localhost", port=8500, scheme="http", token=settings.token or None,
+                         dc=settings.datacenter or None, verify=True)
+    # py-consul reads CONSUL_HTTP_TOKEN itself, over the token it is given: the settings already
+    # chose between the token, its file and the environment (a token file must win, as in Consul).
+    client.token = settings.token or None
+    return client
+
+
+def address_of(client: consul.aio.Consul) -> str:
+    """consul.address of a client :func:`make_client` made, for the messages that name it."""
+    return str(getattr(client.http, "address", ""))
 
 
 #: Consul's built-in anonymous token: what a request with no token runs as.
@@ -241,7 +298,8 @@ async def check_token(client: consul.aio.Consul, token_set: bool, deadline: floa
     except consul.ACLPermissionDenied:
         token = None  # "ACL not found": Consul before 1.11
     except Exception as exc:  # a check, not a read the daemon needs: the watches report Consul's faults
-        log.debug("consul: could not ask Consul who the ACL token is: %s", classify(exc, "acl/token/self"))
+        log.debug("consul: could not ask Consul who the ACL token is: %s",
+                  classify(exc, "acl/token/self", address_of(client)))
         return ""
     if not isinstance(token, dict) and token_set:
         sentence = ("consul: Consul does not know the ACL token: every read will fail with 403 until consul.token, "
@@ -369,7 +427,7 @@ class BlockingWatch(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every fault becomes a classified, logged retry
-                error = classify(exc, self.service)
+                error = classify(exc, self.service, address_of(self.client))
                 if sent and time.monotonic() - last_start >= HELD_AT_LEAST and error.kind != "timeout":
                     self.status.current_at = time.monotonic()  # held until the agent went away
                 index = 0  # after an error, start again with a fresh read
@@ -484,9 +542,9 @@ class BlockingWatch(Generic[T]):
             if status.healthy:
                 self._fault_since = time.monotonic()
             log.warning(
-                "consul watch service=%s failing fault=%s error=%r; keeping last good data, "
-                "retrying with backoff up to %gs",
-                self.service, error.kind, str(error), self.backoff_max,
+                "consul watch service=%s failing fault=%s: %s; keeping last good data, retrying in %.1fs "
+                "(then with backoff up to %gs)",
+                self.service, error.kind, error, delay, self.backoff_max,
             )
         else:
             log.debug("consul watch service=%s retry %d in %.2fs fault=%s", self.service, status.failures,
@@ -604,7 +662,7 @@ async def _read_services(
                 _, entries = await asyncio.wait_for(client.health.service(name, **queries.get(name, {})), deadline)
                 return name, parse_health_entries(name, documented(entries, name), policy)
             except Exception as exc:
-                raise classify(exc, name) from None
+                raise classify(exc, name, address_of(client)) from None
 
     return dict(await asyncio.gather(*(one(name) for name in services)))
 
@@ -625,7 +683,7 @@ async def read_tagged_services(
         _, raw = await asyncio.wait_for(client.catalog.services(), deadline)
         return parse_catalog_services(documented(raw, "catalog"), tag)
     except Exception as exc:
-        raise classify(exc, "catalog") from None
+        raise classify(exc, "catalog", address_of(client)) from None
 
 
 async def read_routed(settings: Settings, deadline: float = 15.0) -> CatalogRead:

@@ -67,7 +67,7 @@ from haproxy_sync.plan import (
     servers_by_state,
     slots_from_config,
 )
-from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind, ReloadReason, SkipKind
+from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadFailure, ReloadKind, ReloadReason, SkipKind
 from haproxy_sync.reconcile import Finding, read_back_after_reload, reconcile
 from haproxy_sync.render import TemplateError, load_template
 from haproxy_sync.reservations import RouteMemory
@@ -125,6 +125,7 @@ class Daemon:
         self._reload_not_before = 0.0  # reload budget
         self._reconcile_at: float | None = None  # next read-back of what HAProxy runs
         self._failures = 0
+        self._no_master = False  # the last apply failed for want of a master socket: its retries log at debug
         self._first_unapplied: float | None = None  # when the oldest change not yet applied was seen
         self._last_apply: tuple[str, str, float | None] = ("", "", None)
         self.metrics = Metrics(self.state_view)
@@ -514,7 +515,7 @@ class Daemon:
                 # The reload budget holds after a failed reload too: with the failures' backoff it keeps
                 # a config HAProxy is slow to load, or refuses, from being reloaded over and over.
                 self._reload_not_before = time.monotonic() + settings.sync.reload_min_interval
-            return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD)
+            return Outcome(False, f"{change}; {exc}", stage=FailureStage.RELOAD, failure=getattr(exc, "failure", None))
         action = report.sentence()
         if prepared.rebind_socket and report.reloaded:
             self._rebind_socket = False
@@ -621,6 +622,8 @@ class Daemon:
             log.debug("%s", outcome.sentence)
             return
         self._record(outcome)
+        repeated = self._no_master and outcome.failure is ReloadFailure.NO_MASTER  # one error line per episode
+        self._no_master = outcome.failure is ReloadFailure.NO_MASTER
         if outcome.ok:
             self._failures = 0
             log.info("applied %s", outcome.sentence)
@@ -632,7 +635,8 @@ class Daemon:
         self._failures += 1
         delay = backoff_delay(self._failures, self.settings.consul.backoff_max)
         self._retry_at = time.monotonic() + delay
-        log.error("apply failed: %s; retrying in %.1fs", outcome.sentence, delay)
+        log.log(logging.DEBUG if repeated else logging.ERROR, "apply failed: %s; retrying in %.1fs", outcome.sentence,
+                delay)
 
     def _record(self, outcome: Outcome) -> None:
         """Metrics and the state /status shows, for one finished apply cycle."""

@@ -202,6 +202,15 @@ def descriptor_limit(pid: int) -> int | None:
     return None
 
 
+def no_master_text(master_socket: Path, error: SocketError) -> str:
+    """Why there is no master to reload, with the setting that names the socket and how HAProxy must be
+    started for it to exist: an operator who installed HAProxy's stock unit (no ``-S``) sees only that
+    a socket is missing, not that the master CLI is a start option."""
+    return (f"cannot reload: {error} (haproxy.master_socket): HAProxy must run in master-worker mode with "
+            f"that master socket, started as haproxy -W -S {master_socket} -f <config>, or set "
+            "haproxy.reload_command")
+
+
 def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: float = 10.0,
            max_wait: float = 120.0, waiting: Callable[[], None] | None = None,
            descriptors: int | None = None) -> ProcInfo:
@@ -219,7 +228,7 @@ def reload(master_socket: Path, reload_command: tuple[str, ...] = (), timeout: f
         before = show_proc(master_socket)
     except SocketError as exc:
         if not reload_command:
-            raise ReloadError(f"cannot reload: {exc}", ReloadFailure.NO_MASTER) from None
+            raise ReloadError(no_master_text(master_socket, exc), ReloadFailure.NO_MASTER) from None
         before = None
     started = time.monotonic()
     if reload_command:

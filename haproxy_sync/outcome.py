@@ -12,7 +12,7 @@ from haproxy_sync.apply import ReloadReport
 from haproxy_sync.catalog import Snapshot
 from haproxy_sync.pipeline import Baseline
 from haproxy_sync.plan import BackendSlots
-from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadKind
+from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadFailure, ReloadKind
 from haproxy_sync.routing import Routing
 
 
@@ -26,6 +26,7 @@ class Outcome:
     path: ApplyPath = ApplyPath.NONE
     reason: ReloadKind | None = None  # why a reload was planned (also when HAProxy already ran the file)
     stage: FailureStage | None = None  # where it failed
+    failure: ReloadFailure | None = None  # how a reload failed (a missing master is logged once per episode)
     commands: int = 0
     reload: ReloadReport | None = None
 

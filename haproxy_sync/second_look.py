@@ -16,7 +16,7 @@ from typing import Any
 import consul.aio
 
 from haproxy_sync.catalog import Service, parse_health_entries
-from haproxy_sync.consul import ConsulError, classify, documented, read_tagged_services
+from haproxy_sync.consul import ConsulError, address_of, classify, documented, read_tagged_services
 from haproxy_sync.guard import CatalogGuard, ServiceGuard
 from haproxy_sync.rules import AddressPolicy
 
@@ -37,7 +37,7 @@ async def reread_held(client: consul.aio.Consul, names: Iterable[str], queries: 
             service, _ = parse_health_entries(name, documented(entries, name), policy)
         except Exception as exc:  # a failed re-read keeps the hold and tries again
             log.warning("guard: re-reading %s failed (%s); still holding, next try in %gs", name,
-                        classify(exc, name), delay)
+                        classify(exc, name, address_of(client)), delay)
             guard.retry(name, time.monotonic(), delay)
             continue
         guard.reread(name)

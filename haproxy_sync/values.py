@@ -13,23 +13,46 @@ from pathlib import Path
 from typing import Any
 
 from haproxy_sync import rules
+from haproxy_sync.durations import parse_go_duration
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z", re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_BARE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)", re.ASCII)
 _BIND = re.compile(r"^(\*|[A-Za-z0-9.:\[\]-]*):(\d{1,5})\Z", re.ASCII)
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"250ms"``, ``"60s"``, ``"5m"``, ``"1h"`` or a plain number of seconds."""
+def _kind(value: Any) -> str:
+    """A value's TOML type as an operator reads it, for "expected X, got Y" messages."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"250ms\", \"60s\" or \"5m\"")
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value:g})"
+    if isinstance(value, str):
+        return f"a string ({value[:80]!r})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Go duration (``"250ms"``, ``"1m30s"``, ``"1.5s"``, ``"1h"``: what Consul and
+    consul-template write) or a TOML number of seconds; a bare number in a string has no unit, as in Go."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"250ms\", \"1m30s\" or \"5m\", not true/false")
     if isinstance(value, int | float):
         seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = parse_go_duration(text)
+        except ValueError:
+            if _BARE_NUMBER.fullmatch(text):
+                raise ValueError(f"{value!r} has no unit; write e.g. \"{text}s\" or \"{text}ms\"") from None
+            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"1m30s\" or \"5m\"") from None
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration; use e.g. \"250ms\", \"60s\" or \"5m\"")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(f"expected a duration such as \"250ms\" or \"1m30s\", got {_kind(value)}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -80,9 +103,13 @@ def parse_haproxy_path_or_none(value: Any) -> Path | None:
 
 
 def parse_bool(value: Any) -> bool:
+    """true/false; a string only as the environment writes it (``CONSUL_HTTP_SSL=true``). A number is
+    refused: ``1`` for ``true`` is a guess about what the writer meant, and the loader does not guess."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    if not isinstance(value, str):
+        raise ValueError(f"expected true or false, got {_kind(value)}")
+    text = value.strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off", ""):
@@ -91,16 +118,21 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_int_range(low: int, high: int) -> Callable[[Any], int]:
+    """A TOML integer in ``low``-``high``. A float is refused rather than truncated (``slots = 8.5`` is
+    a typo or a misunderstanding, and ``int()`` would hide either), and so are a string of digits and a
+    boolean (Python's ``True`` is an int; a config's is not)."""
+
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer in {low}-{high}")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not an integer in {low}-{high}") from None
-        if not low <= number <= high:
-            raise ValueError(f"{number} is outside {low}-{high}")
-        return number
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = f"write a whole number, e.g. {low if low > 0 else 1}"
+            if isinstance(value, float) and value.is_integer():
+                hint = f"write {int(value)}, without the decimal point"
+            elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                hint = f"write {value.strip()}, without quotes"
+            raise ValueError(f"expected an integer in {low}-{high}, got {_kind(value)}; {hint}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}-{high}")
+        return value
 
     return parse
 
@@ -114,7 +146,11 @@ def parse_argv(value: Any) -> tuple[str, ...]:
 
 
 def parse_octal_mode(value: Any) -> int:
-    text = str(value).strip()
+    """A file mode as a string (``"0640"``): TOML's ``0o640`` is an integer and ``640`` a decimal one,
+    and taking either as octal digits would give another mode than the one meant."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an octal file mode as a string, got {_kind(value)}; write e.g. \"0640\"")
+    text = value.strip()
     if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError(f"{value!r} is not an octal file mode such as \"0640\"")
     mode = int(text, 8)
@@ -124,13 +160,16 @@ def parse_octal_mode(value: Any) -> int:
 
 
 def parse_percent(value: Any) -> float:
+    """A share as ``"50%"`` or a number of percent (``50``); a boolean is no share."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a percentage such as \"50%\", got {_kind(value)}")
     text = str(value).strip()
     number = text[:-1] if text.endswith("%") else text
     try:
         share = float(number)
     except ValueError:
         raise ValueError(f"{value!r} is not a percentage such as \"50%\"") from None
-    if isinstance(value, bool) or not 0 <= share <= 100:
+    if not 0 <= share <= 100:
         raise ValueError(f"{value!r} is not a percentage between 0% and 100%")
     return share / 100
 
@@ -149,19 +188,54 @@ def parse_listen(value: Any) -> str:
 
 
 def parse_consul_address(value: Any) -> str:
-    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http://host:port``) as one base URL."""
+    """Consul's ``CONSUL_HTTP_ADDR`` forms (``host:port``, ``http(s)://host:port``, and
+    ``unix:///path/to/socket`` for an agent serving HTTP on a unix socket) as one base URL."""
     text = parse_string(value).strip()
     if not text:
         raise ValueError("an address is required, e.g. \"http://127.0.0.1:8500\"")
+    if text.startswith("unix://"):
+        path = text[len("unix://"):]
+        if not path.startswith("/") or any(ord(ch) < 0x20 for ch in path) or len(path) > 107:
+            raise ValueError(f"{text[:200]!r} is not unix:///absolute/path (an absolute socket path, at most "
+                             "107 bytes)")
+        return f"unix://{path}"
     parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"{text!r} is not host:port or http(s)://host:port")
+        raise ValueError(f"{text!r} is not host:port, http(s)://host:port or unix:///path/to/socket")
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 8500)
     except ValueError:
         raise ValueError(f"{text!r} has an invalid port") from None
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{parsed.scheme}://{host}:{port}"
+
+
+_ENTERPRISE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?", re.ASCII)
+
+
+def parse_enterprise_name(value: Any) -> str:
+    """A Consul Enterprise namespace or admin partition name (DNS-label-like, as Consul validates them),
+    or empty for none; it travels as a query parameter, so nothing else may reach the URL."""
+    text = parse_string(value).strip()
+    if text and not _ENTERPRISE_NAME.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not a Consul namespace or partition name: letters, digits and "
+                         "dashes, at most 63")
+    return text
+
+
+def parse_basic_auth(value: Any) -> str:
+    """``user:password`` for HTTP basic auth, as ``CONSUL_HTTP_AUTH`` writes it (a user alone is a user
+    with an empty password, as in Consul's client); never shown back, not even in an error."""
+    text = parse_string(value)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ValueError("holds a control character or a line break; it is user:password on one line")
+    if text.startswith(":"):
+        raise ValueError("has an empty user name; write user:password")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("holds characters HTTP basic auth cannot carry (outside Latin-1)") from None
+    return text
 
 
 def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

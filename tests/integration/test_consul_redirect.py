@@ -69,8 +69,8 @@ def test_a_redirect_is_an_error_and_the_token_never_leaves(tmp_path: Path, elsew
     finally:
         redirector.stop()
     assert proc.returncode == 1, proc.stderr
-    expected = (f"haproxy-sync: Consul at {redirector.url} answered {status} redirect to {target}; not followed "
-                "(the ACL token is only sent to consul.address)")
+    expected = (f"haproxy-sync: Consul at {redirector.url} (consul.address) answered {status} redirect to {target}; "
+                "not followed (the ACL token is only sent to consul.address)")
     assert expected in proc.stderr.splitlines(), proc.stderr
     assert TOKEN not in proc.stderr + proc.stdout
     assert [r.get("X-Consul-Token") for r in redirector.requests] == [TOKEN], "the token went to consul.address"

@@ -1336,3 +1336,20 @@ def test_stop_while_clients_keep_connecting_leaves_no_server_socket_open() -> No
         for client in clients:
             client.join(timeout=5)
         assert _sockets_bound_to(port) == [], f"devconsul left connections on port {port} open after stop()"
+
+
+@pytest.mark.parametrize(("query", "headers", "text"), [
+    ("?ns=default", {}, 'Bad request: Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'),
+    ("?ns=team-a", {}, 'Bad request: Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'),
+    ("?partition=default", {},
+     'Bad request: Invalid query parameter: "partition" - Partitions are a Consul Enterprise feature'),
+    ("?ns=x", {"X-Consul-Namespace": "x"},
+     'Bad request: Invalid header: "X-Consul-Namespace" - Namespaces are a Consul Enterprise feature'),
+])
+def test_namespaces_and_partitions_are_refused_as_consul_ce_does(
+        consul: DevConsulThread, query: str, headers: dict[str, str], text: str) -> None:
+    """Consul CE's parseEntMeta (agent/http_ce.go): any non-empty ns or partition is a 400, "default" too."""
+    for path in ("/v1/health/service/web", "/v1/catalog/services"):
+        reply = call("GET", consul.url + path + query, headers=headers)
+        assert (reply.status, reply.text) == (400, text)
+    assert call("GET", consul.url + "/v1/health/service/web?ns=").status == 200, "an empty one is no namespace"

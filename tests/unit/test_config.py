@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,15 +130,42 @@ def test_wait_max_must_not_be_shorter_than_wait_min(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[sync]\nwait_min = "2s"\nwait_max = "1s"\n'), env={})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("250ms", 0.25), ("60s", 60), ("5m", 300), ("1h", 3600), (2, 2.0)])
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("60s", 60), ("5m", 300), ("1h", 3600), (2, 2.0), (1.5, 1.5), ("0", 0.0),
+    # Go's forms, as consul-template's config writes them
+    ("1m30s", 90), ("1.5s", 1.5), ("1h2m3.5s", 3723.5), ("500us", 0.0005), ("2h45m", 9900), (".5s", 0.5),
+])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["soon", "-1s", "1d", True])
-def test_bad_durations(bad: object) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("bad", "says"), [
+    ("soon", "'soon' is not a duration"), ("-1s", "cannot be negative"), ("1d", "is not a duration"),
+    (True, "not true/false"), ("10", "'10' has no unit; write e.g. \"10s\""), ("1m30", "is not a duration"),
+    (["1s"], "got an array"),
+])
+def test_bad_durations(bad: object, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
         parse_duration(bad)
+
+
+def test_a_go_duration_configures_every_duration_setting(tmp_path: Path) -> None:
+    """Every duration key takes Go's forms: the file is written as a consul-template user would."""
+    keys = [(section, key) for section, keys in config.SCHEMA.items() for key, setting in keys.items()
+            if setting.parse is parse_duration]
+    assert len(keys) >= 15
+    by_section: dict[str, list[str]] = {}
+    for section, key in keys:
+        by_section.setdefault(section, []).append(f'{key} = "1m30s"')
+    text = "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in by_section.items())
+    settings = load_settings(write(tmp_path, text + ONE_SERVICE), env={})
+    assert all(getattr(getattr(settings, section), key) == 90.0 for section, key in keys)
+
+
+def test_devconsul_and_the_settings_share_one_duration_parser() -> None:
+    from haproxy_sync import durations
+    from haproxy_sync.dev.devconsul import decode, pipeline
+    assert decode.parse_go_duration is pipeline.parse_go_duration is durations.parse_go_duration
 
 
 @pytest.mark.parametrize(("raw", "url"), [
@@ -213,3 +241,99 @@ def test_a_config_file_without_settings_is_an_error_never_the_defaults(tmp_path:
     result = subprocess.run([sys.executable, "-m", "haproxy_sync.cli", "run", "--config", str(path)],
                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "holds no settings" in result.stderr
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("[sync]\nslots = 8.5", "sync.slots: expected an integer in 1-10000, got a float (8.5); write a whole number"),
+    ("[sync]\nslots = 8.0", "sync.slots: expected an integer in 1-10000, got a float (8); write 8, without the "
+                            "decimal point"),
+    ('[sync]\nslots = "8"', "sync.slots: expected an integer in 1-10000, got a string ('8'); write 8, without quotes"),
+    ("[sync]\nslots = true", "sync.slots: expected an integer in 1-10000, got a boolean (true)"),
+    ("[haproxy]\nmaxconn = 1e4", "haproxy.maxconn: expected an integer in 1-1000000, got a float (10000)"),
+    ("[consul]\nssl = 1", "consul.ssl: expected true or false, got an integer (1)"),
+    ("[haproxy]\nconfig_mode = 0o640", "haproxy.config_mode: expected an octal file mode as a string, got an "
+                                       "integer (416); write e.g. \"0640\""),
+    ("[discovery]\nmax_drop = true", "discovery.max_drop: expected a percentage such as \"50%\", got a boolean"),
+    ('[consul]\nwait = ["5m"]', "consul.wait: expected a duration such as \"250ms\" or \"1m30s\", got an array"),
+    ('[[services]]\nname = "a"\nmin_servers = 1.5', "services[0].min_servers: expected an integer in 0-100000, "
+                                                    "got a float (1.5)"),
+])
+def test_wrong_types_are_errors_never_truncated_or_coerced(tmp_path: Path, line: str, says: str) -> None:
+    """A float where an integer goes, a string where a number goes, a boolean for a number (or a number for
+    a boolean) is one line naming the key and what to write: never int(8.5) == 8, never "8" taken as 8."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, line + "\n" + ("" if "services" in line else ONE_SERVICE)), env={})
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('[consul]\nadress = "x"', "consul.adress: unknown key; did you mean `address`?"),
+    ('[consul]\ntoken_fle = "x"', "consul.token_fle: unknown key; did you mean `token_file`?"),
+    ('[sync]\nwaitmax = "1s"', "sync.waitmax: unknown key; did you mean `wait_max`?"),
+    ('[consl]\naddress = "x"', "[consl]: unknown section; did you mean `[consul]`?"),
+    ('[[services]]\nname = "a"\nhealthpath = "/"', "services[0].healthpath: unknown key; did you mean `health_path`?"),
+    ('[haproxy]\nzzz = 1', "haproxy.zzz: unknown key; known: binary, config_path,"),
+])
+def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text + "\n" + ("" if "services" in text else ONE_SERVICE)), env={})
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+
+
+def test_consul_environment_names_as_consuls_own_cli(tmp_path: Path) -> None:
+    """Every CONSUL_* name Consul's CLI reads sets its key here (api.go's defaultConfig)."""
+    capath = tmp_path / "certs"
+    capath.mkdir()
+    env = {"CONSUL_HTTP_ADDR": "unix:///run/consul/http.sock", "CONSUL_HTTP_AUTH": "edge:pa:ss",
+           "CONSUL_HTTP_SSL_VERIFY": "false", "CONSUL_CAPATH": str(capath), "CONSUL_NAMESPACE": "team-a",
+           "CONSUL_PARTITION": "edge", "CONSUL_TLS_SERVER_NAME": "consul.test"}
+    settings = load_settings(write(tmp_path, ONE_SERVICE), env=env)
+    consul = settings.consul
+    assert consul.address == "unix:///run/consul/http.sock"
+    assert (consul.auth, consul.ssl_verify, consul.ca_path) == ("edge:pa:ss", False, str(capath))
+    assert (consul.namespace, consul.partition, consul.tls_server_name) == ("team-a", "edge", "consul.test")
+    assert "pa:ss" not in repr(settings), "basic auth is a secret, as the token"
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"CONSUL_NAMESPACE": "a b"}, "environment CONSUL_NAMESPACE: 'a b' is not a Consul namespace or partition name"),
+    ({"CONSUL_PARTITION": "x&dc=other"}, "environment CONSUL_PARTITION: 'x&dc=other' is not a Consul"),
+    ({"CONSUL_HTTP_AUTH": ":secret"}, "environment CONSUL_HTTP_AUTH: has an empty user name"),
+    ({"CONSUL_HTTP_AUTH": "u:p\nX: y"}, "environment CONSUL_HTTP_AUTH: holds a control character"),
+    ({"CONSUL_HTTP_SSL_VERIFY": "maybe"}, "environment CONSUL_HTTP_SSL_VERIFY: 'maybe' is not a boolean"),
+    ({"CONSUL_CAPATH": "/nonexistent/certs"}, "environment CONSUL_CAPATH: /nonexistent/certs: no such directory"),
+    ({"CONSUL_HTTP_ADDR": "unix://relative.sock"}, "environment CONSUL_HTTP_ADDR: 'unix://relative.sock' is not "
+                                                   "unix:///absolute/path"),
+])
+def test_consul_environment_values_are_checked_and_named(tmp_path: Path, env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, ONE_SERVICE), env=env)
+    assert len(err.value.problems) == 1 and says in err.value.problems[0], err.value.problems
+    assert "secret" not in str(err.value)
+
+
+def test_ssl_verify_off_is_a_warning_naming_the_variable(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ONE_SERVICE),
+                             env={"CONSUL_HTTP_ADDR": "https://c:8501", "CONSUL_HTTP_SSL_VERIFY": "0"})
+    assert any("environment CONSUL_HTTP_SSL_VERIFY: Consul's certificate is not verified" in w
+               for w in settings.warnings), settings.warnings
+
+
+def test_token_file_wins_over_token_at_the_same_level_as_in_consul(tmp_path: Path) -> None:
+    """Consul's client: -token-file over -token, CONSUL_HTTP_TOKEN_FILE over CONSUL_HTTP_TOKEN; across
+    levels the layers decide (the environment over the file)."""
+    token = tmp_path / "token"
+    token.write_text("from-token-file\n")
+    token.chmod(0o600)
+    both_env = {"CONSUL_HTTP_TOKEN": "from-env", "CONSUL_HTTP_TOKEN_FILE": str(token)}
+    assert load_settings(write(tmp_path, ONE_SERVICE), env=both_env).consul.token == "from-token-file"
+    both_file = write(tmp_path, f'[consul]\ntoken = "in-file"\ntoken_file = "{token}"\n')
+    assert load_settings(both_file, env={}).consul.token == "from-token-file"
+    assert load_settings(both_file, env={"CONSUL_HTTP_TOKEN": "from-env"}).consul.token == "from-env"
+    token_in_file = write(tmp_path, '[consul]\ntoken = "in-file"\n')
+    assert load_settings(token_in_file, env={"CONSUL_HTTP_TOKEN_FILE": str(token)}).consul.token == "from-token-file"
+
+
+@pytest.mark.parametrize("raw", ["unix:///tmp/consul.sock", "unix:///var/run/consul/http.sock"])
+def test_unix_socket_addresses(raw: str) -> None:
+    assert parse_consul_address(raw) == raw

@@ -104,7 +104,7 @@ def test_run_once_loads_no_stand_in(config: Path) -> None:
     result = cli("run", "--once", "--config", str(config), env={"PYTHONPROFILEIMPORTTIME": "1"})
     modules = imported(result.stderr)
     # It got as far as reading Consul: settings loaded, the pipeline's run_once called, the client made.
-    assert result.returncode == 1 and "haproxy-sync: cannot connect" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1 and "(consul.address) refused the connection" in result.stderr, result.stderr[-2000:]
     assert {"haproxy_sync.pipeline", "haproxy_sync.consul", "consul.aio"} <= modules
     assert [m for m in modules if is_dev(m)] == []
 

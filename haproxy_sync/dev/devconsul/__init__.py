@@ -17,7 +17,7 @@ Consul's server code, not from what our client happens to need, so that
 
 The parts, bottom to top:
 
-* ``records.py``: constants, Go durations, the log line format, the immutable records (services,
+* ``records.py``: constants, the log line format, the immutable records (services,
   checks, nodes, KV entries);
 * ``faults.py``: the faults it can play on demand;
 * ``decode.py``: decoding of agent registration bodies (Consul accepts any key casing and snake_case),
@@ -54,9 +54,10 @@ from haproxy_sync.dev.devconsul.cli import main, run_forever
 from haproxy_sync.dev.devconsul.decode import ConsulHTTPError
 from haproxy_sync.dev.devconsul.faults import FAULTS
 from haproxy_sync.dev.devconsul.filter import FilterError, compile_filter
-from haproxy_sync.dev.devconsul.records import CRITICAL, PASSING, WARNING, format_go_duration, parse_go_duration
+from haproxy_sync.dev.devconsul.records import CRITICAL, PASSING, WARNING
 from haproxy_sync.dev.devconsul.server import DevConsul
 from haproxy_sync.dev.devconsul.thread import DevConsulThread
+from haproxy_sync.durations import format_go_duration, parse_go_duration
 
 __all__ = [
     "CRITICAL",

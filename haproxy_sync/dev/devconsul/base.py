@@ -23,6 +23,7 @@ class ServerBase:
 
     host: str
     port: int
+    unix_socket: str | None  # a path: HTTP on a unix socket (CONSUL_HTTP_ADDR=unix://...) instead of host:port
     _acl: AclConfig | None  # None: ACLs disabled (every request may do everything)
     _acl_created: str  # the tokens' CreateTime, in Go's RFC 3339 form
     _node: Node

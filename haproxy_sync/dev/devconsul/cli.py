@@ -14,8 +14,9 @@ from typing import Final
 
 from haproxy_sync.dev.devconsul.acl import RULES_SYNTAX, AclConfig, AclConfigError, AclToken, parse_rules
 from haproxy_sync.dev.devconsul.agentsync import DEFAULT_CHECK_UPDATE_INTERVAL
-from haproxy_sync.dev.devconsul.records import _log, parse_go_duration
+from haproxy_sync.dev.devconsul.records import _log
 from haproxy_sync.dev.devconsul.server import DevConsul
+from haproxy_sync.durations import parse_go_duration
 
 _ACL_HELP: Final = f"""\
 ACLs are off unless one of the ACL options is given or DEVCONSUL_TOKEN is set. With ACLs on, reads

@@ -21,8 +21,8 @@ from haproxy_sync.dev.devconsul.records import (
     Service,
     ServiceRegistration,
     TaggedAddress,
-    parse_go_duration,
 )
+from haproxy_sync.durations import parse_go_duration
 
 _SCRIPTS_DISABLED: Final = (
     "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "

@@ -16,8 +16,8 @@ from haproxy_sync.dev.devconsul.records import (
     Node,
     Pairs,
     Service,
-    format_go_duration,
 )
+from haproxy_sync.durations import format_go_duration
 
 
 def _pairs_json(pairs: Pairs | None) -> dict[str, str] | None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from haproxy_sync.dev.devconsul.base import ServerBase
 from haproxy_sync.dev.devconsul.faults import _NO_FAULT, Fault, make_fault
-from haproxy_sync.dev.devconsul.http import _bind_listener, _reset_transport
+from haproxy_sync.dev.devconsul.http import _bind_listener, _bind_unix_listener, _reset_transport
 from haproxy_sync.dev.devconsul.records import _kv, _log
 
 _ACCEPT_BATCH = 128
@@ -98,10 +98,16 @@ class Listening(ServerBase):
             if transport is not spare and not transport.is_closing():
                 _reset_transport(transport)
 
+    def _bind(self) -> socket.socket:
+        """A listening socket on host:port, or on the unix socket path when there is one."""
+        if self.unix_socket:
+            return _bind_unix_listener(self.unix_socket)
+        return _bind_listener(self.host, self.port)
+
     def _resume_listening(self) -> None:
         """Listen on the same port again, at once (raises, changing nothing, if the port is taken)."""
         if self._listener is None:
-            self._listen(_bind_listener(self.host, self.port))
+            self._listen(self._bind())
 
     def set_fault(self, name: str, **params: Any) -> None:
         """Switch a fault on (replacing any other); see FAULTS for names and parameters."""

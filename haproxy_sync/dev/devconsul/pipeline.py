@@ -36,7 +36,8 @@ from haproxy_sync.dev.devconsul.http import (
     _reset_transport,
     _text_response,
 )
-from haproxy_sync.dev.devconsul.records import Check, Node, Service, parse_go_duration
+from haproxy_sync.dev.devconsul.records import Check, Node, Service
+from haproxy_sync.durations import parse_go_duration
 
 # Where a request's resolved Authorizer is kept: a typed key where aiohttp has them (3.13+; a plain
 # string key warns there), a string on the older versions pyproject allows.
@@ -133,6 +134,7 @@ class RequestPipeline(ServerBase):
         """Parse what every read takes: dc, index/wait, stale/consistent, filter, pretty (`fields`: the
         items' JSON keys or Go type; none for an endpoint that takes no filter)."""
         query = request.query
+        _refuse_enterprise_meta(request)
         datacenter = query.get("dc")
         if datacenter and datacenter != self._node.datacenter:
             raise ConsulHTTPError(500, "No path to datacenter")
@@ -276,3 +278,16 @@ class RequestPipeline(ServerBase):
             return web.Response(body=b"this is not gzip", headers={**headers, "Content-Encoding": "gzip"},
                                 content_type="application/json")
         return web.Response(body=body, headers=headers, content_type="application/json")
+
+
+def _refuse_enterprise_meta(request: web.Request) -> None:
+    """Consul CE's answer to a namespace or an admin partition (agent/http_ce.go, parseEntMeta): 400 for
+    any non-empty one, ``default`` included; the header is looked at before the query parameter, and the
+    body carries the "Bad request: " of Consul's BadRequestError."""
+    for header, param, feature in (("X-Consul-Namespace", "ns", "Namespaces"),
+                                   ("X-Consul-Partition", "partition", "Partitions")):
+        if request.headers.get(header):
+            raise _bad_request(f'Bad request: Invalid header: "{header}" - {feature} are a Consul Enterprise feature')
+        if request.query.get(param):
+            raise _bad_request(f'Bad request: Invalid query parameter: "{param}" - {feature} are a Consul '
+                               'Enterprise feature')

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -23,63 +22,7 @@ NODE_MAINT_CHECK_ID: Final = "_node_maintenance"
 SERVICE_MAINT_PREFIX: Final = "_service_maintenance:"
 
 
-# --------------------------------------------------------------------------------------------------
-# Go durations: Consul's wait, Interval, Timeout, TTL are all written like "100ms" or "1m30s".
-
-_DURATION_UNITS: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # Go accepts the micro sign
-    "μs": 1e-6,  # ... and the Greek mu
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_BARE_NUMBER: Final = re.compile(r"\d+\.?\d*|\.\d+")
-
-
-def parse_go_duration(text: str) -> float:
-    """Return the seconds in a Go duration string, raising ValueError with Go's own message."""
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text[1:] if text[:1] in ("+", "-") else text
-    if body == "0":
-        return 0.0
-    if not body:
-        raise ValueError(f'time: invalid duration "{text}"')
-    total, pos = 0.0, 0
-    while pos < len(body):
-        match = _DURATION_PART.match(body, pos)
-        if match is None:
-            if _BARE_NUMBER.fullmatch(body, pos):
-                raise ValueError(f'time: missing unit in duration "{text}"')
-            raise ValueError(f'time: invalid duration "{text}"')
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    return sign * total
-
-
-def _trim_float(value: float) -> str:
-    return f"{value:.9f}".rstrip("0").rstrip(".")
-
-
-def format_go_duration(seconds: float) -> str:
-    """Write seconds the way Go's time.Duration.String() does ("10s", "100ms", "1m30s")."""
-    ns = round(seconds * 1e9)
-    if ns == 0:
-        return "0s"
-    sign, ns = ("-" if ns < 0 else ""), abs(ns)
-    if ns < 1_000:
-        return f"{sign}{ns}ns"
-    if ns < 1_000_000:
-        return f"{sign}{_trim_float(ns / 1e3)}µs"
-    if ns < 1_000_000_000:
-        return f"{sign}{_trim_float(ns / 1e6)}ms"
-    hours, rest = divmod(ns, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
-    return f"{sign}{text}{_trim_float(rest / 1e9)}s"
+# Go durations (Consul's wait, Interval, Timeout, TTL): the package's one implementation.
 
 
 def _parse_go_bool(text: str) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import os
 import random
 import socket
 import ssl
@@ -22,7 +24,6 @@ from haproxy_sync.dev.devconsul.checks import _Runner
 from haproxy_sync.dev.devconsul.control import ControlHandlers
 from haproxy_sync.dev.devconsul.faults import _NO_FAULT, Fault
 from haproxy_sync.dev.devconsul.health import HealthHandlers
-from haproxy_sync.dev.devconsul.http import _bind_listener
 from haproxy_sync.dev.devconsul.kv import KVHandlers
 from haproxy_sync.dev.devconsul.records import (
     CONSUL_VERSION,
@@ -109,8 +110,12 @@ class DevConsul(
         ssl_context: ssl.SSLContext | None = None,
         restored_from: DevConsul | None = None,
         check_update_interval: float = DEFAULT_CHECK_UPDATE_INTERVAL,
+        unix_socket: str | None = None,
     ) -> None:
-        """``restored_from``: a stopped DevConsul whose catalog this one takes over (its node, services,
+        """``unix_socket``: serve HTTP on a unix socket at this path instead of host:port, as an agent with
+        ``addresses { http = "unix:///path" }`` does (``url`` is then ``unix:///path``).
+
+        ``restored_from``: a stopped DevConsul whose catalog this one takes over (its node, services,
         checks and indexes; ``node``, ``datacenter`` and ``node_address`` are then ignored).
 
         Why: a Consul agent that restarts finds its data dir: the same catalog, an index that goes on
@@ -134,6 +139,7 @@ class DevConsul(
         self._deferred: dict[str, asyncio.TimerHandle] = {}
         self.host = host
         self.port = port
+        self.unix_socket = unix_socket
         self._acl = AclConfig.management_only(token) if token else acl
         self._acl_created = restored_from._acl_created if restored_from is not None else _go_time_now()
         self._ssl_context = ssl_context
@@ -209,12 +215,13 @@ class DevConsul(
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.25)
         await runner.setup()
         try:
-            sock = _bind_listener(self.host, self.port)
+            sock = self._bind()
         except OSError:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = sock.getsockname()[1]
+        if not self.unix_socket:
+            self.port = sock.getsockname()[1]
         self._listen(sock)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
         self._sync_all_deferred()  # a restarted agent's first full sync sends what it kept locally
@@ -237,6 +244,9 @@ class DevConsul(
         self._stopping = True
         self._notify()
         self._stop_listening(spare=None)
+        if self.unix_socket:  # as Go's UnixListener.Close: a stopped agent's socket path is gone (ENOENT)
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_socket)
         await self._close_accepting()
         tasks = [runner.task for runner in self._runners.values() if runner.task is not None]
         for runner in self._runners.values():
@@ -264,12 +274,16 @@ class DevConsul(
 
     @property
     def address(self) -> str:
-        """host:port, as CONSUL_HTTP_ADDR takes it."""
+        """host:port (or unix:///path), as CONSUL_HTTP_ADDR takes it."""
+        if self.unix_socket:
+            return f"unix://{self.unix_socket}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
+        if self.unix_socket:
+            return self.address
         return f"{'https' if self._ssl_context else 'http'}://{self.address}"
 
     @property
