@@ -245,3 +245,40 @@ def test_the_converted_example_keeps_the_runtime_path(tmp_path: Path, consul: De
         log = daemon.log()
         assert log.count("runtime API:") >= 2, log
         assert "reloaded" not in log.split("applied ", 1)[1], f"a reload after the first apply: {log}"
+
+        # A re-read of a template that lost the map lookups is refused, the running one kept.
+        mapless = tmp_path / "mapless.cfg.j2"
+        mapless.write_text("\n".join(line for line in CONVERTED.read_text().splitlines() if "map_str(" not in line))
+        sections["haproxy"]["template"] = str(mapless)
+        config.write_text(tomli_w.dumps(sections))
+        refusal = daemon.wait_for_log("new configuration rejected", timeout=15)
+        assert f"{mapless}: does not render what haproxy-sync changes at runtime: no map converter" in refusal
+        assert daemon.alive() and answer(host="api.example.com") == "api-2"
+
+
+# What a conversion can forget that HAProxy accepts (docs/migration.md, "What a template must keep"):
+# the template's edit, and what the refusal names.
+FORGOTTEN = {
+    "slot lines": (lambda t: t.replace("{% for server in backend.servers %}", "{% for server in [] %}"),
+                   "backend web has no `server slot1` line"),
+    "the map": (lambda t: "\n".join(line for line in t.splitlines() if "map_str(" not in line and "%[var" not in line),
+                "no map converter loads the routes map"),
+    "disabled": (lambda t: t.replace('{{ " disabled" if server.state == "disabled" else "" }}', ""),
+                 "`server slot3` lacks `disabled`"),
+}
+
+
+@pytest.mark.parametrize("forgotten", sorted(FORGOTTEN))
+def test_a_conversion_without_what_the_runtime_path_needs_is_refused_in_one_line(tmp_path: Path,
+                                                                                   forgotten: str) -> None:
+    edit, named = FORGOTTEN[forgotten]
+    template = tmp_path / "forgetful.cfg.j2"
+    template.write_text(edit(CONVERTED.read_text()))
+    assert template.read_text() != CONVERTED.read_text()
+    config = converted_config(tmp_path, "http://127.0.0.1:1", template=str(template))
+    for command in (("check",), ("run",), ("run", "--once")):
+        result = cli(*command, "--config", str(config))
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr == (f"haproxy-sync: {template}: does not render what haproxy-sync changes at runtime: "
+                                 f"{result.stderr.split('runtime: ', 1)[-1]}"), (command, result.stderr)
+        assert named in result.stderr and result.stderr.count("\n") == 1, (command, result.stderr)
