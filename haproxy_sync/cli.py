@@ -235,7 +235,7 @@ def check(**params: Any) -> int:
     finds it, on PATH and then in /usr/sbin and /usr/local/sbin).
     """
     from haproxy_sync.apply import check_prepared
-    from haproxy_sync.pipeline import prepare, sample
+    from haproxy_sync.pipeline import check_template, prepare, sample
     from haproxy_sync.render import load_template
 
     settings = _load(params)
@@ -245,6 +245,7 @@ def check(**params: Any) -> int:
     features = haproxy.features(settings.haproxy.binary)
     prepared = prepare(settings, template, features, observed.routing, observed.snapshot)
     check_prepared(settings, template, features, prepared)  # no HAProxy to check with is an error, as for run
+    check_template(settings, template, features)  # slot lines and the map, which haproxy -c cannot miss
     click.echo(f"ok: config {settings.source or '(defaults)'}; template {settings.template_path()} rendered with a "
                f"sample catalog and passed haproxy -c ({haproxy.find_binary(settings.haproxy.binary)}, "
                f"HAProxy {features.version_text})")

@@ -54,6 +54,7 @@ from haproxy_sync.pipeline import (
     Observed,
     Prepared,
     adoptable,
+    check_template,
     decide,
     isolate_refusal,
     observe,
@@ -213,6 +214,7 @@ class Daemon:
     async def run(self) -> int:
         """The loop, until stopped; ``wiring.serve`` runs it with signals, metrics and the watchdog."""
         self.template = load_template(self.settings.template_path())
+        check_template(self.settings, self.template, self.applier.features(self.settings))
         for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
         self._client = make_client(self.settings.consul)
@@ -700,6 +702,7 @@ class Daemon:
             observed = self._observe(settings)
             prepare(settings, template, self.applier.features(settings), observed.routing, observed.snapshot,
                     self.tables)
+            check_template(settings, template, self.applier.features(settings))
         except (ConfigError, TemplateError) as exc:
             problem = str(exc).replace("\n", "; ")
             log.error("%s: new configuration rejected, keeping the running one: %s", why, problem)

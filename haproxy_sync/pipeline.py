@@ -44,7 +44,7 @@ from haproxy_sync.plan import (
     summarize,
 )
 from haproxy_sync.reasons import ApplyPath, ReloadKind, ReloadReason
-from haproxy_sync.render import TemplateError, load_template, render
+from haproxy_sync.render import TemplateError, contract_problem, load_template, render
 from haproxy_sync.routing import Routing, map_commands, map_text, parse_map_file, routing_for
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,25 @@ def sample(settings: Settings) -> Observed:
     ]
     return observe(settings, {s.name: parse_health_entries(s.name, entries, rules.AddressPolicy())[0]
                               for s in settings.services})
+
+
+def check_template(settings: Settings, template: jinja2.Template, features: haproxy.Features) -> None:
+    """Refuse a template that renders, for the sample catalog, no slot lines or no routes map.
+
+    HAProxy accepts such a config, so nothing else would stop it; then the daemon reloads at every
+    change and every reconcile (docs/migration.md). Raises ``TemplateError`` in one line naming the
+    template. A template that does not render at all is left to the caller's render, whose error
+    names the line.
+    """
+    observed = sample(settings)
+    try:
+        prepared = prepare(settings, template, features, observed.routing, observed.snapshot)
+    except TemplateError:
+        return
+    problem = contract_problem(prepared.text, prepared.tables, str(settings.haproxy.routes_map_path))
+    if problem is not None:
+        raise TemplateError(f"{template.filename or settings.template_path()}: does not render what haproxy-sync "
+                            f"changes at runtime: {problem}")
 
 
 def lay_out(
@@ -309,6 +328,7 @@ def isolate_refusal(
 async def run_once(settings: Settings) -> tuple[bool, str]:
     """``run --once``: one read of every service, one apply; (applied, the sentence to log)."""
     template = load_template(settings.template_path())
+    check_template(settings, template, haproxy.features(settings.haproxy.binary))
     one = await read_and_prepare(settings, template, haproxy.features(settings.haproxy.binary))
     prepared = one.prepared
     for item in prepared.routing.unrouted:

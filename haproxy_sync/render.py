@@ -8,6 +8,7 @@ typo in a template is an error naming the file and line instead of an empty stri
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -176,6 +177,55 @@ def render(
     except Exception as exc:  # a template may raise anything from a filter or a method it calls
         where = _template_frame(exc, template.filename or "<template>")
         raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+_SECTION_LINE = re.compile(r"^(\S+)(?:\s+(\S+))?")
+_SLOT_LINE = re.compile(r"^\s+server\s+(slot\d+)\s+\S+(.*)$")
+_WEIGHT_WORD = re.compile(r"\bweight\s+(\d+)")
+
+
+def contract_problem(text: str, tables: Mapping[str, BackendSlots], routes_map: str) -> str | None:
+    """What ``text`` lacks that the daemon changes at runtime, or None: a ``backend`` section per
+    backend, a ``server slotN`` line per slot with its weight and, for a slot in maintenance,
+    ``disabled``, and a map converter loading ``routes_map``.
+
+    Without these HAProxy accepts the config, and then lacks what the Runtime API addresses: every
+    change falls back to a reload, every reconcile reloads again, and ``show map`` fails.
+    """
+    lines: dict[str, dict[str, str]] = {}
+    current: str | None = None
+    map_loaded = re.compile(rf"\bmap(?:_[a-z]+)?\({re.escape(routes_map)}[,)]")
+    has_map = False
+    for line in text.splitlines():
+        code = line.split("#", 1)[0]
+        if not code.strip():
+            continue
+        if not code[:1].isspace():
+            words = _SECTION_LINE.match(code)
+            current = words.group(2) if words and words.group(1) == "backend" else None
+            if current is not None:
+                lines.setdefault(current, {})
+        elif current is not None and (match := _SLOT_LINE.match(code)):
+            lines[current][match.group(1)] = match.group(2)
+        has_map = has_map or bool(map_loaded.search(code))
+    each = "render `server {{ server.name }} ...` for each of `backend.servers`"
+    for backend, table in tables.items():
+        if backend not in lines:
+            return f"no `backend {backend}` section (render one for each of `backends`)"
+        for slot in table.slots:
+            rest = lines[backend].get(slot.name)
+            if rest is None:
+                return f"backend {backend} has no `server {slot.name}` line ({each})"
+            weight = _WEIGHT_WORD.search(rest)
+            if (int(weight.group(1)) if weight else 1) != slot.weight:
+                return f"backend {backend}: `server {slot.name}` lacks `weight {{{{ server.weight }}}}`"
+            disabled = " disabled" in f" {rest}"
+            if disabled != slot.maint:
+                return (f"backend {backend}: `server {slot.name}` " + ("is `disabled` while in rotation" if disabled
+                        else 'lacks `disabled` (needed when `server.state` is "disabled": free slots)'))
+    if not has_map:
+        return f"no map converter loads the routes map {routes_map} (`map_str({{{{ routes_map }}}})`)"
+    return None
 
 
 def _template_frame(exc: BaseException, filename: str) -> str:

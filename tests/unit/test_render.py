@@ -8,7 +8,7 @@ import pytest
 from haproxy_sync import haproxy
 from haproxy_sync.catalog import parse_health_entries
 from haproxy_sync.config import load_settings
-from haproxy_sync.render import TemplateError, load_template
+from haproxy_sync.render import TemplateError, contract_problem, load_template
 from tests.helpers import prepared_for
 
 
@@ -99,3 +99,27 @@ def test_a_raising_expression_names_file_and_line(settings, tmp_path: Path) -> N
     path.write_text("a\nb\n{{ 1 // 0 }}\n")
     with pytest.raises(TemplateError, match=rf"{re.escape(str(path))}:3: ZeroDivisionError"):
         render(settings, entries(1), load_template(path))
+
+
+def test_the_contract_check_names_what_the_runtime_path_lacks(settings) -> None:
+    """The built-in template renders all of it; each edit takes one piece away (docs/migration.md)."""
+    raw = [*entries(1), *entries(2)[1:]]
+    raw[1]["Service"]["Weights"] = {"Passing": 7, "Warning": 1}
+    prepared = prepared_for(settings, parse_health_entries("cabify", raw)[0])
+    routes_map = str(settings.haproxy.routes_map_path)
+
+    def problem(text: str) -> str | None:
+        return contract_problem(text, prepared.tables, routes_map)
+
+    text = prepared.text
+    assert problem(text) is None
+    assert problem(text.replace("backend cabify", "backend other")) == (
+        "no `backend cabify` section (render one for each of `backends`)")
+    assert "has no `server slot2` line" in (problem(text.replace("server slot2 ", "server x2 ")) or "")
+    assert problem(text.replace("weight 7", "weight 1")) == (
+        "backend cabify: `server slot2` lacks `weight {{ server.weight }}`")
+    in_rotation = problem(text.replace("weight 7", "weight 7 disabled")) or ""
+    assert "`server slot2` is `disabled` while in rotation" in in_rotation
+    assert "`server slot3` lacks `disabled`" in (problem(text.replace(" disabled", "")) or "")
+    commented = "\n".join(f"# {line}" if "map_str(" in line else line for line in text.splitlines())
+    assert problem(commented) == f"no map converter loads the routes map {routes_map} (`map_str({{{{ routes_map }}}})`)"
