@@ -59,9 +59,10 @@ def running_config_is_current(hap: HAProxySettings, text: str) -> bool:
     """Whether HAProxy's current worker runs ``text``, the live config on disk.
 
     This lets a restarted daemon (or one that found HAProxy down) know whether a reload is still owed.
-    Asked of the master CLI only, never ``/proc`` (which the unit hides): the claim the daemon wrote
-    when it last knew (:mod:`running_claim`), else the worker's uptime against the file's age (a
-    worker reads the config when it starts, so a worker younger than the file runs the file). A
+    The claim the daemon wrote when it last knew (:mod:`running_claim`), checked against the master
+    CLI's ``show proc``; else the worker's start against the file's mtime (a worker reads the config
+    when it starts, so a worker younger than the file runs the file): from ``/proc`` where it shows
+    the worker, from ``show proc``'s uptime where the unit hides ``/proc``. A
     current answer without a claim writes one, so the next runtime change keeps it up to date.
     """
     try:
@@ -71,7 +72,8 @@ def running_config_is_current(hap: HAProxySettings, text: str) -> bool:
         claim = running_claim.read_claim(hap.server_state_file)
         if claim is not None and claim.vouches(proc, text):
             return True
-        if not running_claim.started_after(proc, time.time() - hap.config_path.stat().st_mtime):
+        started = master.process_start_time(proc.current_worker)
+        if not running_claim.started_after(proc, hap.config_path.stat().st_mtime, time.time(), started):
             return False
     except (haproxy.HAProxyError, OSError, ValueError):
         return False
@@ -112,6 +114,7 @@ class ReloadReport:
     reloaded: bool = False
     seconds: float = 0.0
     old_workers: int = 0
+    worker: int | None = None  # the new worker's PID, when the master named it
 
     def sentence(self) -> str:
         if not self.reloaded:
@@ -181,7 +184,8 @@ def apply_config(
     except haproxy.HAProxyError as exc:  # HAProxy runs the new config: only the copies beside it are behind
         log.warning("after the reload: %s; the next good apply writes it again", exc)
     worker = f" (worker {info.current_worker})" if info.current_worker else ""
-    return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1))
+    return ReloadReport(f"{action}{worker}", True, time.monotonic() - started, max(0, len(info.workers) - 1),
+                        info.current_worker)
 
 
 def _discard_server_state(state_file: Path) -> None:

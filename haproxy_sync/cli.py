@@ -95,16 +95,26 @@ def _command(func: Callable[..., int]) -> Callable[..., None]:
         debug = bool(params.get("debug"))
         if func.__name__ != "run" or params.get("once"):
             early_signals.release()  # only the daemon takes SIGHUP as a re-read
+        # Until the settings are loaded, the flags (or the defaults) say how a failure is written.
+        logs.configure("debug" if debug else "info", params.get("log_format") or "text")
         try:
             code = func(**params)
         except ConfigError as exc:
             for problem in exc.problems:
-                click.echo(f"haproxy-sync: config: {problem}", err=True)
+                logs.fatal(f"config: {problem}", "config.invalid")
             code = EXIT_ERROR
         except (Failure, TemplateError, ConsulError, DaemonError, haproxy.HAProxyError) as exc:
             if debug:
                 log.exception("failed")
-            click.echo(f"haproxy-sync: {exc}", err=True)
+            logs.fatal(str(exc), "fatal", error=type(exc).__name__)
+            code = EXIT_ERROR
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors: click prints them and exits 64
+        except Exception as exc:  # a bug: still one line (the traceback with --debug), never a raw dump
+            if debug:
+                log.exception("failed")
+            logs.fatal(f"unexpected {type(exc).__name__} in `{func.__name__}`: {str(exc)[:500]}; this is a bug: "
+                       "run again with --debug for the traceback and report it", "fatal", error=type(exc).__name__)
             code = EXIT_ERROR
         sys.exit(code)
 
@@ -294,15 +304,21 @@ def status(as_json: bool, **params: Any) -> int:
 @click.option("--token", envvar="DEVCONSUL_TOKEN", default=None,
               help="Switch ACLs on with this management token, default policy deny; token-less "
                    "requests are the anonymous token's, which may read nothing (env DEVCONSUL_TOKEN).")
-def devconsul(listen: str, token: str | None) -> None:
+@_command
+def devconsul(listen: str, token: str | None) -> int:
     """Serve an in-memory Consul HTTP API (agent, health, catalog, blocking queries) for local use."""
     from haproxy_sync.dev import devconsul as dc
+    from haproxy_sync.dev.ports import bind_refusal
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
     logs.configure("info", "text")
-    dc.run_forever(host, int(port), token=token)
+    try:
+        dc.run_forever(host, int(port), token=token)
+    except OSError as exc:
+        raise Failure(f"devconsul: {bind_refusal(exc, host, int(port), '--listen')}") from None
+    return EXIT_OK
 
 
 @main.command()

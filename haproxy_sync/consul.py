@@ -29,7 +29,7 @@ import consul
 import consul.aio
 from aiohttp.http_exceptions import PayloadEncodingError
 
-from haproxy_sync import rules
+from haproxy_sync import logs, rules
 from haproxy_sync.catalog import Service, Skipped, parse_health_entries, skipped_summary
 from haproxy_sync.config import ConsulSettings, Settings
 
@@ -448,7 +448,8 @@ class BlockingWatch(Generic[T]):
         self._backwards_at = now
         if quiet:
             log.info("consul watch service=%s index went backwards (%d -> %d): fresh read; further jumps within "
-                     "%gs of each other are logged at debug", self.service, sent, returned, BACKWARDS_EPISODE)
+                     "%gs of each other are logged at debug", self.service, sent, returned, BACKWARDS_EPISODE,
+                     extra=logs.event("consul.index_backwards", service=self.service))
         else:
             log.debug("consul watch service=%s index went backwards again (%d -> %d)", self.service, sent, returned)
 
@@ -462,7 +463,7 @@ class BlockingWatch(Generic[T]):
         if stalled and not self._stalled:
             log.warning("consul watch service=%s is not blocking (X-Consul-Index %d for index %d); "
                         "reading at most once every %gs until it does", self.service, returned, sent,
-                        STALLED_INTERVAL)
+                        STALLED_INTERVAL, extra=logs.event("consul.not_blocking", service=self.service))
         elif self._stalled and not stalled and sent > 0:
             log.info("consul watch service=%s blocking again (X-Consul-Index %d)", self.service, returned)
         if sent > 0:
@@ -506,7 +507,9 @@ class BlockingWatch(Generic[T]):
         if skipped != self._last_skipped:
             if skipped:
                 log.warning("consul watch service=%s: %s", self.service,
-                            skipped_summary(f"the answer's {self.noun}", skipped))
+                            skipped_summary(f"the answer's {self.noun}", skipped),
+                            extra=logs.event("consul.skipped", service=self.service,
+                                             instance=",".join(s.instance_id for s in skipped[:20]) or None))
             self._last_skipped = skipped
         first = not self.status.first_read.is_set()
         self.status.first_read.set()
@@ -514,7 +517,7 @@ class BlockingWatch(Generic[T]):
             log.warning("consul watch service=%s: the first answer lists no instances: not registered (yet), or "
                         "hidden by ACLs (Consul leaves out what a token may not see, and says so only when a "
                         "token was sent: set consul.token when ACLs are on); serving none until instances come",
-                        self.service)
+                        self.service, extra=logs.event("consul.empty", service=self.service))
         if value == self._last_value and not first:
             log.debug("consul watch service=%s index=%d: no change that reaches the config", self.service, index)
             return
@@ -527,6 +530,7 @@ class BlockingWatch(Generic[T]):
             log.info(
                 "consul watch service=%s recovered after %d errors in %.1fs (fault=%s)",
                 self.service, status.failures, time.monotonic() - self._fault_since, status.fault,
+                extra=logs.event("consul.recovered", service=self.service, kind=status.fault),
             )
         status.healthy, status.fault, status.failures = True, "", 0
         status.last_index = index
@@ -545,6 +549,8 @@ class BlockingWatch(Generic[T]):
                 "consul watch service=%s failing fault=%s: %s; keeping last good data, retrying in %.1fs "
                 "(then with backoff up to %gs)",
                 self.service, error.kind, error, delay, self.backoff_max,
+                extra=logs.event("consul.failing", service=self.service, kind=error.kind, delay_s=round(delay, 2),
+                                 error=str(error)[:500]),
             )
         else:
             log.debug("consul watch service=%s retry %d in %.2fs fault=%s", self.service, status.failures,

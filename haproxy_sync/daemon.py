@@ -62,6 +62,7 @@ from haproxy_sync.pipeline import (
 )
 from haproxy_sync.plan import (
     BackendSlots,
+    change_fields,
     describe,
     diff_snapshots,
     draining,
@@ -134,6 +135,7 @@ class Daemon:
         self.guard = ServiceGuard(count)
         self.catalog_guard = CatalogGuard(count)
         self._ready_sent = False
+        self._change_fields: dict[str, str] = {}  # service and instance fields of the cycle's change, for its line
         self._ready_without_consul_at: float | None = None  # when a start still waiting for Consul tells READY
         self.writer = BackgroundWriter(self._persist, self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
@@ -229,6 +231,8 @@ class Daemon:
                 "started services=%s consul=%s config=%s runtime_api=%s",
                 ",".join(s.name for s in self.settings.services), self.settings.consul.address,
                 self.settings.haproxy.config_path, "on" if self.settings.sync.runtime_api else "off",
+                extra=logs.event("daemon.started", address=self.settings.consul.address,
+                                 file=str(self.settings.haproxy.config_path)),
             )
             await self._loop()
         finally:
@@ -240,7 +244,7 @@ class Daemon:
                     await asyncio.wait_for(step, STOP_STEP_TIMEOUT)
                 except TimeoutError:
                     log.warning("stopping: a step did not end within %gs, left behind", STOP_STEP_TIMEOUT)
-        log.info("stopped")
+        log.info("stopped", extra=logs.event("daemon.stopped"))
         return 0
 
     def _timers(self) -> list[float]:
@@ -264,7 +268,7 @@ class Daemon:
                 if missing:
                     if not waiting_logged:
                         log.info("waiting for a first good read from Consul of services=%s",
-                                 ",".join(sorted(missing)[:20]))
+                                 ",".join(sorted(missing)[:20]), extra=logs.event("daemon.waiting_for_consul"))
                         waiting_logged = True
                     await self._ready_without_consul(missing)
                     continue
@@ -289,8 +293,9 @@ class Daemon:
                         break
                 self._changed = False
                 self._retry_at = None
+                started = time.monotonic()
                 outcome = await self._apply_once()
-                self._after(outcome)
+                self._after(outcome, time.monotonic() - started)
             except Exception as exc:  # last resort: one cycle's bug or unforeseen answer must not end the daemon
                 # One error line with the type and message, counted (apply_failures, stage "unexpected"),
                 # and the next cycle after the same backoff as a failed apply; the traceback at debug.
@@ -313,11 +318,14 @@ class Daemon:
         if not serving:
             log.warning("no answer from Consul for %s after %gs and HAProxy is not known to run the live config "
                         "%s: not ready until the first apply", ",".join(sorted(missing)[:20]),
-                        settings.sync.ready_without_consul, settings.haproxy.config_path)
+                        settings.sync.ready_without_consul, settings.haproxy.config_path,
+                        extra=logs.event("daemon.not_ready", setting="sync.ready_without_consul"))
             return
         log.warning("no answer from Consul for %s after %gs: ready (to systemd) with HAProxy serving the last "
                     "good config %s; /ready answers 503 until Consul answers and the first apply is done",
-                    ",".join(sorted(missing)[:20]), settings.sync.ready_without_consul, settings.haproxy.config_path)
+                    ",".join(sorted(missing)[:20]), settings.sync.ready_without_consul, settings.haproxy.config_path,
+                    extra=logs.event("daemon.ready_without_consul", setting="sync.ready_without_consul",
+                                     file=str(settings.haproxy.config_path)))
         self.notifier.notify("READY=1")
         self._ready_sent = True
         status = f"STATUS=waiting for Consul; HAProxy serves the last good config {settings.haproxy.config_path}"
@@ -369,7 +377,9 @@ class Daemon:
         self._note_routing(routing)
         snapshot = self.hold_down.judge(self.applied, observed.snapshot, time.monotonic(), settings.sync.hold_down)
         snapshot = self._guard(snapshot, routing)
-        change = describe(diff_snapshots(self.applied, snapshot))
+        diffs = diff_snapshots(self.applied, snapshot)
+        change = describe(diffs)
+        self._change_fields = change_fields(diffs)
         if self.guard.held:
             change += f"; {','.join(self.guard.held)} held by the guard"
         if self.hold_down.held:
@@ -406,7 +416,9 @@ class Daemon:
                 self.metrics.apply_failures.labels(FailureStage.RUNTIME.label).inc()
                 socket_failed = isinstance(exc, haproxy.SocketError)
                 log.warning("runtime API path failed: %s; applying by a reload instead%s", exc,
-                            " (without waiting on the admin socket again)" if socket_failed else "")
+                            " (without waiting on the admin socket again)" if socket_failed else "",
+                            extra=logs.event("apply.runtime_failed", **self._change_fields, path="runtime",
+                                             commands=len(decision.commands), error=str(exc)[:500]))
                 reason = ReloadReason(ReloadKind.RUNTIME_FAILED, f"runtime API path failed ({exc})")
             else:
                 self._commit(prepared)
@@ -460,7 +472,8 @@ class Daemon:
         if routes is None:
             return None
         log.info("HAProxy already runs the live config %s: starting from it, no reload",
-                 self.settings.haproxy.config_path)
+                 self.settings.haproxy.config_path,
+                 extra=logs.event("daemon.inherited", file=str(self.settings.haproxy.config_path)))
         return Baseline(slots_from_config(live, snapshot, routing.backends), routes, live)
 
     async def _adoptable(self, live: str, routing: Routing) -> str | None:
@@ -591,12 +604,15 @@ class Daemon:
         if not isinstance(exc, haproxy.ValidationError):
             self.metrics.write_failures.inc()
             log.error("HAProxy runs the new servers but writing them to disk failed: %s; Runtime API changes go "
-                      "on, the write is retried in %.1fs (a restart before then loads the older file)", exc, delay)
+                      "on, the write is retried in %.1fs (a restart before then loads the older file)", exc, delay,
+                      extra=logs.event("persist.failed", file=str(self.settings.haproxy.config_path),
+                                       delay_s=round(delay, 1), error=str(exc)[:500]))
             return delay
         self.metrics.apply_failures.labels(FailureStage.PERSIST.label).inc()
         self._failures += 1
         log.error("HAProxy runs the new servers but haproxy -c refuses them on disk: %s; reloading, which "
-                  "finds the instance to blame", exc)
+                  "finds the instance to blame", exc,
+                  extra=logs.event("persist.refused", stage=FailureStage.PERSIST.label, error=str(exc)[:500]))
         self._doubt()
         self._retry_at = time.monotonic()
         self._wake.set()
@@ -619,16 +635,21 @@ class Daemon:
             self._doubt()
             self._changed = True
 
-    def _after(self, outcome: Outcome) -> None:
+    def _after(self, outcome: Outcome, seconds: float | None = None) -> None:
         if outcome.deferred:
-            log.debug("%s", outcome.sentence)
+            log.debug("%s", outcome.sentence, extra=logs.event("apply.deferred", **self._change_fields))
             return
         self._record(outcome)
         repeated = self._no_master and outcome.failure is ReloadFailure.NO_MASTER  # one error line per episode
         self._no_master = outcome.failure is ReloadFailure.NO_MASTER
+        fields = {**self._change_fields, "path": outcome.path.label,
+                  "reason": outcome.reason.label if outcome.reason else None,
+                  "commands": outcome.commands or None,
+                  "worker": outcome.reload.worker if outcome.reload else None,
+                  "duration_ms": round(seconds * 1000, 1) if seconds is not None else None}
         if outcome.ok:
             self._failures = 0
-            log.info("applied %s", outcome.sentence)
+            log.info("applied %s", outcome.sentence, extra=logs.event("apply.done", **fields))
             if not self._ready_sent:
                 self.notifier.notify("READY=1")
                 self._ready_sent = True
@@ -637,8 +658,10 @@ class Daemon:
         self._failures += 1
         delay = backoff_delay(self._failures, self.settings.consul.backoff_max)
         self._retry_at = time.monotonic() + delay
+        stage = (outcome.stage or FailureStage.UNEXPECTED).label
         log.log(logging.DEBUG if repeated else logging.ERROR, "apply failed: %s; retrying in %.1fs", outcome.sentence,
-                delay)
+                delay, extra=logs.event("apply.failed", **fields, stage=stage, delay_s=round(delay, 1),
+                                        kind=outcome.failure.label if outcome.failure else None))
 
     def _record(self, outcome: Outcome) -> None:
         """Metrics and the state /status shows, for one finished apply cycle."""
@@ -705,7 +728,8 @@ class Daemon:
             check_template(settings, template, self.applier.features(settings))
         except (ConfigError, TemplateError) as exc:
             problem = str(exc).replace("\n", "; ")
-            log.error("%s: new configuration rejected, keeping the running one: %s", why, problem)
+            log.error("%s: new configuration rejected, keeping the running one: %s", why, problem,
+                      extra=logs.event("config.rejected", reason=why, error=problem[:500]))
             self.metrics.config_rereads.labels("rejected").inc()
             self._rejected_config = problem
             return
@@ -725,7 +749,7 @@ class Daemon:
         self._sync_watches()
         self._structure_changed = True
         self._changed = True
-        log.info("%s: configuration and template re-read", why)
+        log.info("%s: configuration and template re-read", why, extra=logs.event("config.reread", reason=why))
 
     def _start_catalog(self) -> None:
         """(Re)start the watch of tagged services, or stop it when discovery is off."""

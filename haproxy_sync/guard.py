@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from haproxy_sync import logs
 from haproxy_sync.catalog import Snapshot
 from haproxy_sync.config import ServiceSettings
 from haproxy_sync.plan import big_catalog_drop, big_drop
@@ -56,18 +57,21 @@ class ServiceGuard:
                 if reread or self._due.pop(cfg.name, None) is not None:
                     self._count(cfg.name, "recovered")
                     log.info("guard: %s is back to %d healthy servers; the drop was transient", cfg.name,
-                             sum(1 for i in new.instances if i.routable))
+                             sum(1 for i in new.instances if i.routable),
+                             extra=logs.event("guard.recovered", service=cfg.name))
                 kept.append(new)
             elif reread:
                 self._count(cfg.name, "applied")
-                log.warning("guard: a second read confirms %s %s; applying it", cfg.name, reason)
+                log.warning("guard: a second read confirms %s %s; applying it", cfg.name, reason,
+                            extra=logs.event("guard.applied", service=cfg.name, reason=str(reason)))
                 kept.append(new)
             else:
                 if cfg.name not in self._due:
                     self._due[cfg.name] = now + delay
                     self._count(cfg.name, "held")
                     log.warning("guard: %s %s; holding its last applied servers and reading Consul again in %gs",
-                                cfg.name, reason, delay)
+                                cfg.name, reason, delay,
+                                extra=logs.event("guard.held", service=cfg.name, reason=str(reason), delay_s=delay))
                 kept.append(old)
         return Snapshot.of(kept)
 
@@ -120,7 +124,8 @@ class CatalogGuard:
         if self.before is None:
             self.before, self.due_at = before, now + delay
             self._count("catalog", "held")
-            log.warning("guard: catalog %s; keeping their routes and reading the catalog again in %gs", reason, delay)
+            log.warning("guard: catalog %s; keeping their routes and reading the catalog again in %gs", reason, delay,
+                        extra=logs.event("guard.held", service="catalog", reason=str(reason), delay_s=delay))
         return names | before
 
     def _release(self, before: frozenset[str], names: frozenset[str]) -> None:
@@ -141,4 +146,5 @@ class CatalogGuard:
         if reason is not None:
             self.before, self._confirmed = None, True
             self._count("catalog", "applied")
-            log.warning("guard: a second read confirms catalog %s; applying it", reason)
+            log.warning("guard: a second read confirms catalog %s; applying it", reason,
+                        extra=logs.event("guard.applied", service="catalog", reason=str(reason)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 import subprocess
 import time
@@ -170,6 +171,21 @@ def process_alive(pid: int) -> bool | None:
     except (OSError, IndexError):
         return None
     return fields[0] not in ("Z", "X") if fields else None
+
+
+def process_start_time(pid: int) -> float | None:
+    """When ``pid`` started, as a Unix time precise to a clock tick; None where ``/proc`` hides it
+    (the unit's ``ProtectProc=invisible``) or it is gone.
+
+    psutil derives this from the boot time in whole seconds, too coarse to tell whether a worker
+    started before or after a file was written; the boot clock gives the boot time to the tick.
+    """
+    try:
+        start_ticks = int(_stat_fields(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+    boot_epoch = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot_epoch + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def descriptors_asked(config_text: str) -> int | None:

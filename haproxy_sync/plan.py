@@ -405,6 +405,7 @@ class ServiceDiff:
     added: int
     removed: int
     changed: int
+    instances: tuple[str, ...] = ()  # the IDs of the instances added, removed or changed, sorted
 
     @property
     def empty(self) -> bool:
@@ -419,8 +420,9 @@ def diff_service(old: Service, new: Service) -> ServiceDiff:
     after = {inst.key: inst for inst in new.instances}
     added = after.keys() - before.keys()
     removed = before.keys() - after.keys()
-    changed = sum(1 for key in after.keys() & before.keys() if after[key] != before[key])
-    return ServiceDiff(new.name, len(new.instances), len(added), len(removed), changed)
+    changed = {key for key in after.keys() & before.keys() if after[key] != before[key]}
+    ids = sorted({(after.get(key) or before[key]).id for key in added | removed | changed})
+    return ServiceDiff(new.name, len(new.instances), len(added), len(removed), len(changed), tuple(ids))
 
 
 def diff_snapshots(old: Snapshot | None, new: Snapshot) -> tuple[ServiceDiff, ...]:
@@ -431,6 +433,23 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> tuple[ServiceDiff, ..
 
 #: Beyond this many services, an apply's sentence gives totals and the first names, not every service.
 DESCRIBE_LIMIT = 5
+
+
+#: At most this many instance IDs go into an apply's log fields.
+INSTANCE_FIELD_LIMIT = 20
+
+
+def change_fields(diffs: tuple[ServiceDiff, ...]) -> dict[str, str]:
+    """The services and instances a change touched, for the apply line's ``service`` and ``instance``
+    fields (comma-separated; the first few when hundreds changed)."""
+    changed = [d for d in diffs if not d.empty]
+    instances = [i for d in changed for i in d.instances]
+    fields = {"service": ",".join(d.name for d in changed[:DESCRIBE_LIMIT])
+              + (f",+{len(changed) - DESCRIBE_LIMIT} more" if len(changed) > DESCRIBE_LIMIT else "")}
+    if instances:
+        fields["instance"] = ",".join(instances[:INSTANCE_FIELD_LIMIT]) + (
+            f",+{len(instances) - INSTANCE_FIELD_LIMIT} more" if len(instances) > INSTANCE_FIELD_LIMIT else "")
+    return {k: v for k, v in fields.items() if v}
 
 
 def describe(diffs: tuple[ServiceDiff, ...]) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
-from haproxy_sync import haproxy
+from haproxy_sync import haproxy, logs
 from haproxy_sync.apply import Applier
 from haproxy_sync.config import Settings
 from haproxy_sync.metrics import Metrics
@@ -31,6 +32,17 @@ class Finding(enum.Enum):
     SERVERS_MISSING = "servers_missing"  # HAProxy lacks planned servers: a reload
 
 
+_BACKEND_SLOT = re.compile(r"(?:^|\s)([A-Za-z0-9_.:-]+)/(slot\d+)\b")
+
+
+def _where(details: Iterable[str]) -> dict[str, str]:
+    """The ``backend`` and ``slot`` fields of drift lines (``cabify/slot2 runs ...``), comma-separated."""
+    found = [m.groups() for line in details if (m := _BACKEND_SLOT.search(line))]
+    backends = ",".join(dict.fromkeys(b for b, _ in found))
+    slots = ",".join(f"{b}/{s}" for b, s in found[:20])
+    return {k: v for k, v in (("backend", backends), ("slot", slots)) if v}
+
+
 def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, BackendSlots], routing: Routing,
               metrics: Metrics, socket_known_gone: bool) -> Finding:
     """Read back and repair; ``socket_known_gone``: already said, the reload that binds it is under way."""
@@ -38,7 +50,8 @@ def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, Backend
     if not hap.stats_socket.exists():
         if not socket_known_gone:
             log.error("reconcile: HAProxy's admin socket %s is gone (deleted?); reloading with it spelled %s, "
-                      "which HAProxy binds anew", hap.stats_socket, rebind_spelling(hap.stats_socket))
+                      "which HAProxy binds anew", hap.stats_socket, rebind_spelling(hap.stats_socket),
+                      extra=logs.event("reconcile.socket_gone", file=str(hap.stats_socket)))
         return Finding.SOCKET_GONE
     if not hap.routes_map_path.exists():
         try:
@@ -58,9 +71,11 @@ def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, Backend
     if drift.found:
         _count(metrics, drift)
         log.warning("reconcile: drift found on %d servers, repaired with %d runtime commands: %s",
-                    len(drift.found), len(drift.commands), "; ".join(drift.found[:5]))
+                    len(drift.found), len(drift.commands), "; ".join(drift.found[:5]),
+                    extra=logs.event("reconcile.drift", commands=len(drift.commands), **_where(drift.found)))
     if drift.missing:
-        log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]))
+        log.warning("reconcile: HAProxy lacks servers %s; reloading", ", ".join(drift.missing[:5]),
+                    extra=logs.event("reconcile.servers_missing", **_where(drift.missing)))
         return Finding.SERVERS_MISSING
     return Finding.NOTHING
 
@@ -76,7 +91,8 @@ def read_back_after_reload(settings: Settings, applier: Applier, tables: Mapping
     if not drift.empty:
         _count(metrics, drift)
         log.warning("after the reload HAProxy ran %d servers off plan, repaired: %s",
-                    len(drift.found), "; ".join(drift.found[:5]))
+                    len(drift.found), "; ".join(drift.found[:5]),
+                    extra=logs.event("reload.drift", commands=len(drift.commands), **_where(drift.found)))
 
 
 def _count(metrics: Metrics, drift: Drift) -> None:

@@ -91,9 +91,15 @@ def write_claim(server_state_file: Path, claim: Claim) -> None:
         log.warning("%s; the next start of haproxy-sync reloads HAProxy to be sure it runs the live config", exc)
 
 
-def started_after(proc: ProcInfo, file_age: float) -> bool:
-    """Whether the current worker started after a file ``file_age`` seconds old was written, from the
-    master CLI's uptime alone (no ``/proc``): what is left when there is no claim, e.g. after HAProxy
-    itself was restarted while the daemon was down."""
+def started_after(proc: ProcInfo, file_mtime: float, now: float, start_time: float | None) -> bool:
+    """Whether the current worker started after a file last modified at ``file_mtime`` was written:
+    what is left when there is no claim (first start, HAProxy restarted while the daemon was down).
+
+    ``start_time``, the worker's start from ``/proc`` to the clock tick, decides where ``/proc``
+    shows it; under ``ProtectProc=invisible`` only the master CLI's uptime in whole seconds is left,
+    which cannot tell a worker started within :data:`UPTIME_MARGIN` of the write (a reload, to be sure).
+    """
+    if start_time is not None:
+        return start_time >= file_mtime
     uptime = proc.current_uptime
-    return uptime is not None and uptime + UPTIME_MARGIN <= file_age
+    return uptime is not None and uptime + UPTIME_MARGIN <= now - file_mtime

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import jinja2
 
-from haproxy_sync import haproxy, master
+from haproxy_sync import haproxy, logs, master
 from haproxy_sync.catalog import Service
 from haproxy_sync.config import Settings
 from haproxy_sync.dev.process import HAProxyProcess
@@ -338,3 +338,12 @@ class Stack:
         """Instance ids HAProxy sends new requests to, read from the runtime socket."""
         by_port = {app.port: app.instance_id for app in (apps or self.apps)}
         return {by_port.get(port, f"?{port}") for port in self.layout.serving_ports(backend)}
+
+
+_FIELD_NAMES = "|".join(logs.FIELDS)
+_TRAILING_FIELDS = re.compile(rf'(?: (?:{_FIELD_NAMES})=(?:"(?:[^"\\]|\\.)*"|\S+))+$')
+
+
+def sentence(line: str) -> str:
+    """A text log line's sentence without the ``key=value`` fields the formatter appends after it."""
+    return _TRAILING_FIELDS.sub("", line)

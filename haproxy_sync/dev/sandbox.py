@@ -29,6 +29,7 @@ from haproxy_sync import haproxy
 from haproxy_sync.config import SCHEMA, Settings, load_settings
 from haproxy_sync.daemon import Daemon
 from haproxy_sync.dev.devconsul import DevConsulThread
+from haproxy_sync.dev.ports import bind_problem
 from haproxy_sync.dev.process import HAProxyProcess
 from haproxy_sync.dev.workdir import Workdir
 from haproxy_sync.pipeline import run_once
@@ -120,8 +121,9 @@ class Sandbox:
         # it with whatever is there. Check first, with a plain bind that fails on a busy port.
         for flag, port in (("--http-port", self.http_port), ("--stats-port", self.stats_port),
                            ("--consul-port", self.consul_port), ("--metrics-port", self.metrics_port)):
-            if port and not _port_free(port):
-                raise haproxy.HAProxyError(f"port {port} on 127.0.0.1 is in use; choose another with {flag}")
+            problem = bind_problem("127.0.0.1", port, flag) if port else None
+            if problem:
+                raise haproxy.HAProxyError(problem)
         with self._workdir() as workdir, _terminate_as_interrupt():
             consul = DevConsulThread(port=self.consul_port)
             hap: HAProxyProcess | None = None
@@ -215,15 +217,6 @@ class Sandbox:
             "",
         ]
         print("\n".join(lines), flush=True)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _answers(port: int) -> bool:

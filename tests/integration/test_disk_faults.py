@@ -125,5 +125,5 @@ def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_bound_ag
         consul_put(stack.consul.url, f"/v1/agent/service/deregister/{stack.apps[0].instance_id}")
         wait_until(lambda: stack.serving() == {stack.apps[1].instance_id}, 15, what="the change applied")
         assert stack.layout.reloads() - reloads == 2
-        applied = [line for line in stack.daemon.log().splitlines() if "level=info applied " in line]
+        applied = [line for line in stack.daemon.log().splitlines() if "event=apply.done applied " in line]
         assert "runtime API:" in applied[-1], applied[-1]

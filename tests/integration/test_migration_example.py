@@ -151,13 +151,13 @@ def converted_config(root: Path, consul_url: str, **haproxy_keys: Any) -> Path:
 
 
 def render_converted(tmp_path: Path, consul: DevConsulThread) -> tuple[str, str]:
-    """``check``, then ``render --check`` into tmp_path: the config and map haproxy-sync writes."""
+    """``check``, then ``render --check --write`` into tmp_path: the config and map haproxy-sync writes."""
     root = tmp_path / "haproxy-sync"
     root.mkdir()
     config = converted_config(root, consul.url)
     checked = cli("check", "--config", str(config))
     assert checked.returncode == 0, checked.stderr
-    rendered = cli("render", "--check", "--config", str(config))
+    rendered = cli("render", "--check", "--write", "--config", str(config))
     assert rendered.returncode == 0, rendered.stderr
     text, routes = (root / "haproxy.cfg").read_text(), (root / "routes.map").read_text()
     haproxy.validate(haproxy.find_binary("haproxy"), root / "haproxy.cfg")  # real haproxy -c, the real map beside it

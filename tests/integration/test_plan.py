@@ -11,7 +11,7 @@ import signal
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.helpers import Stack, all_passing, cli, register, wait_until
+from tests.helpers import Stack, all_passing, cli, register, sentence, wait_until
 
 #: Long enough for a registration's checks to pass and one `render --plan` to run on a busy CI host.
 WINDOW = 5.0
@@ -29,7 +29,7 @@ def plan_then_apply(stack: Stack, change, settled) -> tuple[list[str], str]:
     assert stack.daemon.log().count("applied ") == applied_before, (
         f"the daemon applied before the plan ran (window {WINDOW}s too short on this host?)")
     log = stack.daemon.wait_for_log("applied ", timeout=WINDOW * 3, count=applied_before + 1)
-    return plan.stdout.splitlines(), log.split("applied ")[applied_before + 1].splitlines()[0]
+    return plan.stdout.splitlines(), sentence(log.split("applied ")[applied_before + 1].splitlines()[0])
 
 
 def test_render_plan_prints_the_decision_the_daemon_then_takes(tmp_path: Path, consul, make_apps) -> None:

@@ -87,4 +87,5 @@ def test_sandbox_refuses_a_busy_port() -> None:
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 1
-    assert f"port {port} on 127.0.0.1 is in use; choose another with --http-port" in result.stderr
+    assert (f"port {port} on 127.0.0.1 is in use; stop what listens there or choose another with --http-port"
+            in result.stderr)

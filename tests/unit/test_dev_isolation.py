@@ -119,7 +119,8 @@ def test_the_daemon_loads_no_stand_in(config: Path, tmp_path: Path, monkeypatch:
         code = daemon.stop(timeout=30)
     log = daemon.log()
     modules = imported(log)
-    assert code == 0 and "level=info started services=web" in log and "level=info stopped" in log, log[-2000:]
+    assert code == 0, log[-2000:]
+    assert "event=daemon.started started services=web" in log and "event=daemon.stopped stopped" in log, log[-2000:]
     assert {"haproxy_sync.daemon", "haproxy_sync.metrics"} <= modules
     assert [m for m in modules if is_dev(m)] == []
 

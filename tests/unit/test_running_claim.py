@@ -4,6 +4,8 @@ config without ``/proc``, and what makes it reload rather than trust a record it
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,18 @@ def test_the_current_workers_uptime_is_read_from_show_proc() -> None:
 
 def test_a_worker_started_after_the_file_was_written_runs_it() -> None:
     proc = master.ProcInfo(1, 0, 0, ((2, 0),), current_uptime=10.0)
-    assert running_claim.started_after(proc, file_age=60.0)
-    assert not running_claim.started_after(proc, file_age=11.0), "whole seconds: too close to tell"
-    assert not running_claim.started_after(master.ProcInfo(1, 0, 0, ((2, 0),)), file_age=60.0), "no uptime"
+    now = 1000.0
+    assert running_claim.started_after(proc, file_mtime=now - 60, now=now, start_time=None)
+    assert not running_claim.started_after(proc, file_mtime=now - 11, now=now, start_time=None), "too close to tell"
+    assert not running_claim.started_after(master.ProcInfo(1, 0, 0, ((2, 0),)), now - 60, now, None), "no uptime"
+    assert running_claim.started_after(proc, file_mtime=now - 11, now=now, start_time=now - 10.5), "/proc tells"
+    assert not running_claim.started_after(proc, file_mtime=now - 60, now=now, start_time=now - 61), "older worker"
+
+
+def test_a_running_workers_start_comes_from_proc_and_a_hidden_one_is_none() -> None:
+    started = master.process_start_time(os.getpid())
+    assert started is not None and 0 <= time.time() - started < 3600
+    assert master.process_start_time(2**22 + 5) is None
 
 
 def test_a_claim_vouches_only_for_the_same_processes_and_text() -> None:

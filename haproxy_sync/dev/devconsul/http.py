@@ -91,15 +91,8 @@ def _bind_listener(host: str, port: int) -> socket.socket:
         0
     ]
     sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return _listening(sock, address)
 
 
 def _bind_unix_listener(path: str) -> socket.socket:
@@ -108,9 +101,13 @@ def _bind_unix_listener(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _listening(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path)
+
+
+def _listening(sock: socket.socket, address: object) -> socket.socket:
+    """``sock`` bound to ``address``, listening and non-blocking; closed when any step fails."""
     try:
-        sock.bind(path)
+        sock.bind(address)
         sock.listen(1024)
         sock.setblocking(False)
     except OSError:
