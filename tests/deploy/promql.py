@@ -122,6 +122,8 @@ class Exposition:
         words (``applied|recovered``) must find each word: one misspelt alternative is drift too."""
         wanted = [(label, op, value) for label, op, value in selector.matchers
                   if op in ("=", "=~") and label not in ignore and "$" not in value]
+        if not wanted:
+            return True  # nothing left to look for: the name alone is checked (by ``names``)
         for at, (label, op, value) in enumerate(wanted):
             if op == "=~" and "|" in value and re.fullmatch(r"[\w|-]+", value):
                 rest = tuple(wanted[:at] + wanted[at + 1:])
