@@ -211,3 +211,77 @@ ensure_goclient() {
   export HAPROXY_SYNC_GOCLIENT="$GOCLIENT_BIN"
   say "built $GOCLIENT_BIN in $((SECONDS - started))s"
 }
+
+# promtool for the alert-rule and exposition tests (tests/deploy/test_alerts.py): Debian's `prometheus`
+# package holds it, but installing that package starts a Prometheus server we never want, so the .deb is
+# only downloaded (no root needed once the apt lists exist) and usr/bin/promtool alone is extracted into
+# .cache/promtool/<version>/, kept until the package's version moves. The monitoring role installs the
+# same package on the Prometheus host, so the rules are checked by the promtool that will load them.
+PROMTOOL_CACHE="$ROOT/.cache/promtool"
+
+promtool_candidate() {
+  # The version apt would install (empty when apt knows no prometheus package).
+  apt-cache policy prometheus 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }'
+}
+
+ensure_promtool() {
+  local version bin cached
+  version="$(promtool_candidate)"
+  if [ -z "$version" ] && [ "$(id -u)" -eq 0 ] && [ "$APT_UPDATED" -eq 0 ]; then
+    say "apt-get update (to find Debian's prometheus package)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+    version="$(promtool_candidate)"
+  fi
+  if [ -z "$version" ]; then
+    # No apt lists to ask (not root, never updated): any promtool cached before still does the job.
+    cached="$(find "$PROMTOOL_CACHE" -mindepth 2 -maxdepth 2 -name promtool -type f -executable 2>/dev/null \
+      | sort | tail -n1 || true)"
+    if [ -n "$cached" ]; then
+      export HAPROXY_SYNC_PROMTOOL="$cached"
+      say "promtool: $cached (apt names no prometheus package to compare it with)"
+      return 0
+    fi
+    say "apt knows no prometheus package; the promtool tests are skipped (run 'sudo apt-get update' and try again)"
+    return 0
+  fi
+  # The Debian version has + and ~ in it, both fine in a path; ':' (an epoch) is not kept.
+  bin="$PROMTOOL_CACHE/${version//:/_}/promtool"
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+    export HAPROXY_SYNC_PROMTOOL="$bin"
+    return 0
+  fi
+  fetch_promtool "$version" "$bin" || return 0
+  export HAPROXY_SYNC_PROMTOOL="$bin"
+  say "promtool $version: $bin"
+}
+
+fetch_promtool() (
+  # A subshell, so that the EXIT trap removing the temp dir stays here. $1: the package version, $2: where.
+  local version="$1" bin="$2" tmp deb
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  # apt fetches as the _apt user when it can write the directory; otherwise it warns and fetches as us.
+  if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then
+    chown _apt "$tmp"
+  fi
+  say "downloading Debian's prometheus $version for its promtool"
+  if ! (cd "$tmp" && apt-get download -qq "prometheus=$version" >download.log 2>&1); then
+    cat "$tmp/download.log" >&2
+    say "apt-get download prometheus=$version failed; the promtool tests are skipped"
+    exit 1
+  fi
+  deb="$(find "$tmp" -maxdepth 1 -name 'prometheus_*.deb' -print -quit)"
+  if [ -z "$deb" ] || ! dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" ./usr/bin/promtool; then
+    say "no usr/bin/promtool in ${deb:-the download}; the promtool tests are skipped"
+    exit 1
+  fi
+  mkdir -p "$(dirname "$bin")"
+  cp "$tmp/usr/bin/promtool" "$bin.partial"
+  mv -f "$bin.partial" "$bin"
+  if ! "$bin" --version >/dev/null 2>&1; then
+    rm -f "$bin"
+    say "the extracted promtool does not run; the promtool tests are skipped"
+    exit 1
+  fi
+)

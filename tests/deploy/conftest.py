@@ -1,5 +1,6 @@
 """Helpers shared by the deployment-layer tests: repository paths, the venv's tools, a bounded
-subprocess runner and an Ansible environment that writes only under pytest's temporary dirs."""
+subprocess runner, an Ansible environment that writes only under pytest's temporary dirs, promtool,
+and one real edge's scrapes for the monitoring tests."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hcl2
 import pytest
+
+from haproxy_sync import haproxy
+from haproxy_sync.dev.devconsul import DevConsulThread
+from tests.helpers import App, Stack
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -37,8 +46,10 @@ def run(
     timeout: float,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs argv to completion, bounded by timeout; a timeout fails the test with the command."""
+    """Runs argv to completion, bounded by timeout, with ``input`` on stdin (else none); a timeout fails
+    the test with the command."""
     try:
         return subprocess.run(
             argv,
@@ -47,7 +58,8 @@ def run(
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -102,3 +114,61 @@ def hcl_block(blocks: list[dict[str, Any]], label: str) -> dict[str, Any]:
         if label in block:
             return block[label]
     raise AssertionError(f"no block labelled {label!r} in {[list(b) for b in blocks]}")
+
+
+PROMTOOL_CACHE = REPO / ".cache" / "promtool"
+PROMTOOL_HOW = "scripts/test fetches it (ensure_promtool in scripts/bootstrap.sh: Debian's prometheus package)"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool: $HAPROXY_SYNC_PROMTOOL (scripts/bootstrap.sh's ensure_promtool), else the newest in
+    .cache/promtool/, else one on PATH. Missing, the test is skipped, except under CI, where bootstrap
+    ran and its absence is a failure: a CI run must not pass by checking no rule."""
+    named = os.environ.get("HAPROXY_SYNC_PROMTOOL")
+    if named:
+        assert os.access(named, os.X_OK), f"HAPROXY_SYNC_PROMTOOL={named} is not an executable file"
+        return named
+    cached = sorted(PROMTOOL_CACHE.glob("*/promtool"))
+    found = str(cached[-1]) if cached else shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"promtool not found under CI: {PROMTOOL_HOW}")
+        pytest.skip(f"promtool not found: {PROMTOOL_HOW}")
+    return found
+
+
+@dataclass(frozen=True)
+class LiveScrapes:
+    """One real edge's two /metrics answers: haproxy-sync's, and HAProxy's exporter as the monitoring
+    role scrapes it (``?no-maint=``)."""
+
+    haproxy_sync: str
+    haproxy: str
+
+
+@pytest.fixture(scope="session")
+def live_scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveScrapes]:
+    """A real daemon against devconsul and a real HAProxy (tests/helpers.Stack, as the integration
+    tests start it), scraped once for every test that checks names against what is really exported."""
+    if haproxy.find_binary("haproxy") is None:
+        pytest.skip("HAProxy is not installed")
+    consul = DevConsulThread(port=0, check_update_interval=0)
+    consul.start()
+    apps = [App(f"cabify-{i}") for i in (1, 2, 3)]
+    try:
+        with ExitStack() as exits:
+            stack = Stack(tmp_path_factory.mktemp("live-scrape"), consul, apps, exits)
+            yield LiveScrapes(
+                haproxy_sync=_get(f"http://127.0.0.1:{stack.layout.metrics_port}/metrics"),
+                haproxy=_get(f"http://127.0.0.1:{stack.layout.stats_port}/metrics?no-maint="),
+            )
+    finally:
+        for app in apps:
+            app.stop()
+        consul.stop()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

@@ -5,6 +5,7 @@ with no single point of failure (3-server quorums, 2 edge nodes with a floating 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -142,6 +143,55 @@ def test_cluster_prometheus_scrapes_every_component(cluster: Path) -> None:
     assert len(jobs["node"]["static_configs"][0]["targets"]) == 9
     assert jobs["consul"]["params"] == {"format": ["prometheus"]}
     assert jobs["haproxy"]["params"] == {"no-maint": [""]}, "free slots (in maintenance) are not scraped"
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+def _relabelled_instances(job: dict[str, Any]) -> list[str]:
+    """The `instance` label of each target after the job's relabel_configs, as Prometheus computes it
+    for the replace action (regex anchored at both ends; no match leaves the target's address)."""
+    instances = []
+    for target in job["static_configs"][0]["targets"]:
+        labels = {"__address__": target, "instance": target}
+        for rule in job.get("relabel_configs", []):
+            assert rule.get("action", "replace") == "replace", rule
+            value = ";".join(labels.get(name, "") for name in rule["source_labels"])
+            if match := re.fullmatch(rule.get("regex", "(.*)"), value):
+                labels[rule["target_label"]] = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+        instances.append(labels["instance"])
+    return instances
+
+
+def test_cluster_edge_jobs_share_the_instance_label(cluster: Path) -> None:
+    """haproxy-sync and HAProxy of one edge are scraped on two ports; both jobs call the edge by its
+    address alone, so that the dashboard and the alert rules join them on `instance`."""
+    config = yaml.safe_load((cluster / "ops-1" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert _relabelled_instances(jobs["haproxy"]) == ["10.0.0.31", "10.0.0.32"]
+    assert _relabelled_instances(jobs["haproxy-sync"]) == ["10.0.0.31", "10.0.0.32"]
+    assert _relabelled_instances(jobs["node"])[0].endswith(":9100"), "other jobs keep host:port"
+
+
+def test_cluster_prometheus_config_and_rules_pass_promtool(cluster: Path, promtool: str, tmp_path: Path) -> None:
+    """The role validates both files with promtool on the host; here the same checks run on the render,
+    with the host's paths (the rules directory, the Consul token) pointed at files that exist."""
+    rendered = cluster / "ops-1"
+    rules = rendered / "haproxy-sync.rules.yml"
+    proc = run([promtool, "check", "rules", str(rules)], timeout=60)
+    assert proc.returncode == 0 and "SUCCESS: 11 rules found" in proc.stdout, tail(proc)
+    text = rules.read_text()
+    assert "haproxy-sync.invalid" not in text, "monitoring_alerts_runbook_base_url replaces the placeholder"
+    assert text.count("runbook_url: \"https://git.example.com/ops/haproxy-sync/-/blob/main/docs/alerts.md#") == 11
+    config = yaml.safe_load((rendered / "prometheus.yml").read_text())
+    config["rule_files"] = [str(rendered / "*.rules.yml")]
+    token = tmp_path / "consul.token"
+    token.write_text("token\n")
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], timeout=60)
+    assert proc.returncode == 0, tail(proc)
+    assert "SUCCESS: 11 rules found" in proc.stdout + proc.stderr, tail(proc)
 
 
 def test_cluster_journals_are_bounded_and_shipped(cluster: Path) -> None:
