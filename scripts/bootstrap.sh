@@ -221,7 +221,8 @@ PROMTOOL_CACHE="$ROOT/.cache/promtool"
 
 promtool_candidate() {
   # The version apt would install (empty when apt knows no prometheus package).
-  apt-cache policy prometheus 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }'
+  # awk reads to the end: an early exit would kill apt-cache with SIGPIPE, a failure under pipefail.
+  apt-cache policy prometheus 2>/dev/null | awk '!found && $1 == "Candidate:" && $2 != "(none)" { print $2; found = 1 }'
 }
 
 ensure_promtool() {
