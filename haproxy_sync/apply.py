@@ -240,6 +240,16 @@ def inherited_routes(settings: Settings, live: str) -> dict[str, str] | None:
         return None
 
 
+def old_workers(master_socket: Path) -> int | None:
+    """HAProxy's workers of older generations still alive (long-lived connections keep them), from
+    ``show proc``; None when the master does not answer."""
+    try:
+        workers = master.show_proc(master_socket).workers
+    except (haproxy.HAProxyError, OSError):
+        return None
+    return max(0, len(workers) - 1)
+
+
 class RuntimeApplyError(haproxy.HAProxyError):
     """The Runtime API did not leave HAProxy running what was planned; a reload will."""
 
@@ -342,6 +352,8 @@ class Applier(Protocol):
 
     def inherit(self, settings: Settings, live: str) -> dict[str, str] | None: ...
 
+    def old_workers(self, settings: Settings) -> int | None: ...
+
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
                 routing: Routing) -> str: ...
 
@@ -377,6 +389,9 @@ class HAProxyApplier:
 
     def inherit(self, settings: Settings, live: str) -> dict[str, str] | None:
         return inherited_routes(settings, live)
+
+    def old_workers(self, settings: Settings) -> int | None:
+        return old_workers(settings.haproxy.master_socket)
 
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple[Command, ...],
                 routing: Routing) -> str:

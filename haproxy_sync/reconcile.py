@@ -62,6 +62,9 @@ def reconcile(settings: Settings, applier: Applier, tables: Mapping[str, Backend
         else:
             log.warning("reconcile: the routes map %s was gone (deleted?); written again from the routes "
                         "HAProxy runs", hap.routes_map_path)
+    old = applier.old_workers(settings)
+    if old is not None:  # set at each reload too; this follows the old workers as they finish
+        metrics.old_workers.set(old)
     try:
         drift = applier.repair(settings, tables, routing)
     except haproxy.HAProxyError as exc:

@@ -35,7 +35,7 @@ from bench.common.report import git, haproxy_version, write_outputs
 from .churn import MIN_DURATION, Churn
 from .draw import Line, Panel, draw
 from .load import Load
-from .promql import Evaluator, PromQLError, Store, legend, metric_names, parse
+from .promql import Evaluator, PromQLError, Store, grafana_variables, legend, metric_names, parse
 from .sandbox import Sandbox, SandboxError
 from .scrape import Scraper, Target
 
@@ -80,14 +80,15 @@ def load_panels(path: Path) -> list[dict[str, Any]]:
     for panel in panels:
         for target in panel.get("targets", []):
             try:
-                parse(target["expr"])
+                parse(grafana_variables(target["expr"]))
             except PromQLError as exc:
                 raise SystemExit(f"{path}: panel {panel['title']!r}: {exc}") from None
     return panels
 
 
 def wanted_names(panels: list[dict[str, Any]]) -> set[str]:
-    return {name for p in panels for t in p.get("targets", []) for name in metric_names(parse(t["expr"]))}
+    exprs = [grafana_variables(t["expr"]) for p in panels for t in p.get("targets", [])]
+    return {name for expr in exprs for name in metric_names(parse(expr))}
 
 
 def check_names(panels: list[dict[str, Any]], exported: dict[str, set[str]],
@@ -101,7 +102,7 @@ def check_names(panels: list[dict[str, Any]], exported: dict[str, set[str]],
     rows = []
     for panel in panels:
         for target in panel.get("targets", []):
-            for name in metric_names(parse(target["expr"])):
+            for name in metric_names(parse(grafana_variables(target["expr"]))):
                 sampled = sorted(job for job, names in exported.items() if name in names)
                 known = sorted(job for job, names in declared.items() if name in names)
                 status = ("sampled" if sampled else "synthetic" if name in SYNTHETIC
@@ -119,7 +120,7 @@ def evaluate(panels: list[dict[str, Any]], store: Store) -> tuple[list[Panel], d
     for panel in panels:
         lines: list[Line] = []
         for target in panel.get("targets", []):
-            series = evaluator.range_query(target["expr"])
+            series = evaluator.range_query(grafana_variables(target["expr"]))
             for labels, values in sorted(series.items(), key=lambda item: sorted(item[0])):
                 text = legend(target.get("legendFormat", ""), labels)
                 lines.append(Line(text, values))

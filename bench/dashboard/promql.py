@@ -65,7 +65,7 @@ _TOKEN = re.compile(
       | (?P<duration>(?:[0-9]+(?:ms|s|m|h|d|w|y))+)
       | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
       | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      | (?P<op>==|!=|=~|!~|>=|<=|[(){}\[\],=<>])
+      | (?P<op>==|!=|=~|!~|>=|<=|[(){}\[\],=<>+\-])
     )""",
     re.VERBOSE,
 )
@@ -132,10 +132,30 @@ class Compare:
     right: Node
 
 
-Node = Number | Selector | Call | Aggregate | Compare
+@dataclass(frozen=True)
+class Arith:
+    """``left + right`` or ``left - right``: vectors matched one to one on all their labels."""
 
-_FUNCTIONS = {"rate": 1, "histogram_quantile": 2}
-_AGGREGATIONS = {"sum"}
+    op: str
+    left: Node
+    right: Node
+
+
+Node = Number | Selector | Call | Aggregate | Compare | Arith
+
+_FUNCTIONS = {"rate": 1, "increase": 1, "histogram_quantile": 2}
+_AGGREGATIONS: dict[str, Callable[[float, float], float]] = {"sum": lambda a, b: a + b, "max": max, "min": min}
+_ARITHMETIC: dict[str, Callable[[float, float], float]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
+#: What the dashboard's Grafana variables stand for when this evaluator draws it from one sandbox:
+#: every instance and backend, and a rate window of a few scrape intervals.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$backend": ".*"}
+
+
+def grafana_variables(expr: str) -> str:
+    """``expr`` with the dashboard's template variables replaced as Grafana would (all selected)."""
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -180,14 +200,21 @@ class _Parser:
         return node
 
     def expression(self) -> Node:
-        left = self.primary()
+        left = self.additive()
         token = self.peek()
         if token is not None and token[0] == "op" and token[1] in _COMPARISONS:
             self.position += 1
             if self.peek() == ("ident", "bool"):
                 raise self.fail("the bool modifier is not implemented")
-            return Compare(token[1], left, self.primary())
+            return Compare(token[1], left, self.additive())
         return left
+
+    def additive(self) -> Node:
+        node = self.primary()
+        while (token := self.peek()) is not None and token[0] == "op" and token[1] in _ARITHMETIC:
+            self.position += 1
+            node = Arith(token[1], node, self.primary())
+        return node
 
     def primary(self) -> Node:
         token = self.peek()
@@ -287,7 +314,7 @@ def metric_names(node: Node) -> list[str]:
         return [name for arg in node.args for name in metric_names(arg)]
     if isinstance(node, Aggregate):
         return metric_names(node.arg)
-    if isinstance(node, Compare):
+    if isinstance(node, Compare | Arith):
         return metric_names(node.left) + metric_names(node.right)
     return []
 
@@ -396,6 +423,10 @@ class Evaluator:
             return {labels: v for labels, values in self._select(node) if (v := values[index]) is not None}
         if isinstance(node, Call) and node.function == "rate":
             return self._rate(node.args[0], index)
+        if isinstance(node, Call) and node.function == "increase":  # Prometheus: the rate times the range
+            selector = node.args[0]
+            assert isinstance(selector, Selector) and selector.range_seconds is not None
+            return {labels: v * selector.range_seconds for labels, v in self._rate(selector, index).items()}
         if isinstance(node, Call) and node.function == "histogram_quantile":
             q = self.instant(node.args[0], index)
             vector = self.instant(node.args[1], index)
@@ -412,11 +443,20 @@ class Evaluator:
             vector = self.instant(node.arg, index)
             if not isinstance(vector, dict):
                 raise PromQLError("sum() of a scalar is not implemented")
-            sums: Vector = {}
+            combine = _AGGREGATIONS[node.op]
+            groups: Vector = {}
             for labels, value in vector.items():
                 key = frozenset((k, v) for k, v in labels if node.by is not None and k in node.by)
-                sums[key] = sums.get(key, 0.0) + value
-            return sums
+                groups[key] = combine(groups[key], value) if key in groups else value
+            return groups
+        if isinstance(node, Arith):
+            left, right = self.instant(node.left, index), self.instant(node.right, index)
+            apply = _ARITHMETIC[node.op]
+            if isinstance(left, dict) and isinstance(right, dict):
+                return {labels: apply(value, right[labels]) for labels, value in left.items() if labels in right}
+            if isinstance(left, dict) and isinstance(right, float):
+                return {labels: apply(value, right) for labels, value in left.items()}
+            raise PromQLError("only vector <op> vector and vector <op> scalar arithmetic is implemented")
         if isinstance(node, Compare):
             left, right = self.instant(node.left, index), self.instant(node.right, index)
             test = _COMPARISONS[node.op]

@@ -14,7 +14,7 @@ import pytest
 
 from haproxy_sync import drains, haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
-from tests.helpers import Stack, consul_put, haproxy_version, wait_until
+from tests.helpers import Stack, consul_put, haproxy_version, register, wait_until
 
 pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="HAProxy is not installed")
 STREAM_SECONDS = 4.0
@@ -93,3 +93,24 @@ def test_a_draining_server_leaves_after_its_last_stream(stack: Stack) -> None:
         assert "drain over" not in stack.daemon.log()
         assert "no (this HAProxy has no idle rule)" in stack.daemon.log()
     assert layout.reloads() == 0
+
+
+def test_the_old_workers_gauge_follows_them_until_they_finish(tmp_path: Path, consul: DevConsulThread,
+                                                            make_apps) -> None:
+    """An old worker kept alive by a stream counts until the stream ends, read back at each reconcile
+    (the alert on old workers piling up needs a gauge that comes down)."""
+    with ExitStack() as exits:
+        stack = Stack(tmp_path, consul, make_apps(2), exits, extra='reconcile_interval = "300ms"\n')
+        assert stack.metric("haproxy_sync_haproxy_old_workers") == 0
+        stream = Stream(stack.layout.http_port, STREAM_SECONDS)
+        wait_until(lambda: slot_carrying_the_stream(stack), 3, what="the stream under way")
+        reloads = stack.layout.reloads()
+        (other,) = make_apps(1, prefix="other")
+        register(consul.url, other, service="other", Tags=["haproxy-sync"],
+             Meta={"haproxy-sync-host": "other.test"})  # a new backend: a reload
+        wait_until(lambda: stack.layout.reloads() > reloads, 15, what="the reload for the new backend")
+        wait_until(lambda: stack.metric("haproxy_sync_haproxy_old_workers") == 1, 5, what="the old worker counted")
+        stream.thread.join(STREAM_SECONDS + 10)
+        assert stream.status == 200, (stream.status, stream.error)
+        wait_until(lambda: stack.metric("haproxy_sync_haproxy_old_workers") == 0, 10,
+                   what="the gauge down once the old worker finished")

@@ -62,6 +62,9 @@ class FakeApplier:
     def inherit(self, settings: Settings, live: str) -> dict[str, str] | None:
         return None  # a HAProxy not known to run the live file: the first apply reloads
 
+    def old_workers(self, settings: Settings) -> int | None:
+        return 0
+
     def runtime(self, settings: Settings, tables: Mapping[str, BackendSlots], sequence: tuple, routing) -> str:
         self.calls.append(f"runtime {len(sequence)}")
         if self.runtime_fails:
