@@ -5,9 +5,13 @@ the dashboard's queries give, not what a re-implementation of each panel in Pyth
 the query text from the dashboard JSON is parsed and evaluated as written. Only what those queries
 use is implemented; anything else is a :class:`PromQLError` naming the query, never a silent guess:
 
-* vector selectors with label matchers (``=``, ``!=``, ``=~``, ``!~``) and range selectors ``[5m]``;
-* ``rate()`` with Prometheus's extrapolation and counter-reset handling (``extrapolatedRate``);
-* ``sum`` with an optional ``by (...)`` clause (before or after the argument);
+* vector selectors with label matchers (``=``, ``!=``, ``=~``, ``!~``) and range selectors ``[1m]``;
+* ``rate()`` with Prometheus's extrapolation and counter-reset handling (``extrapolatedRate``), and
+  ``increase()`` as that rate times the range;
+* ``sum``, ``max`` and ``min`` with an optional ``by (...)`` clause (before or after the argument);
+* ``+`` and ``-`` between two vectors matched one to one on all their labels, or a vector and a number;
+* the dashboard's Grafana variables, replaced first (:func:`grafana_variables`): every instance and
+  backend selected, ``$__rate_interval`` a minute;
 * ``histogram_quantile()`` over classic ``le`` buckets, with Prometheus's bucket interpolation,
   monotonicity fix and "+Inf bucket gives the second-highest bound" rule;
 * a vector/scalar comparison used as a filter (``== 1`` and its siblings, without ``bool``);
