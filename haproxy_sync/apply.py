@@ -235,9 +235,12 @@ def inherited_routes(settings: Settings, live: str) -> dict[str, str] | None:
     if not running_config_is_current(settings.haproxy, live):
         return None
     try:
-        return read_routes(settings)
+        routes = read_routes(settings)
+        # What HAProxy runs is the file a failed reload puts back, as after a confirmed reload.
+        haproxy.remember_last_good(settings.haproxy.config_path)
     except haproxy.HAProxyError:
         return None
+    return routes
 
 
 def old_workers(master_socket: Path) -> int | None:
