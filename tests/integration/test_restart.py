@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,8 +34,11 @@ def _change_at_runtime_and_persist(stack: Stack) -> None:
     assert stack.layout.reloads() == reloads, "the change went through the Runtime API"
 
 
-def _restart(stack: Stack, exits: ExitStack, log: Path) -> DaemonProcess:
+def _restart(stack: Stack, exits: ExitStack, log: Path,
+             while_stopped: Callable[[], object] = lambda: None) -> DaemonProcess:
+    """Stop the daemon, run ``while_stopped`` (nothing can overwrite what it writes then), start it again."""
     stack.daemon.stop()
+    while_stopped()
     daemon = DaemonProcess(stack.layout.config_toml, log)
     exits.callback(daemon.stop)
     daemon.wait_for_log("applied ", timeout=30)
@@ -65,9 +69,10 @@ def test_a_claim_that_cannot_be_trusted_costs_one_reload(tmp_path: Path, consul:
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(2), exits)
         _change_at_runtime_and_persist(stack)
-        running_claim.claim_path(stack.layout.server_state_file).write_text(claim)
         worker, reloads = _worker(stack), stack.layout.reloads()
-        restarted = _restart(stack, exits, tmp_path / "restart.log")
+        # Written while the daemon is stopped: the running one follows its own claim after a persist.
+        restarted = _restart(stack, exits, tmp_path / "restart.log",
+                             lambda: running_claim.claim_path(stack.layout.server_state_file).write_text(claim))
         assert stack.layout.reloads() == reloads + 1, restarted.log()[-2000:]
         assert _worker(stack) != worker
         written = running_claim.read_claim(stack.layout.server_state_file)
