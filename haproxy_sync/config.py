@@ -32,6 +32,7 @@ from haproxy_sync.values import (
     parse_basic_auth,
     parse_bind,
     parse_bool,
+    parse_canary_share,
     parse_consul_address,
     parse_duration,
     parse_enterprise_name,
@@ -53,6 +54,7 @@ from haproxy_sync.values import (
     parse_safe_name,
     parse_string,
     parse_tag,
+    parse_tag_or_none,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
@@ -133,6 +135,16 @@ class ServiceSettings:
     max_drop: float = setting(
         parse_percent, "50%",
         "Guard: losing more than this share of healthy servers at once is a big drop.",
+        keeps_default=True,
+    )
+    canary_tag: str = setting(
+        parse_tag_or_none, "",
+        "Instances with this Consul tag are canaries and get `canary_share` of the requests (docs/canary.md).",
+        keeps_default=True,
+    )
+    canary_share: float = setting(
+        parse_canary_share, "10%",
+        "Canaries' share of the requests, whatever their number (0% to below 100%); with `canary_tag`.",
         keeps_default=True,
     )
     discovered: bool = False  # learned from Consul by tag, not named in the config

@@ -32,6 +32,7 @@ from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
 )
+from haproxy_sync.canary import only_shares_differ, shares_in_force
 from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import (
@@ -709,7 +710,15 @@ class Daemon:
             last_apply=sentence, last_apply_path=path, last_apply_age=None if at is None else now - at,
             stale_after=self.settings.metrics.stale_after,
             haproxy_version=self.applier.features(self.settings).version_text,
+            canary_shares=self._canary_shares(),
         )
+
+    def _canary_shares(self) -> dict[str, float]:
+        """Per backend with a canary policy, the share its planned weights give the canaries."""
+        if self.runs is None:
+            return {}
+        routing = self.runs.routing
+        return shares_in_force(routing.canaries, {s.backend: self.runs.snapshot.get(s.name) for s in routing.services})
 
     # --- configuration changes ---
 
@@ -723,9 +732,9 @@ class Daemon:
             template = load_template(settings.template_path())
             # A template that loads can still fail on real data: try it before trusting it.
             observed = self._observe(settings)
-            prepare(settings, template, self.applier.features(settings), observed.routing, observed.snapshot,
-                    self.tables)
-            check_template(settings, template, self.applier.features(settings))
+            features = self.applier.features(settings)
+            prepared = prepare(settings, template, features, observed.routing, observed.snapshot, self.tables)
+            check_template(settings, template, features)
         except (ConfigError, TemplateError) as exc:
             problem = str(exc).replace("\n", "; ")
             log.error("%s: new configuration rejected, keeping the running one: %s", why, problem,
@@ -742,14 +751,30 @@ class Daemon:
             log.warning("%s: [consul] changes take effect on restart; other changes applied now", why)
             settings = dataclasses.replace(settings, consul=self.settings.consul)
         discovery_changed = settings.discovery != self.settings.discovery
+        weights_only = self._weights_only(settings, template, prepared)
         self.settings, self.template = settings, template
         self.rejections = self.rejections.cleared()  # what HAProxy refused may pass with the new ones
         if discovery_changed:
             self._start_catalog()
         self._sync_watches()
-        self._structure_changed = True
+        self._structure_changed = self._structure_changed or not weights_only
         self._changed = True
-        log.info("%s: configuration and template re-read", why, extra=logs.event("config.reread", reason=why))
+        log.info("%s: configuration and template re-read%s", why,
+                 "; only canary shares changed: weights, no reload" if weights_only else "",
+                 extra=logs.event("config.reread", reason=why))
+
+    def _weights_only(self, settings: Settings, template: jinja2.Template, prepared: Prepared) -> bool:
+        """Whether the re-read ``settings`` and ``template`` change only canary shares: the old template
+        renders the new settings byte for byte as the new one does, and no other setting moved."""
+        if self.template is None or not only_shares_differ(self.settings, settings):
+            return False
+        observed = self._observe(settings)
+        try:
+            before = prepare(settings, self.template, self.applier.features(settings), observed.routing,
+                             observed.snapshot, self.tables)
+        except TemplateError:
+            return False
+        return before.text == prepared.text
 
     def _start_catalog(self) -> None:
         """(Re)start the watch of tagged services, or stop it when discovery is off."""

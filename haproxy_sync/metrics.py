@@ -68,6 +68,7 @@ class StateView:
     last_apply_age: float | None = None
     stale_after: float = 180.0
     haproxy_version: str = "unknown"  # of the configured binary, asked again when the file changes
+    canary_shares: dict[str, float] = field(default_factory=dict)  # backend -> canaries' share by weights
 
     def not_ready(self) -> list[str]:
         reasons = []
@@ -246,7 +247,12 @@ class _StateCollector(Collector):
         build.add_metric([__version__, revision(), state.haproxy_version], 1.0)
         ready = GaugeMetricFamily("haproxy_sync_ready", "1 when /ready answers 200.")
         ready.add_metric([], 0.0 if state.not_ready() else 1.0)
-        yield from (build, up, index, age, servers, skipped, ready)
+        canary = GaugeMetricFamily("haproxy_sync_canary_share",
+                                   "Share of requests the weights give the backend's canaries now (backends "
+                                   "with a canary_tag only).", labels=["backend"])
+        for backend, share in sorted(state.canary_shares.items()):
+            canary.add_metric([backend], share)
+        yield from (build, up, index, age, servers, skipped, ready, canary)
 
 
 async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
@@ -275,6 +281,7 @@ async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
             "last_apply_path": state.last_apply_path,
             "last_apply_age_seconds": state.last_apply_age,
             "watches": [w.__dict__ for w in state.watches],
+            "canary_shares": state.canary_shares,
         }
         return web.Response(text=json.dumps(body), content_type="application/json")
 

@@ -159,7 +159,8 @@ def lay_out(
         previous = evict(previous, evicted)
     sync = settings.sync
     return assign_all(previous, snapshot, pairs, base=sync.slots, now=time.monotonic() if now is None else now,
-                      drain_timeout=sync.drain_timeout, idle=idle)
+                      drain_timeout=sync.drain_timeout, idle=idle,
+                      canaries=routing.canaries)
 
 
 def prepare(

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from haproxy_sync import commands, dynamic, rules
+from haproxy_sync.canary import CanaryPolicy, weighted
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.commands import Command
 from haproxy_sync.reasons import ReloadKind, ReloadReason
@@ -172,13 +173,15 @@ def assign_all(
     now: float,
     drain_timeout: float,
     idle: Mapping[str, frozenset[str]] | None = None,
+    canaries: Mapping[str, CanaryPolicy] | None = None,
 ) -> dict[str, BackendSlots]:
     """Slot tables for every (backend, service) pair; ``idle``: per backend, the draining slots HAProxy
-    reported as carrying nothing."""
+    reported as carrying nothing; ``canaries``: per backend, the share its canaries get (their weights)."""
     idle = idle or {}
+    canaries = canaries or {}
     return {
-        backend: assign(previous.get(backend), backend, snapshot.get(service), base=base, now=now,
-                        drain_timeout=drain_timeout, idle=idle.get(backend, frozenset()))
+        backend: assign(previous.get(backend), backend, weighted(snapshot.get(service), canaries.get(backend)),
+                        base=base, now=now, drain_timeout=drain_timeout, idle=idle.get(backend, frozenset()))
         for backend, service in backends
     }
 

@@ -6,7 +6,9 @@ service describes its own routing in its instances' service meta:
 
 * ``haproxy-sync-host``: the Host header routed to it (``feature-x.example.com``);
 * ``haproxy-sync-path``: a path prefix of whole segments (``/api``), on that host or on any host;
-* ``haproxy-sync-balance`` and ``haproxy-sync-health-path``: the backend's algorithm and check path.
+* ``haproxy-sync-balance`` and ``haproxy-sync-health-path``: the backend's algorithm and check path;
+* ``haproxy-sync-canary-share`` (and ``haproxy-sync-canary-tag``, default ``canary``): the share of
+  requests its canary instances get (:mod:`canary`).
 
 Meta is a Consul string like any other: it is validated here, and a service whose meta cannot
 safely become a route is left unrouted with a reason (logged and counted), never half-routed.
@@ -25,14 +27,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from haproxy_sync import commands, rules
+from haproxy_sync.canary import CanaryPolicy
 from haproxy_sync.catalog import Service
 from haproxy_sync.commands import Command
 from haproxy_sync.config import ServiceSettings, Settings
+from haproxy_sync.values import parse_canary_share, parse_tag
 
 META_HOST = "haproxy-sync-host"
 META_PATH = "haproxy-sync-path"
 META_BALANCE = "haproxy-sync-balance"
 META_HEALTH_PATH = "haproxy-sync-health-path"
+META_CANARY_SHARE = "haproxy-sync-canary-share"
+META_CANARY_TAG = "haproxy-sync-canary-tag"
+DEFAULT_CANARY_TAG = "canary"
 DEFAULT_BALANCE = "roundrobin"
 DEFAULT_HEALTH_PATH = "/health"
 
@@ -79,6 +86,11 @@ class Routing:
         """(backend, service) pairs, as the slot planner takes them."""
         return tuple((s.backend, s.name) for s in self.services)
 
+    @property
+    def canaries(self) -> dict[str, CanaryPolicy]:
+        """Per backend, the canary share in force (backends without a canary tag have none)."""
+        return {s.backend: CanaryPolicy(s.canary_tag, s.canary_share) for s in self.services if s.canary_tag}
+
 
 def meta_value(service: Service, key: str) -> str:
     """The value most instances give ``key`` (ties: the smallest), or "" when none gives one.
@@ -107,10 +119,25 @@ def discovered_settings(service: Service, filter_expression: str = "") -> Servic
             raise ValueError(f"meta {key}: {exc}") from None
     if not values[META_HOST] and not values[META_PATH]:
         raise ValueError(f"no route: set meta {META_HOST} (and optionally {META_PATH})")
+    canary_tag, canary_share = _discovered_canary(service)
     return ServiceSettings(
         name=name, backend=name, balance=values[META_BALANCE], health_path=values[META_HEALTH_PATH],
         host=values[META_HOST], path=values[META_PATH], filter=filter_expression, discovered=True,
+        canary_tag=canary_tag, canary_share=canary_share,
     )
+
+
+def _discovered_canary(service: Service) -> tuple[str, float]:
+    """The canary tag and share a discovered service's meta asks for; ("", 0) when it sets no share."""
+    share_text = meta_value(service, META_CANARY_SHARE)
+    if not share_text:
+        return "", 0.0
+    try:
+        share = parse_canary_share(share_text)
+        tag = parse_tag(meta_value(service, META_CANARY_TAG) or DEFAULT_CANARY_TAG)
+    except ValueError as exc:
+        raise ValueError(f"meta {META_CANARY_SHARE}/{META_CANARY_TAG}: {exc}") from None
+    return tag, share
 
 
 def routing_for(

@@ -159,6 +159,9 @@ def parse_octal_mode(value: Any) -> int:
     return mode
 
 
+_CANARY_SHARE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,4})?%?", re.ASCII)
+
+
 def parse_percent(value: Any) -> float:
     """A share as ``"50%"`` or a number of percent (``50``); a boolean is no share."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -258,6 +261,24 @@ def parse_tag(value: Any) -> str:
     if not text or len(text) > 100 or any(ch.isspace() for ch in text):
         raise ValueError(f"{text[:80]!r} must be a Consul tag: 1-100 characters, no spaces")
     return text
+
+
+def parse_tag_or_none(value: Any) -> str:
+    """A Consul tag, or "" for none."""
+    return parse_tag(value) if parse_string(value) else ""
+
+
+def parse_canary_share(value: Any) -> float:
+    """A canary's share of requests, ``0%`` (none: only requests that ask for it) to below ``100%``
+    (all of them is a promotion, not a share). Strict (digits, an optional fraction and ``%``), since a
+    discovered service's share is Consul meta that anyone registering a service writes."""
+    if isinstance(value, str) and not _CANARY_SHARE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a percentage such as \"10%\" or \"2.5%\"")
+    share = parse_percent(value)
+    if share >= 1:
+        raise ValueError(f"{value!r}: a canary share is below 100% (sending everything to the canaries is promoting "
+                         "them)")
+    return share
 
 
 # The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).

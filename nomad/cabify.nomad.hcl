@@ -4,6 +4,8 @@
 #   nomad job run -var branch=feature-x -var version=feature-x-0a1b2c3d4e5f -var count=1 cabify.nomad.hcl
 # Zero-downtime updates: one canary first; the old allocations keep serving until the new ones
 # pass their Consul health check for min_healthy_time; a failed deployment rolls back by itself.
+# The canary carries canary_tags, and haproxy-sync sends it canary_share of the requests (not its
+# count's share) until it is promoted; -var auto_promote=false holds it there for a look first.
 #
 # Branches: "main" is production, job and Consul service `cabify` as before, routed by the
 # service haproxy-sync has in its config (its default backend). Any other branch runs as job and
@@ -64,6 +66,24 @@ variable "routing_tag" {
   default     = "haproxy-sync"
 }
 
+variable "canary_tag" {
+  type        = string
+  description = "Consul tag of canary allocations (canary_tags): haproxy-sync sends them canary_share of the requests."
+  default     = "canary"
+}
+
+variable "canary_share" {
+  type        = string
+  description = "Share of requests the canaries get until promoted, whatever their number (\"10%\"); branches ask for it in their service meta, production in haproxy-sync's config."
+  default     = "10%"
+}
+
+variable "auto_promote" {
+  type        = bool
+  description = "Promote the canary once healthy (true), or hold it at canary_share until `nomad deployment promote` (false)."
+  default     = true
+}
+
 locals {
   production = var.branch == "main"
   # Job ID and Consul service name: production keeps the name it always had.
@@ -73,6 +93,9 @@ locals {
   # Production is routed by the service in haproxy-sync's own config, so it does not carry the
   # discovery tag: the same service would otherwise reach haproxy-sync twice.
   tags = local.production ? ["http"] : ["http", var.routing_tag]
+  # A canary allocation carries the same tags (so discovery still finds it) plus the canary tag; Nomad
+  # puts the plain tags back when it promotes the deployment.
+  canary_tags = local.production ? ["http", var.canary_tag] : ["http", var.routing_tag, var.canary_tag]
 }
 
 job "cabify" {
@@ -86,7 +109,7 @@ job "cabify" {
   update {
     max_parallel      = 1
     canary            = 1
-    auto_promote      = true
+    auto_promote      = var.auto_promote
     auto_revert       = true
     health_check      = "checks"
     min_healthy_time  = "10s"
@@ -130,13 +153,17 @@ job "cabify" {
       name = local.name
       port = "http"
       tags = local.tags
+      # Until promoted, the canary gets canary_share of the requests (haproxy-sync, docs/canary.md).
+      canary_tags = local.canary_tags
 
       # What haproxy-sync routes by, for the services that carry the routing tag.
       meta {
-        version                  = var.version
-        branch                   = var.branch
-        haproxy-sync-host        = local.host
-        haproxy-sync-health-path = "/health"
+        version                   = var.version
+        branch                    = var.branch
+        haproxy-sync-host         = local.host
+        haproxy-sync-health-path  = "/health"
+        haproxy-sync-canary-tag   = var.canary_tag
+        haproxy-sync-canary-share = var.canary_share
       }
 
       check {

@@ -118,6 +118,9 @@ class App:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: with Nagle's algorithm on, the body waits for the
+            # peer's delayed ACK, and every keep-alive request took 40 ms instead of 0.4.
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 status = app.health_status if self.path == "/health" else 200

@@ -16,6 +16,7 @@ import functools
 import json
 import re
 import textwrap
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,8 @@ def _job(values: dict[str, Any] | None = None) -> dict[str, Any]:
         "count": hcl.eval(hcl.attributes(group)["count"]),
         "service": hcl.eval(service_attrs["name"]),
         "tags": hcl.eval(service_attrs["tags"]),
+        "canary_tags": hcl.eval(service_attrs["canary_tags"]),
+        "auto_promote": hcl.eval(hcl.attributes(hcl.block(job, "update"))["auto_promote"]),
         "meta": {k: hcl.eval(v) for k, v in hcl.attributes(hcl.block(service, "meta")).items()},
         "check_path": hcl.eval(check["path"]),
         "image": hcl.eval(hcl.attributes(hcl.block(task, "config"))["image"]),
@@ -319,6 +322,23 @@ def test_domain_and_routing_tag_come_from_variables() -> None:
     assert job["meta"]["haproxy-sync-host"] == "feature-x.apps.example.org"
     assert job["tags"] == ["http", "edge"]
     assert _job({"domain": "apps.example.org"})["meta"]["haproxy-sync-host"] == "apps.example.org"
+
+
+@pytest.mark.parametrize("branch", ["main", "feature-x"])
+def test_a_canary_keeps_its_routing_tags_and_asks_for_its_share(branch: str) -> None:
+    job = _job({"branch": branch})
+    assert job["canary_tags"] == [*job["tags"], "canary"], "discovery must still find a canary"
+    assert (job["meta"]["haproxy-sync-canary-tag"], job["meta"]["haproxy-sync-canary-share"]) == ("canary", "10%")
+    assert job["auto_promote"] is True
+    held = _job({"branch": branch, "canary_tag": "next", "canary_share": "1%", "auto_promote": False})
+    assert held["canary_tags"] == [*job["tags"], "next"] and held["meta"]["haproxy-sync-canary-tag"] == "next"
+    assert held["auto_promote"] is False, "held at its share until `nomad deployment promote`"
+
+
+def test_the_edge_gives_the_production_canary_the_share_the_job_asks_for(role_render: dict[str, Any]) -> None:
+    values = _nomad_values(role_render["cabify"]["main"]["vars"])
+    services = tomllib.loads(role_render["config"])["services"]
+    assert (services[0]["canary_tag"], services[0]["canary_share"]) == (values["canary_tag"], values["canary_share"])
 
 
 BRANCHES = {
@@ -489,7 +509,8 @@ def role_render(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str,
         "hosts": "localhost",
         "connection": "local",
         "gather_facts": False,
-        "roles": [{"role": "cabify", "when": False}, {"role": "consul", "when": False}],
+        "roles": [{"role": "cabify", "when": False}, {"role": "consul", "when": False},
+                  {"role": "haproxy_sync", "when": False}],
         "vars": {"private_ip": "10.0.0.1", "job_vars": _role_job_vars(),
                  "ansible_python_interpreter": "{{ ansible_playbook_python }}"},
         "tasks": [
@@ -509,6 +530,10 @@ def role_render(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str,
                  "src": str(ANSIBLE_DIR / "roles/consul/templates/consul.hcl.j2"),
                  "dest": f"{out}/consul-8192.hcl", "mode": "0644"},
              "vars": {"consul_http_max_conns_per_client": 8192}},
+            {"name": "Render haproxy-sync's config.toml with the role's defaults.",
+             "ansible.builtin.template": {
+                 "src": str(ANSIBLE_DIR / "roles/haproxy_sync/templates/config.toml.j2"),
+                 "dest": f"{out}/config.toml", "mode": "0644"}},
         ],
     }]))
     proc = run([tool("ansible-playbook"), "-i", "localhost,", str(playbook)], timeout=120, cwd=out, env=ansible_env)
@@ -517,6 +542,7 @@ def role_render(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str,
         "cabify": {b: json.loads((out / f"cabify-{b}.json").read_text()) for b in ("main", "feature-x")},
         "consul": load_hcl(out / "consul.hcl"),
         "consul-8192": load_hcl(out / "consul-8192.hcl"),
+        "config": (out / "config.toml").read_text(),
     }
 
 
@@ -525,7 +551,7 @@ def _nomad_values(arguments: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for argument in arguments:
         name, _, value = argument.removeprefix("-var=").partition("=")
-        values[name] = {"count": int, "datacenters": json.loads}.get(name, str)(value)
+        values[name] = {"count": int, "datacenters": json.loads, "auto_promote": json.loads}.get(name, str)(value)
     return values
 
 

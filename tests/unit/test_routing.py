@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from haproxy_sync.canary import CanaryPolicy
 from haproxy_sync.catalog import Instance, Service, Status
 from haproxy_sync.config import load_settings
 from haproxy_sync.consul import parse_catalog_services
@@ -97,6 +98,10 @@ def test_discovery_hosts_limit_what_registrants_may_claim(tmp_path: Path) -> Non
     ({"haproxy-sync-host": "a.test", "haproxy-sync-path": "/1/2/3/4"}, "haproxy-sync-path"),
     ({"haproxy-sync-host": "a.test", "haproxy-sync-balance": "fastest"}, "haproxy-sync-balance"),
     ({"haproxy-sync-host": "a.test", "haproxy-sync-health-path": "/h'x"}, "haproxy-sync-health-path"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-canary-share": "100%"}, "haproxy-sync-canary-share"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-canary-share": "10%\n"}, "haproxy-sync-canary-share"),
+    ({"haproxy-sync-host": "a.test", "haproxy-sync-canary-share": "10%", "haproxy-sync-canary-tag": "a b"},
+     "haproxy-sync-canary-tag"),
 ])
 def test_unsafe_or_missing_meta_leaves_the_service_unrouted_with_a_reason(settings, meta, reason) -> None:
     routing = routing_for(settings, {"x": service("x", meta)}, {"x"})
@@ -216,3 +221,12 @@ def test_a_path_on_any_host_takes_no_path_of_a_host_someone_routes(tmp_path: Pat
     assert frontend(entries, "app.test", "/account/login") == "cabify", "not evil: app.test is someone's host"
     assert frontend(entries, "shop.test", "/account") == "cabify" and frontend(entries, "shop.test", "/cart") == "shop"
     assert frontend(entries, "other.test", "/account") == "evil", "a host nobody routes: discovery.hosts decides"
+
+
+def test_a_discovered_service_asks_for_its_canary_share_in_its_meta(settings) -> None:
+    shared = service("x", {"haproxy-sync-host": "x.test", "haproxy-sync-canary-share": "25%"})
+    tagged = service("y", {"haproxy-sync-host": "y.test", "haproxy-sync-canary-share": "5%",
+                           "haproxy-sync-canary-tag": "next"})
+    plain = service("z", {"haproxy-sync-host": "z.test"})
+    routing = routing_for(settings, {"x": shared, "y": tagged, "z": plain}, {"x", "y", "z"})
+    assert routing.canaries == {"x": CanaryPolicy("canary", 0.25), "y": CanaryPolicy("next", 0.05)}
