@@ -107,6 +107,11 @@ def weighted(service: Service, policy: CanaryPolicy | None) -> Service:
     return Service(service.name, tuple(instances))
 
 
+def only_canaries(service: Service, tag: str) -> Service:
+    """``service`` with its instances tagged ``tag`` alone, at Consul's weights: a canary backend's."""
+    return Service(service.name, tuple(inst for inst in service.instances if is_canary(inst, tag)))
+
+
 def shares_in_force(policies: Mapping[str, CanaryPolicy], services: Mapping[str, Service]) -> dict[str, float]:
     """Per backend with a policy, the canaries' share its weights give now: the asked share rounded to
     weights, 0 without canaries in rotation, 1 with only canaries (``services``: by backend)."""

@@ -39,6 +39,8 @@ from haproxy_sync.values import (
     parse_filter_expression,
     parse_haproxy_path,
     parse_haproxy_path_or_none,
+    parse_header_name_or_none,
+    parse_header_value,
     parse_health_path,
     parse_host,
     parse_host_patterns,
@@ -278,6 +280,11 @@ class HAProxySettings:
         "reload meanwhile, before it is called failed.")
     http_bind: str = setting(parse_bind, "*:80", "Where the HTTP frontend listens.")
     stats_bind: str = setting(parse_bind, "127.0.0.1:8404", "Stats page and Prometheus exporter.")
+    canary_header: str = setting(
+        parse_header_name_or_none, "",
+        "Requests with this header set to `canary_header_value` go to the canaries only (docs/canary.md); empty: off.",
+    )
+    canary_header_value: str = setting(parse_header_value, "always", "The value of `canary_header` that asks for them.")
     maxconn: int = setting(parse_int_range(1, 1_000_000), 2000, "Global maxconn; keep it under the fd limit.")
     hard_stop_after: float = setting(
         parse_duration, "30s",
@@ -601,6 +608,9 @@ def _parse_services(tables: list[tuple[dict[str, Any], str]], problems: list[str
             continue
         fields.setdefault("backend", fields["name"])
         result.append(ServiceSettings(**fields))
+    problems += [f"services: backend {s.backend!r}: a name ending in {rules.CANARY_BACKEND_SUFFIX!r} is kept for "
+                 "canary backends (docs/canary.md); choose another" for s in result
+                 if s.backend.endswith(rules.CANARY_BACKEND_SUFFIX)]
     for attr in ("name", "backend"):
         seen = [getattr(s, attr) for s in result]
         for dup in sorted({x for x in seen if seen.count(x) > 1}):

@@ -160,7 +160,7 @@ def lay_out(
     sync = settings.sync
     return assign_all(previous, snapshot, pairs, base=sync.slots, now=time.monotonic() if now is None else now,
                       drain_timeout=sync.drain_timeout, idle=idle,
-                      canaries=routing.canaries)
+                      canaries=routing.canaries, canaries_only=routing.canaries_only)
 
 
 def prepare(

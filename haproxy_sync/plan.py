@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from haproxy_sync import commands, dynamic, rules
-from haproxy_sync.canary import CanaryPolicy, weighted
+from haproxy_sync.canary import CanaryPolicy, only_canaries, weighted
 from haproxy_sync.catalog import Instance, Service, Snapshot, Status
 from haproxy_sync.commands import Command
 from haproxy_sync.reasons import ReloadKind, ReloadReason
@@ -174,13 +174,22 @@ def assign_all(
     drain_timeout: float,
     idle: Mapping[str, frozenset[str]] | None = None,
     canaries: Mapping[str, CanaryPolicy] | None = None,
+    canaries_only: Mapping[str, str] | None = None,
 ) -> dict[str, BackendSlots]:
     """Slot tables for every (backend, service) pair; ``idle``: per backend, the draining slots HAProxy
-    reported as carrying nothing; ``canaries``: per backend, the share its canaries get (their weights)."""
+    reported as carrying nothing; ``canaries``: per backend, the share its canaries get (their weights);
+    ``canaries_only``: per canary backend, the tag of the only instances it serves."""
     idle = idle or {}
     canaries = canaries or {}
+    canaries_only = canaries_only or {}
+
+    def served(backend: str, service: str) -> Service:
+        if backend in canaries_only:
+            return only_canaries(snapshot.get(service), canaries_only[backend])
+        return weighted(snapshot.get(service), canaries.get(backend))
+
     return {
-        backend: assign(previous.get(backend), backend, weighted(snapshot.get(service), canaries.get(backend)),
+        backend: assign(previous.get(backend), backend, served(backend, service),
                         base=base, now=now, drain_timeout=drain_timeout, idle=idle.get(backend, frozenset()))
         for backend, service in backends
     }

@@ -8,6 +8,7 @@ typo in a template is an error naming the file and line instead of an empty stri
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import traceback
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from haproxy_sync import __version__, rules
 from haproxy_sync.config import ServiceSettings, Settings
 from haproxy_sync.haproxy import Features
 from haproxy_sync.plan import BackendSlots, Slot
-from haproxy_sync.routing import Routing
+from haproxy_sync.routing import CanaryBackend, Routing
 
 
 class TemplateError(Exception):
@@ -70,6 +71,7 @@ class BackendView:
     path: str
     discovered: bool
     servers: tuple[ServerView, ...]
+    canary_of: str = ""  # a canary backend: the backend whose canaries it serves (the canary header's)
 
     @property
     def route(self) -> str:
@@ -87,8 +89,12 @@ class BackendView:
         return sum(1 for s in self.servers if s.instance_id)
 
 
-def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSettings, ...]) -> tuple[BackendView, ...]:
-    return tuple(
+def backend_views(
+    tables: Mapping[str, BackendSlots], services: tuple[ServiceSettings, ...],
+    canary_backends: tuple[CanaryBackend, ...] = (),
+) -> tuple[BackendView, ...]:
+    """The services' backends in order, then the canary backends (routed by the canary header only)."""
+    views = tuple(
         BackendView(
             name=svc.backend,
             service=svc.name,
@@ -100,6 +106,12 @@ def backend_views(tables: Mapping[str, BackendSlots], services: tuple[ServiceSet
             servers=tuple(ServerView.of(slot) for slot in tables[svc.backend].slots),
         )
         for svc in services
+    )
+    by_name = {view.name: view for view in views}
+    return views + tuple(
+        dataclasses.replace(by_name[canary.parent], name=canary.name, host="", path="", canary_of=canary.parent,
+                            servers=tuple(ServerView.of(slot) for slot in tables[canary.name].slots))
+        for canary in canary_backends
     )
 
 
@@ -121,7 +133,7 @@ def template_context(
     return {
         "features": features,
         "stats_file": str(hap.stats_file_path),
-        "backends": backend_views(tables, routing.services),
+        "backends": backend_views(tables, routing.services, routing.canary_backends),
         "routes": routing.routes,
         "routes_map": str(hap.routes_map_path),
         "haproxy": hap,

@@ -70,12 +70,27 @@ class Unrouted:
 
 
 @dataclass(frozen=True)
+class CanaryBackend:
+    """The backend of ``parent``'s canaries alone (instances of ``service`` tagged ``tag``): where the
+    canary header sends a request for ``parent`` (``haproxy.canary_header``)."""
+
+    parent: str
+    service: str
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.parent}{rules.CANARY_BACKEND_SUFFIX}"
+
+
+@dataclass(frozen=True)
 class Routing:
     """Every routed backend (configured ones first: the first is the default backend) and its routes."""
 
     services: tuple[ServiceSettings, ...]
     routes: tuple[Route, ...] = ()
     unrouted: tuple[Unrouted, ...] = ()
+    canary_backends: tuple[CanaryBackend, ...] = ()  # with the canary header on, one per canary policy
 
     @property
     def map_entries(self) -> dict[str, str]:
@@ -83,8 +98,14 @@ class Routing:
 
     @property
     def backends(self) -> tuple[tuple[str, str], ...]:
-        """(backend, service) pairs, as the slot planner takes them."""
-        return tuple((s.backend, s.name) for s in self.services)
+        """(backend, service) pairs, as the slot planner takes them: the services', then the canaries'."""
+        return (tuple((s.backend, s.name) for s in self.services)
+                + tuple((c.name, c.service) for c in self.canary_backends))
+
+    @property
+    def canaries_only(self) -> dict[str, str]:
+        """Per canary backend, the tag its instances must carry."""
+        return {c.name: c.tag for c in self.canary_backends}
 
     @property
     def canaries(self) -> dict[str, CanaryPolicy]:
@@ -171,6 +192,10 @@ def routing_for(
         service = services.get(name)
         if service is None:
             continue
+        if name.endswith(rules.CANARY_BACKEND_SUFFIX):
+            unrouted.append(Unrouted(name, f"a name ending in {rules.CANARY_BACKEND_SUFFIX!r} is kept for canary "
+                                           "backends"))
+            continue
         try:
             if not service.instances and name in routed_before:
                 candidate = routed_before[name]
@@ -215,7 +240,10 @@ def routing_for(
     # and a registrant could take paths on a host someone else holds.
     bare = {route.host for route in routes if route.host and not route.path}
     routes += [Route(host, "", kept[0].backend) for host in sorted({r.host for r in routes if r.host} - bare)]
-    return Routing(tuple(kept), tuple(sorted(routes)), tuple(sorted(unrouted, key=lambda u: u.service)))
+    canary_backends = tuple(CanaryBackend(s.backend, s.name, s.canary_tag) for s in kept
+                            if s.canary_tag and settings.haproxy.canary_header)
+    return Routing(tuple(kept), tuple(sorted(routes)), tuple(sorted(unrouted, key=lambda u: u.service)),
+                   canary_backends)
 
 
 @dataclass(frozen=True)

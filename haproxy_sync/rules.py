@@ -48,6 +48,8 @@ class Kind(enum.Enum):
     HOST_PATTERN = "host pattern"
     NETWORK = "network"
     GUID = "HAProxy guid"
+    HEADER_NAME = "HTTP header name"
+    HEADER_VALUE = "HTTP header value"
 
 
 class Refused(ValueError):
@@ -100,10 +102,15 @@ _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/%?&=+,:@-]{0,199}", re.ASCII)
 _NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}", re.ASCII)
 _FILE_PATH = re.compile(r"(?!.*/\.\.(?:/|\Z))/[A-Za-z0-9._/+-]{0,1023}", re.ASCII)
 _GUID = re.compile(r"[A-Za-z0-9_.:-]{1,127}", re.ASCII)  # HAProxy's own rule for guid values
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9._~-]{1,64}", re.ASCII)
 _HOST_KEY = r"(?:\*|[a-z0-9.-]{1,253})"
 _MAP_KEY = re.compile(rf"(?=.{{1,500}}\Z){_HOST_KEY}(?:{_SEGMENT}){{0,{MAX_PATH_SEGMENTS}}}", re.ASCII)
 BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random", "uri")
 MAX_WEIGHT = 256  # HAProxy's own bound for server weights.
+#: The backend of a backend's canaries (the canary header's target) is its name plus this suffix, a
+#: name no service may take for itself.
+CANARY_BACKEND_SUFFIX = ":canary"
 MAX_ID_LENGTH = 256
 
 
@@ -400,6 +407,12 @@ file_path = _matching(
     "An absolute path HAProxy is told about in a command (the routes map): no space or separator.")
 
 
+header_name = _matching(Kind.HEADER_NAME, _HEADER_NAME, "is not 1-64 letters, digits and '-'",
+                        "An HTTP header name a frontend rule matches on (``X-Canary``).")
+header_value = _matching(Kind.HEADER_VALUE, _HEADER_VALUE, "is not 1-64 letters, digits and '.', '_', '~', '-'",
+                         "The exact header value a frontend rule matches (``always``).")
+
+
 # --- the last line of defence for haproxy.cfg ---
 
 _CONFIG_TEXT = re.compile(r"[\x20-\x7e]*", re.ASCII)
@@ -445,6 +458,8 @@ REFUSED_EXAMPLES: dict[Kind, tuple[object, ...]] = {
     Kind.HOST_PATTERN: ("*example.com",),
     Kind.NETWORK: ("10.0.0.0/8;",),
     Kind.GUID: ("srv:web:slot1 weight 100",),
+    Kind.HEADER_NAME: ("X-Canary) } || { always_true",),
+    Kind.HEADER_VALUE: ("always }",),
 }
 
 #: The check of each kind, for the same test and the docs.
@@ -453,5 +468,5 @@ CHECKS = {
     Kind.NAME: name, Kind.SERVER: server, Kind.ROUTE_HOST: route_host, Kind.ROUTE_PATH: route_path,
     Kind.MAP_KEY: map_key, Kind.BALANCE: balance, Kind.HEALTH_PATH: health_path, Kind.LABEL: label_text,
     Kind.CONFIG_TEXT: config_text, Kind.HOST_PATTERN: host_pattern, Kind.NETWORK: network,
-    Kind.FILE_PATH: file_path, Kind.GUID: guid,
+    Kind.FILE_PATH: file_path, Kind.GUID: guid, Kind.HEADER_NAME: header_name, Kind.HEADER_VALUE: header_value,
 }

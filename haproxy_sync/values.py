@@ -281,9 +281,15 @@ def parse_canary_share(value: Any) -> float:
     return share
 
 
+def parse_header_name_or_none(value: Any) -> str:
+    """An HTTP header name (``X-Canary``), or "" for none."""
+    return str(rules.header_name(value)) if parse_string(value) else ""
+
+
 # The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).
 parse_safe_name = rules.name
 parse_health_path = rules.health_path
+parse_header_value = rules.header_value
 parse_host = rules.route_host
 parse_route_path = rules.route_path
 

@@ -118,3 +118,42 @@ def test_a_discovered_service_moves_its_share_by_meta_with_no_reload(stack: Stac
                what="the new share in force")
     assert canary_share(answered(stack, 4_000, headers={"Host": "shop.test"}), canary) == pytest.approx(0.5, abs=0.02)
     assert stack.layout.reloads() == reloads, "a share from meta is weights: no reload"
+
+
+@pytest.fixture
+def header_stack(tmp_path: Path, consul: DevConsulThread, make_apps) -> Iterator[Stack]:
+    with ExitStack() as exits:
+        yield Stack(tmp_path, consul, make_apps(7), exits, extra='[haproxy]\ncanary_header = "X-Canary"',
+                    service_options='canary_tag = "canary"\ncanary_share = "0%"')
+
+
+def test_the_canary_header_sends_requests_to_the_canaries_alone(header_stack: Stack, make_apps) -> None:
+    stack = header_stack
+    canary = make_apps(1, prefix="canary")
+    _canary(stack, canary[0])
+    wait_until(lambda: stack.layout.serving_ports("cabify:canary") == {canary[0].port}, 20,
+               what="the canary backend serving the canary")
+    asked = answered(stack, 500, headers={"X-Canary": "always"})
+    assert set(asked) == {canary[0].instance_id}, asked
+    plain = answered(stack, 1_000)
+    assert canary[0].instance_id not in plain, "a share of 0%: only requests that ask reach the canary"
+    other = answered(stack, 200, headers={"X-Canary": "sometimes"})
+    assert canary[0].instance_id not in other, "only the configured value asks for the canaries"
+
+    # A routed discovered service's own canaries, through the route rather than the default backend.
+    shop, shop_canary = make_apps(2, prefix="shop"), make_apps(1, prefix="shop-canary")
+    meta = {"haproxy-sync-host": "shop.test", "haproxy-sync-canary-share": "0%"}
+    for app in shop:
+        register(stack.consul.url, app, service="shop", Tags=["haproxy-sync"], Meta=meta)
+    register(stack.consul.url, shop_canary[0], service="shop", Tags=["haproxy-sync", "canary"], Meta=meta)
+    wait_until(lambda: stack.layout.serving_ports("shop:canary") == {shop_canary[0].port}, 20,
+               what="shop's canary backend")
+    assert set(answered(stack, 200, headers={"Host": "shop.test", "X-Canary": "always"})) == {
+        shop_canary[0].instance_id}
+    assert set(answered(stack, 200, headers={"Host": "shop.test"})) == {app.instance_id for app in shop}
+
+    reloads = stack.layout.reloads()
+    _canary(stack, canary[0], tagged=False)  # promoted: the canary backend is left with nobody
+    wait_until(lambda: not stack.layout.serving_ports("cabify:canary"), 10, what="the promoted canary gone from it")
+    assert set(answered(stack, 50, headers={"X-Canary": "always"})) == {"HTTP 503"}, "no canary: nothing to serve"
+    assert stack.layout.reloads() == reloads, "canaries come and go in their backend at runtime"

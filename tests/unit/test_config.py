@@ -257,6 +257,13 @@ def test_a_config_file_without_settings_is_an_error_never_the_defaults(tmp_path:
     ('[consul]\nwait = ["5m"]', "consul.wait: expected a duration such as \"250ms\" or \"1m30s\", got an array"),
     ('[[services]]\nname = "a"\nmin_servers = 1.5', "services[0].min_servers: expected an integer in 0-100000, "
                                                     "got a float (1.5)"),
+    ('[[services]]\nname = "a"\ncanary_share = "100%"', "services[0].canary_share: '100%': a canary share is below "
+                                                         "100%"),
+    ('[[services]]\nname = "a"\nbackend = "a:canary"', "services: backend 'a:canary': a name ending in ':canary' is "
+                                                        "kept for canary backends"),
+    ('[haproxy]\ncanary_header = "X-Canary: always"', "haproxy.canary_header: HTTP header name 'X-Canary: always' "
+                                                      "refused"),
+    ('[haproxy]\ncanary_header_value = "a b"', "haproxy.canary_header_value: HTTP header value 'a b' refused"),
 ])
 def test_wrong_types_are_errors_never_truncated_or_coerced(tmp_path: Path, line: str, says: str) -> None:
     """A float where an integer goes, a string where a number goes, a boolean for a number (or a number for

@@ -230,3 +230,22 @@ def test_a_discovered_service_asks_for_its_canary_share_in_its_meta(settings) ->
     plain = service("z", {"haproxy-sync-host": "z.test"})
     routing = routing_for(settings, {"x": shared, "y": tagged, "z": plain}, {"x", "y", "z"})
     assert routing.canaries == {"x": CanaryPolicy("canary", 0.25), "y": CanaryPolicy("next", 0.05)}
+
+
+def test_a_discovered_name_of_a_canary_backend_is_refused(settings) -> None:
+    squatter = service("cabify:canary", {"haproxy-sync-host": "x.test"})
+    routing = routing_for(settings, {"cabify:canary": squatter}, {"cabify:canary"})
+    assert [s.name for s in routing.services] == ["cabify"]
+    assert "kept for canary backends" in routing.unrouted[0].reason
+
+
+def test_canary_backends_exist_only_with_the_header_on(tmp_path: Path) -> None:
+    def routing(extra: str):
+        path = tmp_path / "config.toml"
+        path.write_text(f'{extra}[[services]]\nname = "cabify"\ncanary_tag = "canary"\n')
+        return routing_for(load_settings(path, env={}), {}, ())
+
+    assert routing("").backends == (("cabify", "cabify"),)
+    on = routing('[haproxy]\ncanary_header = "X-Canary"\n')
+    assert on.backends == (("cabify", "cabify"), ("cabify:canary", "cabify"))
+    assert on.canaries_only == {"cabify:canary": "canary"}
