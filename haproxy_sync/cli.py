@@ -28,6 +28,7 @@ from haproxy_sync.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, 
 from haproxy_sync.consul import ConsulError
 from haproxy_sync.daemon import DaemonError
 from haproxy_sync.render import TemplateError
+from haproxy_sync.values import parse_canary_share
 
 if TYPE_CHECKING:
     from haproxy_sync.pipeline import OneRead
@@ -321,6 +322,16 @@ def devconsul(listen: str, token: str | None) -> int:
     return EXIT_OK
 
 
+def _canary_share_option(_: click.Context, param: click.Parameter, value: str) -> str:
+    """``--canary``: a share as the config takes it, or the usage error that says why not."""
+    if value:
+        try:
+            parse_canary_share(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
 @main.command()
 @click.option("--instances", default=7, show_default=True, type=click.IntRange(1, 200),
               help="App instances to start and register as `cabify`.")
@@ -336,9 +347,12 @@ def devconsul(listen: str, token: str | None) -> int:
               help="Runtime directory for configs and sockets [default: a new temp dir, removed at exit].")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
               help="Least severe level logged by the daemon and devconsul.")
+@click.option("--canary", "canary_share", default="", metavar="SHARE", callback=_canary_share_option,
+              help="Also start a canary instance of cabify (tag `canary`) that gets SHARE of the requests, e.g. "
+                   "10%, and turn on the X-Canary: always header that reaches it alone (docs/canary.md).")
 @_command
 def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metrics_port: int,
-        workdir: Path | None, log_level: str) -> int:
+        workdir: Path | None, log_level: str, canary_share: str) -> int:
     """Run a local sandbox: Consul API, app instances, HAProxy and the daemon, until Ctrl-C.
 
     Everything listens on 127.0.0.1. Requests to the HAProxy URL spread over the instances; stop an
@@ -353,6 +367,7 @@ def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metri
     sandbox = Sandbox(
         instances=instances, http_port=http_port, consul_port=consul_port, stats_port=stats_port,
         metrics_port=metrics_port, workdir=workdir, haproxy_binary=binary, log_level=log_level,
+        canary_share=canary_share,
     )
     return sandbox.run()
 

@@ -40,6 +40,8 @@ SERVICE = "cabify"
 #: A branch environment, found by its tag and routed by its meta: discovery at work from the first minute.
 BRANCH_SERVICE = "cabify-feature-x"
 BRANCH_HOST = "feature-x.localhost"  # *.localhost resolves to 127.0.0.1 (RFC 6761), so curl reaches it
+CANARY_TAG = "canary"
+CANARY_HEADER = "X-Canary"
 
 
 def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
@@ -106,13 +108,18 @@ class Sandbox:
     workdir: Path | None = None
     haproxy_binary: str = "haproxy"
     log_level: str = "info"
+    canary_share: str = ""  # with a share: one canary instance of cabify gets it (and the canary header)
     apps: list[AppInstance] = field(default_factory=list)
 
     def settings(self, workdir: Path, consul_address: str) -> Settings:
+        service: dict[str, str] = {"name": SERVICE}
+        settings: dict[str, dict[str, str]] = {"log": {"level": self.log_level}}
+        if self.canary_share:
+            service |= {"canary_tag": CANARY_TAG, "canary_share": self.canary_share}
+            settings["haproxy"] = {"canary_header": CANARY_HEADER}
         config = Workdir(
             workdir, consul_address, self.http_port, self.stats_port, self.metrics_port or None,
-            haproxy_binary=self.haproxy_binary, services=({"name": SERVICE},),
-            settings={"log": {"level": self.log_level}},
+            haproxy_binary=self.haproxy_binary, services=(service,), settings=settings,
         ).write()
         return load_settings(config, env={})
 
@@ -164,6 +171,10 @@ class Sandbox:
         branch = AppInstance(f"{BRANCH_SERVICE}-1", free_port(avoid=taken))
         branch.start()
         self.apps.append(branch)
+        canary = AppInstance(f"{SERVICE}-{CANARY_TAG}-1", free_port(avoid=taken)) if self.canary_share else None
+        if canary is not None:
+            canary.start()
+            self.apps.append(canary)
         deadline = time.monotonic() + 10
         for app in self.apps:
             while not _answers(app.port):
@@ -173,6 +184,8 @@ class Sandbox:
             if app is branch:
                 register_instance(consul_url, app, BRANCH_SERVICE, tags=(str(SCHEMA['discovery']['tag'].default),),
                                   meta={"haproxy-sync-host": BRANCH_HOST})
+            elif app is canary:
+                register_instance(consul_url, app, tags=(CANARY_TAG,))
             else:
                 register_instance(consul_url, app)
         time.sleep(0.3)  # devconsul runs each new HTTP check promptly; let the first round land
@@ -214,8 +227,16 @@ class Sandbox:
             f"  curl -s http://{BRANCH_HOST}:{self.http_port}/"
             "        # a branch: found by its tag, routed by its meta host",
             f"  echo 'show servers state' | socat stdio {hap.stats_socket}",
-            "",
         ]
+        if self.canary_share:
+            lines += [
+                f"  for i in $(seq 200); do curl -s http://127.0.0.1:{self.http_port}/; done | sort | uniq -c"
+                f"   # {SERVICE}-{CANARY_TAG}-1 gets {self.canary_share}",
+                f"  curl -s -H '{CANARY_HEADER}: always' http://127.0.0.1:{self.http_port}/"
+                "   # the canary alone",
+                f"  curl -s http://{settings.metrics.listen}/status   # canary_shares: the share in force",
+            ]
+        lines.append("")
         print("\n".join(lines), flush=True)
 
 

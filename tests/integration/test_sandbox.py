@@ -89,3 +89,32 @@ def test_sandbox_refuses_a_busy_port() -> None:
     assert result.returncode == 1
     assert (f"port {port} on 127.0.0.1 is in use; stop what listens there or choose another with --http-port"
             in result.stderr)
+
+
+def test_sandbox_canary_gets_its_share_and_the_header_reaches_it_alone(tmp_path: Path) -> None:
+    http_port, consul_port, stats_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+    out = (tmp_path / "out").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haproxy_sync.cli", "dev", "--instances", "3", "--canary", "10%",
+         "--http-port", str(http_port), "--consul-port", str(consul_port), "--stats-port", str(stats_port),
+         "--metrics-port", str(metrics_port)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        text = wait_until(lambda: "sandbox is up" in (t := (tmp_path / "out").read_text()) and t, 30,
+                          what="the sandbox summary")
+        assert "cabify-canary-1 gets 10%" in text and "X-Canary: always" in text, text
+        url = f"http://127.0.0.1:{http_port}/"
+        wait_until(lambda: http_get(url, headers={"X-Canary": "always"})[1] == "cabify-canary-1\n", 15,
+                   what="the canary in its backend")
+        answers = [http_get(url)[1].strip() for _ in range(400)]
+        share = answers.count("cabify-canary-1") / len(answers)
+        assert share == pytest.approx(0.10, abs=0.03), "10%, not its count share of 1/4"
+        assert {http_get(url, headers={"X-Canary": "always"})[1] for _ in range(20)} == {"cabify-canary-1\n"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        out.close()
