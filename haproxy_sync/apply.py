@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import jinja2
 
-from haproxy_sync import haproxy, master, running_claim, stats_file
+from haproxy_sync import certstore, haproxy, master, running_claim, stats_file
 from haproxy_sync.commands import Command
 from haproxy_sync.config import HAProxySettings, Settings
 from haproxy_sync.plan import BackendSlots, Drift, Running, find_drift
@@ -320,7 +320,8 @@ def check_prepared(settings: Settings, template: jinja2.Template, features: hapr
     with tempfile.TemporaryDirectory(prefix="haproxy-sync-check-") as tmp:
         map_path = Path(tmp) / "routes.map"
         map_path.write_text(prepared.routes)
-        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path))
+        local = dataclasses.replace(settings, haproxy=dataclasses.replace(settings.haproxy, routes_map=map_path),
+                                    tls=certstore.trial_store(settings.tls, Path(tmp) / "certs"))
         path = Path(tmp) / "haproxy.cfg"
         path.write_text(render(prepared.tables, local, template, prepared.routing, features, prepared.rebind_socket))
         haproxy.validate(binary, path)

@@ -337,6 +337,9 @@ def _canary_share_option(_: click.Context, param: click.Parameter, value: str) -
               help="App instances to start and register as `cabify`.")
 @click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               help="Where HAProxy serves the app.")
+@click.option("--https-port", default=8443, show_default=True, type=click.IntRange(0, 65535),
+              help="Where HAProxy serves HTTPS, with a self-signed certificate for localhost and *.localhost "
+                   "made at start (0: no HTTPS).")
 @click.option("--consul-port", default=8500, show_default=True, type=click.IntRange(0, 65535),
               help="Where the embedded Consul API listens (0: any free port).")
 @click.option("--stats-port", default=8404, show_default=True, type=click.IntRange(1, 65535),
@@ -351,7 +354,7 @@ def _canary_share_option(_: click.Context, param: click.Parameter, value: str) -
               help="Also start a canary instance of cabify (tag `canary`) that gets SHARE of the requests, e.g. "
                    "10%, and turn on the X-Canary: always header that reaches it alone (docs/canary.md).")
 @_command
-def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metrics_port: int,
+def dev(instances: int, http_port: int, https_port: int, consul_port: int, stats_port: int, metrics_port: int,
         workdir: Path | None, log_level: str, canary_share: str) -> int:
     """Run a local sandbox: Consul API, app instances, HAProxy and the daemon, until Ctrl-C.
 
@@ -367,7 +370,7 @@ def dev(instances: int, http_port: int, consul_port: int, stats_port: int, metri
     sandbox = Sandbox(
         instances=instances, http_port=http_port, consul_port=consul_port, stats_port=stats_port,
         metrics_port=metrics_port, workdir=workdir, haproxy_binary=binary, log_level=log_level,
-        canary_share=canary_share,
+        canary_share=canary_share, https_port=https_port,
     )
     return sandbox.run()
 

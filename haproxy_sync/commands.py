@@ -29,6 +29,7 @@ class ServerState(enum.Enum):
 
 
 _TOKEN = r"[A-Za-z0-9_.:/*+~-]+"
+_FILE = r"/[A-Za-z0-9._/+-]{0,1023}"  # rules.file_path
 #: Every command haproxy-sync sends, as a pattern over its whole text.
 GRAMMAR = re.compile(
     r"set server [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5} "
@@ -42,9 +43,15 @@ GRAMMAR = re.compile(
     r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}"
     r"(?: [a-z]{1,12}(?: [0-9]{1,9}(?:ms|s|m|h|d|us)?)?)*(?: guid [A-Za-z0-9_.:-]{1,127})? weight [0-9]{1,3} disabled"
     r"|enable health [A-Za-z0-9_.:-]{1,100}/slot[1-9][0-9]{0,5}"
-    r"|show proc|reload|wait -h|dump stats-file",
+    r"|show proc|reload|wait -h|dump stats-file"
+    rf"|(?:new|commit|abort|del|show) ssl cert {_FILE}|show ssl cert"
+    rf"|set ssl cert {_FILE} <<"
+    rf"|(?:add|del) ssl crt-list {_FILE} {_FILE}",
     re.ASCII,
 )
+#: What may follow ``set ssl cert ... <<``: PEM lines only (what cryptography writes), no empty line,
+#: which would end the payload early, and nothing HAProxy's CLI would read as a command.
+_PAYLOAD = re.compile(r"(?:-----(?:BEGIN|END) [A-Z ]{1,30}-----\n|[A-Za-z0-9+/=]{1,76}\n){3,4000}", re.ASCII)
 
 
 class Command(str):
@@ -150,7 +157,53 @@ def show_stat_servers(backend: str) -> Command:
     return Command(f"show stat {rules.name(backend)} 4 -1")
 
 
+class Payload(str):
+    """The PEM text sent after ``set ssl cert ... <<``: matched against the PEM line grammar."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> Payload:
+        if not isinstance(text, str) or not _PAYLOAD.fullmatch(text):
+            raise UnsafeCommand("refused to send a certificate payload that is not PEM lines only")
+        return super().__new__(cls, text)
+
+
+def new_ssl_cert(path: str) -> Command:
+    return Command(f"new ssl cert {rules.file_path(path)}")
+
+
+def set_ssl_cert(path: str, pem: str) -> tuple[Command, Payload]:
+    """A transaction that replaces ``path``'s certificate with ``pem`` (committed by :func:`commit_ssl_cert`)."""
+    return Command(f"set ssl cert {rules.file_path(path)} <<"), Payload(pem if pem.endswith("\n") else pem + "\n")
+
+
+def commit_ssl_cert(path: str) -> Command:
+    return Command(f"commit ssl cert {rules.file_path(path)}")
+
+
+def abort_ssl_cert(path: str) -> Command:
+    return Command(f"abort ssl cert {rules.file_path(path)}")
+
+
+def del_ssl_cert(path: str) -> Command:
+    return Command(f"del ssl cert {rules.file_path(path)}")
+
+
+def show_ssl_cert(path: str) -> Command:
+    return Command(f"show ssl cert {rules.file_path(path)}")
+
+
+def add_ssl_crt_list(crt_list: str, path: str) -> Command:
+    return Command(f"add ssl crt-list {rules.file_path(crt_list)} {rules.file_path(path)}")
+
+
+def del_ssl_crt_list(crt_list: str, path: str) -> Command:
+    return Command(f"del ssl crt-list {rules.file_path(crt_list)} {rules.file_path(path)}")
+
+
 SHOW_PROC = Command("show proc")
+#: The certificates HAProxy holds, one path per line (with a ``*`` before those in a transaction).
+SHOW_SSL_CERTS = Command("show ssl cert")
 #: The counters of every object with a ``guid``, in the format ``stats-file`` loads (HAProxy 3.0).
 DUMP_STATS_FILE = Command("dump stats-file")
 #: ``wait``'s usage: lists ``srv-removable`` on an HAProxy that defines when a server has no

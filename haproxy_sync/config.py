@@ -28,11 +28,14 @@ import psutil
 
 from haproxy_sync import haproxy, rules
 from haproxy_sync.values import (
+    parse_alpn,
     parse_argv,
     parse_basic_auth,
     parse_bind,
     parse_bool,
+    parse_bool_or_inherit,
     parse_canary_share,
+    parse_ciphers,
     parse_consul_address,
     parse_duration,
     parse_enterprise_name,
@@ -57,6 +60,7 @@ from haproxy_sync.values import (
     parse_string,
     parse_tag,
     parse_tag_or_none,
+    parse_tls_version,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/haproxy-sync/config.toml")
@@ -147,6 +151,11 @@ class ServiceSettings:
     canary_share: float = setting(
         parse_canary_share, "10%",
         "Canaries' share of the requests, whatever their number (0% to below 100%); with `canary_tag`.",
+        keeps_default=True,
+    )
+    https_redirect: bool | None = setting(
+        parse_bool_or_inherit, "",
+        "Redirect this service's plain HTTP requests to HTTPS (301); empty: `tls.https_redirect`.",
         keeps_default=True,
     )
     discovered: bool = False  # learned from Consul by tag, not named in the config
@@ -365,6 +374,57 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The HTTPS frontend: certificates from a directory, rotated on the Runtime API (docs/tls.md)."""
+
+    enabled: bool = setting(parse_bool, False, "Serve HTTPS on `tls.bind` (the same routes as HTTP).",
+                            keeps_default=True)
+    cert_dir: Path = setting(
+        parse_path, "/etc/haproxy-sync/certs",
+        "Certificates to serve: one PEM per name (certificate, chain, then key); `default.pem` is the default.",
+        keeps_default=True,
+    )
+    store_dir: Path = setting(
+        parse_haproxy_path, "/etc/haproxy/certs",
+        "Where haproxy-sync writes the validated certificates and the crt-list HAProxy loads (its own directory).",
+        keeps_default=True,
+    )
+    bind: str = setting(parse_bind, "*:443", "Where the HTTPS frontend listens.", keeps_default=True)
+    alpn: str = setting(parse_alpn, "h2,http/1.1", "ALPN protocols offered, in order.", keeps_default=True)
+    min_version: str = setting(parse_tls_version, "TLSv1.2", "Oldest TLS version accepted.", keeps_default=True)
+    ciphers: str = setting(
+        parse_ciphers,
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS 1.2 ciphers (forward secret AEAD only: Mozilla's intermediate set).", keeps_default=True,
+    )
+    ciphersuites: str = setting(
+        parse_ciphers, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+        "TLS 1.3 ciphersuites.", keeps_default=True,
+    )
+    hsts: bool = setting(parse_bool, False, "Send Strict-Transport-Security on HTTPS answers.", keeps_default=True)
+    hsts_max_age: float = setting(parse_duration, "8760h", "HSTS max-age (a year).", keeps_default=True)
+    https_redirect: bool = setting(
+        parse_bool, False,
+        "Redirect plain HTTP requests to HTTPS (301) for every service that does not say otherwise.",
+        keeps_default=True,
+    )
+    expiry_warning: float = setting(
+        parse_duration, "504h",
+        "A certificate expiring within this long is a warning and `haproxy_sync_tls_certificates_expiring`.",
+        keeps_default=True,
+    )
+    check_interval: float = setting(
+        parse_duration, "1m", "How often the certificate directory is read again besides its file watch.",
+        keeps_default=True,
+    )
+
+    @property
+    def crt_list(self) -> Path:
+        return self.store_dir / "crt-list.txt"
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: str = setting(
         parse_listen, "127.0.0.1:9725",
@@ -390,6 +450,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "haproxy": _schema(HAProxySettings),
     "sync": _schema(SyncSettings),
     "metrics": _schema(MetricsSettings),
+    "tls": _schema(TlsSettings),
 }
 SERVICE_SCHEMA: dict[str, Setting] = _schema(ServiceSettings)
 
@@ -413,6 +474,7 @@ class Settings:
     services: tuple[ServiceSettings, ...]
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # usable, but worth an operator's attention (logged at start)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def template_path(self) -> Path:
         return self.haproxy.template or default_template_path()
@@ -584,6 +646,7 @@ def load_settings(
         discovery=DiscoverySettings(**parsed["discovery"]),
         source=source,
         warnings=tuple(warnings),
+        tls=TlsSettings(**parsed["tls"]),
     )
 
 

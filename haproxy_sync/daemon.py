@@ -34,6 +34,7 @@ from haproxy_sync.apply import (
 )
 from haproxy_sync.canary import only_shares_differ, shares_in_force
 from haproxy_sync.catalog import Service, Snapshot
+from haproxy_sync.certstore import CertSync
 from haproxy_sync.config import ConfigError, Settings
 from haproxy_sync.consul import (
     CatalogWatch,
@@ -87,6 +88,8 @@ FIRST_READS_IN_FLIGHT = 32
 STOP_STEP_TIMEOUT = 0.2
 #: Least time between two background writes of haproxy.cfg after runtime changes (disk follows within it).
 PERSIST_INTERVAL = 1.0
+#: After a failed look at the certificates, the next one comes this soon (or at tls.check_interval).
+CERT_RETRY = 10.0
 
 
 class DaemonError(Exception):
@@ -138,8 +141,10 @@ class Daemon:
         self._ready_sent = False
         self._change_fields: dict[str, str] = {}  # service and instance fields of the cycle's change, for its line
         self._ready_without_consul_at: float | None = None  # when a start still waiting for Consul tells READY
+        self._expiry_warned: set[str] = set()  # fingerprints of the certificates whose expiry was logged
         self.writer = BackgroundWriter(self._persist, self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
+        self.certs: CertSync | None = CertSync() if settings.tls.enabled else None  # the HTTPS certificates
 
     # --- signals and updates: set flags, wake the loop ---
 
@@ -207,6 +212,12 @@ class Daemon:
         if self.busy_since is not None:
             self.busy_since = time.monotonic()
 
+    def request_cert_look(self, _: str = "") -> None:
+        """The certificate directory changed (its file watch): look at it at the top of the next cycle."""
+        if self.certs is not None:
+            self.certs.look_soon()
+            self._wake.set()
+
     def request_reload(self, reason: str = "SIGHUP") -> None:
         self._hup = True
         self._reread_reason = reason
@@ -220,6 +231,11 @@ class Daemon:
         check_template(self.settings, self.template, self.applier.features(self.settings))
         for stale in haproxy.remove_stale_temp_files(*haproxy.owned_files(self.settings.haproxy)):
             log.info("removed %s, left by a writer that was killed mid-write", stale)
+        if self.certs is not None:  # the store must hold a certificate before any config naming it is written
+            try:
+                await self._sync_certs(at_start=True)
+            except haproxy.HAProxyError as exc:
+                raise DaemonError(str(exc)) from None
         self._client = make_client(self.settings.consul)
         token_check = asyncio.create_task(check_token(self._client, bool(self.settings.consul.token)),
                                           name="token-check")
@@ -250,6 +266,7 @@ class Daemon:
 
     def _timers(self) -> list[float]:
         timers = [self._retry_at, *self.drains.deadlines(), self.hold_down.due_at, self._reconcile_at,
+                  self.certs.due_at if self.certs is not None else None,
                   self.catalog_guard.due_at, *self.guard.deadlines(), self._ready_without_consul_at]
         return [t for t in timers if t is not None]
 
@@ -265,6 +282,8 @@ class Daemon:
                 if self._hup:
                     self._hup = False
                     self._reread()
+                if self.certs is not None and self.certs.due(time.monotonic()):
+                    await self._sync_certs()
                 missing = self._waiting_for()
                 if missing:
                     if not waiting_logged:
@@ -303,6 +322,39 @@ class Daemon:
                 self._after(Outcome(False, f"unexpected {type(exc).__name__} in this cycle: {str(exc)[:300]}",
                                     stage=FailureStage.UNEXPECTED))
                 log.debug("traceback of the cycle that failed", exc_info=exc)
+
+    async def _sync_certs(self, at_start: bool = False) -> None:
+        """Bring HAProxy's certificates in step with the directory (:mod:`certstore`), on the loop between
+        applies so that a reload never loads a store half written. A failure keeps what HAProxy serves
+        and looks again sooner; at start, a store that cannot hold any certificate is fatal (raised)."""
+        assert self.certs is not None
+        settings = self.settings
+        try:
+            done = await asyncio.to_thread(self.certs.sync, settings, time.time(), self._haproxy_runs())
+        except haproxy.HAProxyError as exc:
+            self.metrics.tls_changes.labels("failed").inc()
+            if at_start and not self.certs.entries:
+                raise
+            self.certs.due_at = time.monotonic() + min(settings.tls.check_interval, CERT_RETRY)
+            log.error("certificates: %s; HAProxy keeps serving the ones it has, next look in %gs", exc,
+                      min(settings.tls.check_interval, CERT_RETRY),
+                      extra=logs.event("tls.failed", path=str(settings.tls.cert_dir), error=str(exc)[:500]))
+            return
+        if done.changed:
+            self.metrics.tls_changes.labels("applied").inc()
+            log.info("%s", done.sentence(), extra=logs.event(
+                "tls.applied", path=str(settings.tls.store_dir), commands=done.added + done.replaced + done.removed))
+        for cert in self.certs.expiring:
+            if cert.fingerprint not in self._expiry_warned:
+                self._expiry_warned.add(cert.fingerprint)
+                days = (cert.not_after - time.time()) / 86400
+                log.warning("certificate %s (%s) expires in %.1f days; renew it (tls.expiry_warning %gh)", cert.name,
+                            ",".join(cert.names[:3]), days, settings.tls.expiry_warning / 3600,
+                            extra=logs.event("tls.expiring", path=str(settings.tls.cert_dir / f"{cert.name}.pem")))
+
+    def _haproxy_runs(self) -> bool:
+        """Whether HAProxy's admin socket is there to be asked (else the store is what it will load)."""
+        return self.settings.haproxy.stats_socket.exists()
 
     async def _ready_without_consul(self, missing: list[str]) -> None:
         """A start that cannot reach Consul, with HAProxy serving the last good config: READY to systemd
@@ -711,6 +763,10 @@ class Daemon:
             stale_after=self.settings.metrics.stale_after,
             haproxy_version=self.applier.features(self.settings).version_text,
             canary_shares=self._canary_shares(),
+            certificates={c.name: (c.not_after, ",".join(c.names)) for c in self.certs.entries.values()}
+            if self.certs is not None else {},
+            certificates_refused=len(self.certs.refused) if self.certs is not None else 0,
+            certificates_expiring=len(self.certs.expiring) if self.certs is not None else 0,
         )
 
     def _canary_shares(self) -> dict[str, float]:
@@ -751,6 +807,12 @@ class Daemon:
             log.warning("%s: [consul] changes take effect on restart; other changes applied now", why)
             settings = dataclasses.replace(settings, consul=self.settings.consul)
         discovery_changed = settings.discovery != self.settings.discovery
+        if settings.tls.enabled and self.certs is None:
+            self.certs = CertSync()  # looks at once, before the apply that renders the HTTPS bind
+        elif not settings.tls.enabled:
+            self.certs = None
+        elif settings.tls != self.settings.tls:
+            self.certs.look_soon()
         weights_only = self._weights_only(settings, template, prepared)
         self.settings, self.template = settings, template
         self.rejections = self.rejections.cleared()  # what HAProxy refused may pass with the new ones

@@ -51,9 +51,35 @@ def watch(
             if touched & watched:
                 loop.call_soon_threadsafe(later)
 
+    return _observe({p.parent for p in resolved}, Handler())
+
+
+def watch_directory(
+    directory: Path, loop: asyncio.AbstractEventLoop, on_edit: Callable[[str], None]
+) -> BaseObserver | None:
+    """Call ``on_edit("directory changed")`` on ``loop`` once a burst of edits in ``directory`` is over
+    (a certificate renewed, added or removed); None when the directory does not exist."""
+    if not directory.is_dir():
+        return None
+    pending: list[asyncio.TimerHandle] = []
+
+    def later() -> None:
+        for handle in pending:
+            handle.cancel()
+        pending[:] = [loop.call_later(SETTLE_SECONDS, on_edit, "directory changed")]
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type in EDIT_EVENTS:
+                loop.call_soon_threadsafe(later)
+
+    return _observe({directory.resolve()}, Handler())
+
+
+def _observe(directories: set[Path], handler: FileSystemEventHandler) -> BaseObserver:
     observer = Observer()
-    for directory in {p.parent for p in resolved}:
-        observer.schedule(Handler(), str(directory), recursive=False)
+    for directory in directories:
+        observer.schedule(handler, str(directory), recursive=False)
     observer.daemon = True
     observer.start()
     return observer

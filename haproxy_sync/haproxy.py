@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from haproxy_sync import commands, rules
-from haproxy_sync.commands import Command
+from haproxy_sync.commands import Command, Payload
 
 
 class HAProxyError(Exception):
@@ -362,6 +362,13 @@ def restore_last_good(path: Path) -> bool:
 MAX_ANSWER_BYTES = 64 << 20
 
 
+def socket_payload(path: Path, command: Command, payload: Payload, timeout: float = 5.0) -> str:
+    """Send one command that ends in ``<<`` and its payload (ended by the empty line HAProxy expects)."""
+    if not (isinstance(command, Command) and command.endswith(" <<") and isinstance(payload, Payload)):
+        raise TypeError("socket_payload sends only a `... <<` Command and a Payload built by haproxy_sync.commands")
+    return _exchange(path, f"{command}\n{payload}\n".encode(), command.verb, timeout)
+
+
 def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: float = 5.0) -> str:
     """Send one command (or several, run in order) to a HAProxy CLI socket and return the whole answer.
 
@@ -371,7 +378,13 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
     batch = command if isinstance(command, tuple) else (command,)
     if not batch or not all(isinstance(c, Command) for c in batch):
         raise TypeError("socket_command sends only Command values built by haproxy_sync.commands")
-    line = "; ".join(batch)
+    if any(c.endswith(" <<") for c in batch):
+        raise TypeError("a command with a payload goes through socket_payload")
+    return _exchange(path, "; ".join(batch).encode() + b"\n", batch[0].verb, timeout)
+
+
+def _exchange(path: Path, request: bytes, verb: str, timeout: float) -> str:
+    """One non-interactive exchange on a CLI socket: ``request`` sent, the whole answer read (bounded)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + timeout  # for the whole exchange: an answer that drips is cut off too
     chunks: list[bytes] = []
@@ -379,7 +392,7 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
     try:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(line.encode() + b"\n")
+        sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)  # non-interactive mode: HAProxy answers, then closes
         while True:
             remaining = deadline - time.monotonic()
@@ -391,7 +404,7 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
                 break
             size += len(chunk)
             if size > MAX_ANSWER_BYTES:
-                raise SocketError(f"HAProxy socket {path} answered {batch[0].verb!r} with more than "
+                raise SocketError(f"HAProxy socket {path} answered {verb!r} with more than "
                                   f"{MAX_ANSWER_BYTES // (1 << 20)} MiB; not read further")
             chunks.append(chunk)
     except FileNotFoundError:
@@ -401,7 +414,7 @@ def socket_command(path: Path, command: Command | tuple[Command, ...], timeout: 
     except PermissionError:
         raise SocketError(f"permission denied on HAProxy socket {path}; check its mode and group") from None
     except TimeoutError:
-        raise SocketError(f"HAProxy socket {path} did not finish answering {batch[0].verb!r} within {timeout:g}s "
+        raise SocketError(f"HAProxy socket {path} did not finish answering {verb!r} within {timeout:g}s "
                           f"({size} bytes came)") from None
     except OSError as exc:
         raise SocketError(f"HAProxy socket {path}: {exc.strerror or exc}") from None

@@ -69,6 +69,9 @@ class StateView:
     stale_after: float = 180.0
     haproxy_version: str = "unknown"  # of the configured binary, asked again when the file changes
     canary_shares: dict[str, float] = field(default_factory=dict)  # backend -> canaries' share by weights
+    certificates: dict[str, tuple[float, str]] = field(default_factory=dict)  # store entry -> (not_after, names)
+    certificates_refused: int = 0
+    certificates_expiring: int = 0
 
     def not_ready(self) -> list[str]:
         reasons = []
@@ -144,6 +147,9 @@ class Metrics:
         self.config_rereads = Counter(
             "haproxy_sync_config_rereads_total", "Re-reads of the settings and template (SIGHUP, an edited file), "
             "by result (applied, rejected).", ["result"], registry=reg)
+        self.tls_changes = Counter(
+            "haproxy_sync_tls_changes_total", "Looks at the certificate directory that changed HAProxy's "
+            "certificates (applied) or failed to (failed).", ["result"], registry=reg)
         self.old_workers = Gauge(
             "haproxy_sync_haproxy_old_workers", "HAProxy workers of older generations still alive.", registry=reg)
         self.last_reload_ok = Gauge(
@@ -174,6 +180,8 @@ class Metrics:
             self.reload_failures.labels(failure.label)
         for result in ("applied", "rejected"):
             self.config_rereads.labels(result)
+        for result in ("applied", "failed"):
+            self.tls_changes.labels(result)
         self.applies.labels(ApplyPath.RUNTIME.label, ApplyPath.RUNTIME.label)
         self.applies.labels(ApplyPath.NONE.label, ApplyPath.NONE.label)
         for kind in ReloadKind:
@@ -253,6 +261,19 @@ class _StateCollector(Collector):
         for backend, share in sorted(state.canary_shares.items()):
             canary.add_metric([backend], share)
         yield from (build, up, index, age, servers, skipped, ready, canary)
+        if not state.certificates:
+            return
+        expiry = GaugeMetricFamily("haproxy_sync_tls_certificate_expiry_timestamp_seconds",
+                                   "When each certificate HAProxy serves expires (POSIX seconds).", labels=["name"])
+        for name, (not_after, _) in sorted(state.certificates.items()):
+            expiry.add_metric([name], not_after)
+        refused = GaugeMetricFamily("haproxy_sync_tls_certificates_refused",
+                                    "Files of tls.cert_dir refused now (the certificate served before stays).")
+        refused.add_metric([], float(state.certificates_refused))
+        expiring = GaugeMetricFamily("haproxy_sync_tls_certificates_expiring",
+                                     "Certificates served that expire within tls.expiry_warning.")
+        expiring.add_metric([], float(state.certificates_expiring))
+        yield from (expiry, refused, expiring)
 
 
 async def start_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:

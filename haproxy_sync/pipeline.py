@@ -27,6 +27,7 @@ import jinja2
 from haproxy_sync import haproxy, isolate, master, rules
 from haproxy_sync.apply import apply_config, read_running, routes_on_disk, write_live
 from haproxy_sync.catalog import Service, Snapshot, parse_health_entries, skipped_summary
+from haproxy_sync.certstore import CertSync
 from haproxy_sync.commands import Command
 from haproxy_sync.config import Settings
 from haproxy_sync.consul import read_routed
@@ -330,6 +331,10 @@ async def run_once(settings: Settings) -> tuple[bool, str]:
     """``run --once``: one read of every service, one apply; (applied, the sentence to log)."""
     template = load_template(settings.template_path())
     check_template(settings, template, haproxy.features(settings.haproxy.binary))
+    if settings.tls.enabled:  # the store first: the config names its crt-list
+        done = await asyncio.to_thread(CertSync().sync, settings, time.time(), settings.haproxy.stats_socket.exists())
+        if done.changed:
+            log.info("%s", done.sentence())
     one = await read_and_prepare(settings, template, haproxy.features(settings.haproxy.binary))
     prepared = one.prepared
     for item in prepared.routing.unrouted:

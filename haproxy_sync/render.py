@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 from haproxy_sync import __version__, rules
-from haproxy_sync.config import ServiceSettings, Settings
+from haproxy_sync.config import ServiceSettings, Settings, TlsSettings
 from haproxy_sync.haproxy import Features
 from haproxy_sync.plan import BackendSlots, Slot
 from haproxy_sync.routing import CanaryBackend, Routing
@@ -72,6 +72,7 @@ class BackendView:
     discovered: bool
     servers: tuple[ServerView, ...]
     canary_of: str = ""  # a canary backend: the backend whose canaries it serves (the canary header's)
+    https_redirect: bool = False  # plain HTTP requests for it are redirected to HTTPS
 
     @property
     def route(self) -> str:
@@ -91,9 +92,10 @@ class BackendView:
 
 def backend_views(
     tables: Mapping[str, BackendSlots], services: tuple[ServiceSettings, ...],
-    canary_backends: tuple[CanaryBackend, ...] = (),
+    canary_backends: tuple[CanaryBackend, ...] = (), tls: TlsSettings | None = None,
 ) -> tuple[BackendView, ...]:
     """The services' backends in order, then the canary backends (routed by the canary header only)."""
+    tls = tls or TlsSettings()
     views = tuple(
         BackendView(
             name=svc.backend,
@@ -104,6 +106,7 @@ def backend_views(
             path=svc.path,
             discovered=svc.discovered,
             servers=tuple(ServerView.of(slot) for slot in tables[svc.backend].slots),
+            https_redirect=tls.enabled and (tls.https_redirect if svc.https_redirect is None else svc.https_redirect),
         )
         for svc in services
     )
@@ -113,6 +116,15 @@ def backend_views(
                             servers=tuple(ServerView.of(slot) for slot in tables[canary.name].slots))
         for canary in canary_backends
     )
+
+
+def tls_view(tls: TlsSettings) -> dict[str, Any]:
+    """The ``[tls]`` settings as a template prints them (paths as text, durations as whole seconds)."""
+    return {
+        "enabled": tls.enabled, "bind": tls.bind, "crt_list": str(tls.crt_list), "alpn": tls.alpn,
+        "min_version": tls.min_version, "ciphers": tls.ciphers, "ciphersuites": tls.ciphersuites,
+        "hsts": tls.hsts, "hsts_max_age": int(tls.hsts_max_age),
+    }
 
 
 def rebind_spelling(path: Path) -> str:
@@ -133,7 +145,8 @@ def template_context(
     return {
         "features": features,
         "stats_file": str(hap.stats_file_path),
-        "backends": backend_views(tables, routing.services, routing.canary_backends),
+        "backends": backend_views(tables, routing.services, routing.canary_backends, settings.tls),
+        "tls": tls_view(settings.tls),
         "routes": routing.routes,
         "routes_map": str(hap.routes_map_path),
         "haproxy": hap,

@@ -8,7 +8,9 @@ service describes its own routing in its instances' service meta:
 * ``haproxy-sync-path``: a path prefix of whole segments (``/api``), on that host or on any host;
 * ``haproxy-sync-balance`` and ``haproxy-sync-health-path``: the backend's algorithm and check path;
 * ``haproxy-sync-canary-share`` (and ``haproxy-sync-canary-tag``, default ``canary``): the share of
-  requests its canary instances get (:mod:`canary`).
+  requests its canary instances get (:mod:`canary`);
+* ``haproxy-sync-https-redirect``: ``true`` or ``false``, whether plain HTTP requests are redirected
+  to HTTPS (default: ``tls.https_redirect``).
 
 Meta is a Consul string like any other: it is validated here, and a service whose meta cannot
 safely become a route is left unrouted with a reason (logged and counted), never half-routed.
@@ -39,6 +41,7 @@ META_BALANCE = "haproxy-sync-balance"
 META_HEALTH_PATH = "haproxy-sync-health-path"
 META_CANARY_SHARE = "haproxy-sync-canary-share"
 META_CANARY_TAG = "haproxy-sync-canary-tag"
+META_HTTPS_REDIRECT = "haproxy-sync-https-redirect"
 DEFAULT_CANARY_TAG = "canary"
 DEFAULT_BALANCE = "roundrobin"
 DEFAULT_HEALTH_PATH = "/health"
@@ -141,10 +144,13 @@ def discovered_settings(service: Service, filter_expression: str = "") -> Servic
     if not values[META_HOST] and not values[META_PATH]:
         raise ValueError(f"no route: set meta {META_HOST} (and optionally {META_PATH})")
     canary_tag, canary_share = _discovered_canary(service)
+    redirect = meta_value(service, META_HTTPS_REDIRECT)
+    if redirect not in ("", "true", "false"):
+        raise ValueError(f"meta {META_HTTPS_REDIRECT}: {redirect[:40]!r} is not true or false")
     return ServiceSettings(
         name=name, backend=name, balance=values[META_BALANCE], health_path=values[META_HEALTH_PATH],
         host=values[META_HOST], path=values[META_PATH], filter=filter_expression, discovered=True,
-        canary_tag=canary_tag, canary_share=canary_share,
+        canary_tag=canary_tag, canary_share=canary_share, https_redirect={"": None, "true": True}.get(redirect, False),
     )
 
 

@@ -286,6 +286,41 @@ def parse_header_name_or_none(value: Any) -> str:
     return str(rules.header_name(value)) if parse_string(value) else ""
 
 
+_ALPN = ("h2", "http/1.1", "http/1.0")
+_CIPHERS = re.compile(r"[A-Za-z0-9_+-]{1,60}(?::[A-Za-z0-9_+-]{1,60}){0,40}", re.ASCII)
+_TLS_VERSIONS = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3"}
+
+
+def parse_alpn(value: Any) -> str:
+    """ALPN protocols, comma-separated, from h2, http/1.1 and http/1.0 (``h2,http/1.1``)."""
+    text = parse_string(value)
+    protocols = text.split(",")
+    unknown = [p for p in protocols if p not in _ALPN]
+    if not text or unknown or len(set(protocols)) != len(protocols):
+        raise ValueError(f"{text!r} is not a comma-separated list of {', '.join(_ALPN)} (each once)")
+    return text
+
+
+def parse_ciphers(value: Any) -> str:
+    """An OpenSSL cipher or TLS 1.3 ciphersuite list: names joined by ``:``."""
+    text = parse_string(value)
+    if not _CIPHERS.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not an OpenSSL cipher list (names of A-Z a-z 0-9 _ + - joined by ':')")
+    return text
+
+
+def parse_tls_version(value: Any) -> str:
+    text = parse_string(value)
+    if text.lower() not in _TLS_VERSIONS:
+        raise ValueError(f"{text!r} is not TLSv1.2 or TLSv1.3")
+    return _TLS_VERSIONS[text.lower()]
+
+
+def parse_bool_or_inherit(value: Any) -> bool | None:
+    """true/false, or "" for the default of the section it refines."""
+    return None if isinstance(value, str) and not value.strip() else parse_bool(value)
+
+
 # The values that reach haproxy.cfg are checked by the one allowlist of their kind (rules.py).
 parse_safe_name = rules.name
 parse_health_path = rules.health_path

@@ -63,6 +63,11 @@ async def serve(daemon: Daemon) -> int:
             if observer is not None:
                 stack.push_async_callback(asyncio.to_thread, observer.join, 2)
                 stack.callback(observer.stop)  # runs first: the exit stack unwinds in reverse
+        if settings.tls.enabled:  # a renewed certificate is applied at once, not at the next tls.check_interval
+            cert_observer = filewatch.watch_directory(settings.tls.cert_dir, loop, daemon.request_cert_look)
+            if cert_observer is not None:
+                stack.push_async_callback(asyncio.to_thread, cert_observer.join, 2)
+                stack.callback(cert_observer.stop)
         return await _run_until_stopped(daemon)
 
 

@@ -39,6 +39,13 @@ ensure_vagrant() {
   fi
 }
 
+ensure_wrk() {
+  # wrk drives HTTPS keep-alive load through certificate rotations (tests/integration/test_https.py).
+  if ! command -v wrk >/dev/null 2>&1; then
+    apt_install wrk
+  fi
+}
+
 ensure_venv() {
   # $1: the extras to install, e.g. "test" or "test,deploy".
   local extras="$1"

@@ -65,3 +65,26 @@ def issue(directory: Path, ca: tuple[Pair, x509.Certificate, ec.EllipticCurvePri
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return _write(directory, stem, builder.sign(ca_key, hashes.SHA256()), key)
+
+
+def bundle(names: list[str], *, days: float = 30, starts_in: float = -300, key: object | None = None,
+           signing_key: object | None = None, common_name: str = "") -> tuple[bytes, str]:
+    """A self-signed server certificate for ``names`` then its key, as one PEM, and its SHA-1 fingerprint
+    (upper-case hex, as HAProxy shows it). ``key`` signs in place of a new EC key (an RSA key of a chosen
+    size); ``signing_key`` is the key written with it (a mismatched one, for a refusal); ``starts_in`` and
+    ``days`` place its validity (seconds from now, days long)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=starts_in)
+    builder = (
+        x509.CertificateBuilder().subject_name(_name(common_name or (names[0] if names else "none")))
+        .issuer_name(_name(common_name or (names[0] if names else "none")))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    written = signing_key or key
+    pem = cert.public_bytes(serialization.Encoding.PEM) + written.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem, cert.fingerprint(hashes.SHA1()).hex().upper()

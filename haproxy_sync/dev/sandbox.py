@@ -28,6 +28,7 @@ from pathlib import Path
 from haproxy_sync import haproxy
 from haproxy_sync.config import SCHEMA, Settings, load_settings
 from haproxy_sync.daemon import Daemon
+from haproxy_sync.dev.certificate import self_signed
 from haproxy_sync.dev.devconsul import DevConsulThread
 from haproxy_sync.dev.ports import bind_problem
 from haproxy_sync.dev.process import HAProxyProcess
@@ -109,14 +110,21 @@ class Sandbox:
     haproxy_binary: str = "haproxy"
     log_level: str = "info"
     canary_share: str = ""  # with a share: one canary instance of cabify gets it (and the canary header)
+    https_port: int = 8443  # 0: no HTTPS
     apps: list[AppInstance] = field(default_factory=list)
 
     def settings(self, workdir: Path, consul_address: str) -> Settings:
         service: dict[str, str] = {"name": SERVICE}
-        settings: dict[str, dict[str, str]] = {"log": {"level": self.log_level}}
+        settings: dict[str, dict[str, object]] = {"log": {"level": self.log_level}}
         if self.canary_share:
             service |= {"canary_tag": CANARY_TAG, "canary_share": self.canary_share}
             settings["haproxy"] = {"canary_header": CANARY_HEADER}
+        if self.https_port:
+            certs = workdir / "certs"
+            certs.mkdir(exist_ok=True)
+            (certs / "default.pem").write_bytes(self_signed())
+            settings["tls"] = {"enabled": True, "cert_dir": str(certs), "store_dir": str(workdir / "store"),
+                               "bind": f"127.0.0.1:{self.https_port}"}
         config = Workdir(
             workdir, consul_address, self.http_port, self.stats_port, self.metrics_port or None,
             haproxy_binary=self.haproxy_binary, services=(service,), settings=settings,
@@ -126,7 +134,8 @@ class Sandbox:
     def run(self) -> int:
         # HAProxy binds with SO_REUSEPORT: a second one on a busy port starts fine and silently shares
         # it with whatever is there. Check first, with a plain bind that fails on a busy port.
-        for flag, port in (("--http-port", self.http_port), ("--stats-port", self.stats_port),
+        for flag, port in (("--http-port", self.http_port), ("--https-port", self.https_port),
+                           ("--stats-port", self.stats_port),
                            ("--consul-port", self.consul_port), ("--metrics-port", self.metrics_port)):
             problem = bind_problem("127.0.0.1", port, flag) if port else None
             if problem:
@@ -163,7 +172,7 @@ class Sandbox:
 
     def _start_apps(self, consul_url: str) -> None:
         # HAProxy binds its ports after the apps start: an app must not take one of them first.
-        taken = frozenset({self.http_port, self.stats_port, self.metrics_port, self.consul_port})
+        taken = frozenset({self.http_port, self.https_port, self.stats_port, self.metrics_port, self.consul_port})
         for number in range(1, self.instances + 1):
             app = AppInstance(f"{SERVICE}-{number}", free_port(avoid=taken))
             app.start()
@@ -209,6 +218,8 @@ class Sandbox:
             "",
             "haproxy-sync sandbox is up (Ctrl-C stops everything):",
             f"  HAProxy        http://127.0.0.1:{self.http_port}/",
+            *([f"  HTTPS          https://localhost:{self.https_port}/   (self-signed for localhost and *.localhost: "
+               f"{settings.tls.cert_dir}/default.pem)"] if self.https_port else []),
             f"  stats          http://{hap.stats_bind}/stats   (Prometheus: http://{hap.stats_bind}/metrics)",
             f"  Consul API     {consul_url}   (CONSUL_HTTP_ADDR={consul_url})",
             f"  haproxy-sync   http://{settings.metrics.listen}/metrics   (/health, /ready, /status)"
@@ -228,6 +239,11 @@ class Sandbox:
             "        # a branch: found by its tag, routed by its meta host",
             f"  echo 'show servers state' | socat stdio {hap.stats_socket}",
         ]
+        if self.https_port:
+            lines += [
+                f"  curl -sk https://localhost:{self.https_port}/   # HTTPS, the same routes",
+                f"  curl -sk https://{BRANCH_HOST}:{self.https_port}/",
+            ]
         if self.canary_share:
             lines += [
                 f"  for i in $(seq 200); do curl -s http://127.0.0.1:{self.http_port}/; done | sort | uniq -c"

@@ -33,7 +33,13 @@ COMMANDS = [
     re.compile(rf"enable health (?P<backend>{_NAME})/slot[1-9][0-9]*"),
     re.compile(rf"set server (?P<backend>{_NAME})/slot[1-9][0-9]*"
                rf" (?:addr {_IP} port [1-9][0-9]{{0,4}}|weight [0-9]{{1,3}}|state (?:ready|maint|drain))"),
+    re.compile(r"show ssl cert"),
+    re.compile(rf"(?:new|commit|abort|del|show) ssl cert (?P<path>{_PATH}\.pem)"),
+    re.compile(rf"set ssl cert (?P<path>{_PATH}\.pem) <<"),
+    re.compile(rf"(?:add|del) ssl crt-list (?P<path>{_PATH}) (?P<cert>{_PATH}\.pem)"),
 ]
+#: The lines of a certificate payload (after ``set ssl cert ... <<``, up to the empty line that ends it).
+PEM_LINE = re.compile(r"-----(?:BEGIN|END) (?:CERTIFICATE|PRIVATE KEY)-----|[A-Za-z0-9+/=]{1,76}")
 
 
 def known_backends(root: Path, record: Path | None = None) -> set[str]:
@@ -59,15 +65,25 @@ def problems(sent: bytes, backends: Iterable[str], root: Path, maps: Iterable[st
     """What in ``sent`` is not a line of one or more grammar commands for this test's own backends and files."""
     known = set(backends)
     known_map_paths = set(maps)
+    # A certificate of the store is known by the crt-list beside it that a written config names.
+    store_dirs = {Path(path).parent for path in known_map_paths if not path.endswith(".map")}
     found: list[str] = []
     if sent and not sent.endswith(b"\n"):
         found.append(f"the last write does not end a line: {sent[-80:]!r}")
+    in_payload = False
     for raw in sent.split(b"\n")[:-1] if sent else []:
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
             found.append(f"not ASCII: {raw[:120]!r}")
             continue
+        if in_payload:
+            if not line:
+                in_payload = False
+            elif not PEM_LINE.fullmatch(line):
+                found.append(f"a certificate payload line that is not PEM: {line[:120]!r}")
+            continue
+        in_payload = line.startswith("set ssl cert ") and line.endswith(" <<")
         if any(ch in line for ch in "\r\0\t#\\\"'") or "  " in line:
             found.append(f"a separator HAProxy's CLI reads: {line[:120]!r}")
             continue
@@ -79,7 +95,10 @@ def problems(sent: bytes, backends: Iterable[str], root: Path, maps: Iterable[st
             backend = match.groupdict().get("backend")
             if backend is not None and backend not in known:
                 found.append(f"backend {backend!r} is in no config of this test: {piece[:120]!r}")
-            path = match.groupdict().get("path")
-            if path is not None and not Path(path).is_relative_to(root) and path not in known_map_paths:
-                found.append(f"map {path!r} is not this test's: {piece[:120]!r}")
+            for key in ("path", "cert"):
+                path = match.groupdict().get(key)
+                if path is None or Path(path).is_relative_to(root) or path in known_map_paths:
+                    continue
+                if not (path.endswith(".pem") and Path(path).parent in store_dirs):
+                    found.append(f"file {path!r} is not this test's: {piece[:120]!r}")
     return found

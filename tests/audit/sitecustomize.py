@@ -5,7 +5,7 @@ The integration tests put this directory on ``PYTHONPATH`` and name a file in
 on a unix stream socket (the admin and the master CLI) is appended to that file as it goes out.
 Nothing is changed on the way: the real socket sends the same bytes. ``tests/audit/grammar.py``
 reads the file after the test. Each config moved into place (``os.replace`` onto a ``*.cfg``) adds
-its backend names to ``<file>.backends`` and its map files to ``<file>.maps``: what HAProxy may have
+its backend names to ``<file>.backends`` and its map files and crt-lists to ``<file>.maps``: what HAProxy may have
 run during the test.
 """
 
@@ -39,7 +39,7 @@ if _AUDIT:
             with open(dst, errors="replace") as handle:
                 text = handle.read()
             names = re.findall(r"^backend (\S+)", text, re.MULTILINE)
-            maps = set(re.findall(r"map_str\(([^),]+)\)", text))
+            maps = set(re.findall(r"map_str\(([^),]+)\)", text)) | set(re.findall(r" crt-list (\S+)", text))
             with open(f"{_AUDIT}.backends", "a") as out:
                 out.write("".join(f"{name}\n" for name in names))
             with open(f"{_AUDIT}.maps", "a") as out:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from haproxy_sync import haproxy
 from tests.helpers import consul_put, free_port, http_get, wait_until
@@ -20,9 +24,11 @@ pytestmark = pytest.mark.skipif(haproxy.find_binary("haproxy") is None, reason="
 
 def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_path: Path) -> None:
     http_port, consul_port, stats_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+    https_port = free_port()
     out = (tmp_path / "out").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "haproxy_sync.cli", "dev", "--instances", "3", "--http-port", str(http_port),
+         "--https-port", str(https_port),
          "--consul-port", str(consul_port), "--stats-port", str(stats_port), "--metrics-port", str(metrics_port)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
@@ -42,6 +48,9 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
         assert answers() == {"cabify-1", "cabify-2", "cabify-3"}
         branch = http_get(f"http://127.0.0.1:{http_port}/", headers={"Host": "feature-x.localhost"})
         assert branch == (200, "cabify-feature-x-1\n"), "the tagged branch service is routed by its host"
+        assert f"https://localhost:{https_port}/" in text
+        assert https_get(https_port, "feature-x.localhost") == (200, "cabify-feature-x-1\n", "localhost"), \
+            "HTTPS routes the same, with the sandbox's own certificate"
         assert http_get(f"http://127.0.0.1:{stats_port}/metrics")[0] == 200
         assert f"http://127.0.0.1:{metrics_port}/metrics" in text
         wait_until(lambda: http_get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200, 10, what="ready")
@@ -74,9 +83,24 @@ def test_sandbox_routes_drops_dead_and_deregistered_instances_and_cleans_up(tmp_
         out.close()
 
 
-def test_sandbox_refuses_a_busy_port() -> None:
-    import socket
+def https_get(port: int, host: str) -> tuple[int, str, str]:
+    """GET / over HTTPS with SNI and Host ``host``: the status, the body, the certificate's CN."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                          server_hostname=host)
+    try:
+        connection.request("GET", "/", headers={"Host": host})
+        response = connection.getresponse()
+        der = connection.sock.getpeercert(binary_form=True)
+        common = x509.load_der_x509_certificate(der).subject.rfc4514_string().removeprefix("CN=")
+        return response.status, response.read().decode(), common
+    finally:
+        connection.close()
 
+
+def test_sandbox_refuses_a_busy_port() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
