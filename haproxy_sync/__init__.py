@@ -14,4 +14,7 @@ Exceptions, by where they start:
       ReloadError      master.py   HAProxy did not confirm a new worker (its ReloadFailure says why)
 """
 
-__version__ = "0.1.0"
+try:
+    from haproxy_sync._version import __version__  # written by setuptools-scm when the package is built
+except ImportError:  # a checkout used without installing it
+    __version__ = "0.0.0+unknown"

@@ -58,11 +58,12 @@ ensure_venv() {
   fi
   local stamp="$VENV/.haproxy-sync-installed"
   local want
-  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras"
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -d' ' -f1) $extras"
   if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
     say "installing haproxy-sync[$extras] into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$extras]"
+    # The runtime dependencies at the versions a release ships (requirements.lock); test tools float.
+    "$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/requirements.lock" -e "$ROOT[$extras]"
     printf '%s\n' "$want" >"$stamp"
   fi
   export PATH="$VENV/bin:$PATH"

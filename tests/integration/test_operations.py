@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import haproxy_sync
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
 from haproxy_sync.reasons import FailureStage, ReloadFailure
@@ -35,7 +36,8 @@ def test_metrics_count_what_the_run_did(stack: Stack) -> None:
     build = [key for key in before if key.startswith("haproxy_sync_build_info{")]
     assert len(build) == 1 and before[build[0]] == 1
     running = ".".join(map(str, haproxy_version()))
-    labels = r'haproxy_version="[0-9.]+",revision="([0-9a-f]{7,}(-dirty)?|unknown)",version="0\.1\.0"'
+    labels = (r'haproxy_version="[0-9.]+",revision="([0-9a-f]{7,}(-dirty)?|unknown)",'
+              rf'version="{re.escape(haproxy_sync.__version__)}"')
     assert re.fullmatch(r"haproxy_sync_build_info\{" + labels + r"\}", build[0]), build[0]
     assert f'haproxy_version="{running}.' in build[0]  # major.minor from the tests' binary, then the patch
     assert before['haproxy_sync_servers{backend="cabify",state="up"}'] == 3
