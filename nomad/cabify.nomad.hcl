@@ -106,6 +106,10 @@ job "cabify" {
   datacenters = var.datacenters
   type        = "service"
 
+  # A new version: one canary first (it gets canary_share through haproxy-sync), then one instance at
+  # a time (max_parallel 1: count - 1 keep serving), each healthy in Consul for min_healthy_time
+  # (10s, two check intervals) within healthy_deadline (2m: pull and start); progress_deadline 5m
+  # bounds the whole rollout, and auto_revert goes back to the last stable version when it fails.
   update {
     max_parallel      = 1
     canary            = 1
@@ -120,6 +124,19 @@ job "cabify" {
 
   group "cabify" {
     count = var.count
+
+    # When a Nomad client is drained (site.yml drains each client before restarting it), its cabify
+    # instances move one at a time: max_parallel 1 keeps count - 1 serving throughout (Nomad's
+    # default, stated); each replacement must pass its Consul check, what haproxy-sync routes by
+    # (health_check "checks"), for min_healthy_time 10s, two check intervals of 5s, so one passing
+    # check right after start is not enough; healthy_deadline 2m, as for an update: an image pull
+    # and a start, after which the replacement counts as unhealthy and the drain goes on.
+    migrate {
+      max_parallel     = 1
+      health_check     = "checks"
+      min_healthy_time = "10s"
+      healthy_deadline = "2m"
+    }
 
     # One instance per client where there are enough clients; never all on one node.
     spread {

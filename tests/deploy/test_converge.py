@@ -192,7 +192,8 @@ def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     assert config["sync"] == {"wait_min": "10ms", "wait_max": "1s", "networks": []}
     assert config["discovery"] == {"hosts": ["*.cabify.internal"]}, "registrants claim branch hosts only"
     assert config["metrics"] == {"listen": "127.0.0.1:9725"}
-    assert config["services"] == [{"name": "cabify", "balance": "roundrobin", "health_path": "/health"}]
+    assert config["services"] == [{"name": "cabify", "balance": "roundrobin", "canary_share": "10%",
+                                   "canary_tag": "canary", "health_path": "/health"}], "the canary follows cabify's"
     assert TOKEN not in path.read_text()
 
 

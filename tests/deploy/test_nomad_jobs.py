@@ -97,3 +97,18 @@ def test_registry_has_its_own_health_check_and_a_pinned_image(registry: dict[str
     image = _variables(registry)["image"]["default"]
     name, _, tag = image.partition(":")
     assert name == "registry" and tag and tag != "latest" and tag.count(".") == 2
+
+
+def test_cabify_moves_off_a_draining_client_one_healthy_instance_at_a_time(cabify: dict[str, Any]) -> None:
+    """site.yml drains each Nomad client before its restart: the group's migrate block decides how."""
+    job = hcl_block(cabify["job"], "cabify")
+    group = hcl_block(job["group"], "cabify")
+    migrate = group["migrate"][0]
+    update = job["update"][0]
+    assert migrate["max_parallel"] == 1, "count - 1 instances keep serving while one moves"
+    assert migrate["health_check"] == "checks", "healthy as haproxy-sync sees it: the Consul check passing"
+    check = group["service"][0]["check"][0]
+    interval = int(check["interval"].rstrip("s"))
+    assert int(migrate["min_healthy_time"].rstrip("s")) >= 2 * interval, "more than one check must pass"
+    assert (migrate["min_healthy_time"], migrate["healthy_deadline"]) == (update["min_healthy_time"],
+                                                                           update["healthy_deadline"])
