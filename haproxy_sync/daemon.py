@@ -265,9 +265,12 @@ class Daemon:
         return 0
 
     def _timers(self) -> list[float]:
+        # READY without Consul is owed only until the first apply: once Consul answered, that deadline
+        # would stay in the past and wake the loop at once, every cycle (a busy loop, seen in bench/).
+        ready_without_consul = self._ready_without_consul_at if self.applied is None else None
         timers = [self._retry_at, *self.drains.deadlines(), self.hold_down.due_at, self._reconcile_at,
                   self.certs.due_at if self.certs is not None else None,
-                  self.catalog_guard.due_at, *self.guard.deadlines(), self._ready_without_consul_at]
+                  self.catalog_guard.due_at, *self.guard.deadlines(), ready_without_consul]
         return [t for t in timers if t is not None]
 
     async def _loop(self) -> None:
@@ -285,6 +288,8 @@ class Daemon:
                 if self.certs is not None and self.certs.due(time.monotonic()):
                     await self._sync_certs()
                 missing = self._waiting_for()
+                if not missing:
+                    self._ready_without_consul_at = None  # Consul answered: READY comes with the first apply
                 if missing:
                     if not waiting_logged:
                         log.info("waiting for a first good read from Consul of services=%s",
