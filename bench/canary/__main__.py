@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.common import RESULTS
 from bench.common.process import StackError, interrupt_on
-from bench.common.report import code_identity, first_line, shown
+from bench.common.report import code_identity, shown
+from bench.common.under_test import resolve_binaries, run_per_binary, short_version, version_line
 from haproxy_sync.values import parse_canary_share
 
 from .report import table, write_outputs
@@ -88,18 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("keep it bounded: --requests between 100 and 1000000")
     if not 1 <= args.change_timeout <= 600 or not 1 <= args.start_timeout <= 600:
         parser.error("keep it bounded: --change-timeout and --start-timeout 1-600 s")
-    args.haproxy = args.haproxy or [DEFAULT_HAPROXY]
-    for binary in args.haproxy:
-        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-            parser.error(f"--haproxy {binary}: not an executable file")
-    args.haproxy = [str(Path(b).resolve()) for b in args.haproxy]
+    args.haproxy = resolve_binaries(parser, args.haproxy, DEFAULT_HAPROXY)
     args.out = args.out.resolve()
     return args
-
-
-def short_version(line: str) -> str:
-    match = re.search(r"version (\S+)", line)
-    return match.group(1) if match else line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     # Both as KeyboardInterrupt, so the finally blocks stop every process; SIGINT explicitly too,
     # because a shell starts background jobs with SIGINT ignored.
     interrupt_on(signal.SIGTERM, signal.SIGINT)
-    versions = {binary: first_line([binary, "-v"]) for binary in args.haproxy}
-    if bad := [b for b, line in versions.items() if "HAProxy" not in line]:
-        say(f"not HAProxy (by its -v): {', '.join(bad)}")
+    try:
+        versions = {binary: version_line(binary) for binary in args.haproxy}
+    except StackError as exc:
+        say(str(exc))
         return 1
     params = Params(shares=tuple(args.shares), requests=args.requests, change_timeout=args.change_timeout,
                     start_timeout=args.start_timeout)
@@ -118,18 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{THREE_CANARIES_SHARE}, promoted; {args.requests:,} requests a row on "
         + ", ".join(short_version(v) for v in versions.values()))
     workroot = Path(tempfile.mkdtemp(prefix="haproxy-sync-canary-"))
-    runs: list[dict[str, Any]] = []
     try:
-        for index, (binary, line) in enumerate(versions.items()):
-            version = short_version(line)
-            say(f"HAProxy {version} ({binary}):")
-            entry: dict[str, Any] = {"haproxy": binary, "version": version}
-            try:
-                entry.update(run(binary, workroot / f"{index}-{version}", params, say))
-            except StackError as exc:  # the stack did not come up: a run with an error, not the end of the others
-                entry.update(rows=[], error=str(exc)[:500])
-                say(f"  cannot run: {entry['error']}")
-            runs.append(entry)
+        runs = run_per_binary(versions, workroot, say, lambda binary, workdir: run(binary, workdir, params, say),
+                              {"rows": []})
     except KeyboardInterrupt:
         say("interrupted: every process started was stopped; no results written")
         return 130

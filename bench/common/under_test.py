@@ -7,11 +7,15 @@ by that Workdir writes the file this HAProxy runs and talks to its sockets.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
+import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -29,6 +33,56 @@ def haproxy_binary() -> str:
     if binary is None:
         raise StackError("HAProxy is not installed (apt-get install haproxy)")
     return binary
+
+
+def resolve_binaries(parser: argparse.ArgumentParser, given: list[str] | None, default: str) -> list[str]:
+    """``--haproxy`` (repeatable) as absolute paths of executables, ``default`` when none is given; a usage
+    error (exit 2) names the one that is not an executable file."""
+    binaries = given or [default]
+    for binary in binaries:
+        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            parser.error(f"--haproxy {binary}: not an executable file")
+    return [str(Path(b).resolve()) for b in binaries]
+
+
+def version_line(binary: str) -> str:
+    """The first line of ``haproxy -v``: the report names the exact build measured."""
+    try:
+        result = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"{binary} -v: {exc}") from None
+    first = (result.stdout or result.stderr).strip().splitlines()
+    if result.returncode != 0 or not first or "HAProxy" not in first[0]:
+        raise StackError(f"{binary} -v is no HAProxy's answer (exit {result.returncode}): "
+                         f"{(result.stdout + result.stderr).strip()[:200]!r}")
+    return first[0]
+
+
+def short_version(line: str) -> str:
+    """``3.0.11-9e587df`` from a ``haproxy -v`` line."""
+    match = re.search(r"version (\S+)", line)
+    return match.group(1) if match else line
+
+
+def run_per_binary(
+    versions: dict[str, str], workroot: Path, say: Callable[[str], None],
+    run: Callable[[str, Path], dict[str, Any]], empty: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """``run(binary, workdir)`` for each HAProxy binary (``versions``: binary -> its -v line), each in a
+    directory of its own under ``workroot``; a stack that does not come up (StackError) is an entry with
+    ``empty`` and the error, not the end of the others."""
+    runs = []
+    for index, (binary, line) in enumerate(versions.items()):
+        version = short_version(line)
+        say(f"HAProxy {version} ({binary}):")
+        entry: dict[str, Any] = {"haproxy": binary, "version": version}
+        try:
+            entry.update(run(binary, workroot / f"{index}-{version}"))
+        except StackError as exc:
+            entry.update(empty, error=str(exc)[:500])
+            say(f"  cannot run: {entry['error']}")
+        runs.append(entry)
+    return runs
 
 
 def use_haproxy(binary: str | None) -> None:

@@ -22,8 +22,9 @@ from bench.common import RESULTS
 from bench.common.backends import BackendPool
 from bench.common.process import StackError, interrupt_on
 from bench.common.report import code_identity, shown
+from bench.common.under_test import resolve_binaries, short_version, version_line
 
-from .edge import QUERIES, Params, measure, short_version, version_line
+from .edge import QUERIES, Params, measure
 from .report import table, write_outputs
 
 DEFAULT_SIZES = (100, 1000)
@@ -87,11 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("keep it bounded: 1-50 instances, --settle 0-120 s, --scrapes 1-20")
     if not 1 <= args.start_timeout <= 600 or not 1 <= args.scrape_timeout <= 600:
         parser.error("keep it bounded: --start-timeout and --scrape-timeout 1-600 s")
-    args.haproxy = args.haproxy or [DEFAULT_HAPROXY]
-    for binary in args.haproxy:
-        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-            parser.error(f"--haproxy {binary}: not an executable file")
-    args.haproxy = [str(Path(b).resolve()) for b in args.haproxy]
+    args.haproxy = resolve_binaries(parser, args.haproxy, DEFAULT_HAPROXY)
     args.out = args.out.resolve()
     return args
 

@@ -22,7 +22,6 @@ import dataclasses
 import http.client
 import re
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -45,24 +44,6 @@ from haproxy_sync.render import load_template
 QUERIES = ("", "?no-maint", "?no-maint=")
 NODE = "edge-bench"
 SERVER_LABELS = re.compile(rb'proxy="([^"]*)",server="([^"]*)"')
-
-
-def version_line(binary: str) -> str:
-    """The first line of ``haproxy -v``: the report names the exact build measured."""
-    try:
-        result = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StackError(f"{binary} -v: {exc}") from None
-    first = (result.stdout or result.stderr).strip().splitlines()
-    if result.returncode != 0 or not first or "HAProxy" not in first[0]:
-        raise StackError(f"{binary} -v is no HAProxy's answer (exit {result.returncode}): "
-                         f"{(result.stdout + result.stderr).strip()[:200]!r}")
-    return first[0]
-
-
-def short_version(line: str) -> str:
-    match = re.search(r"version (\S+)", line)
-    return match.group(1) if match else line
 
 
 FD_ALERT = "Cannot raise FD limit"

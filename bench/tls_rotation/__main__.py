@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -16,12 +15,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.common import RESULTS
 from bench.common.process import StackError, interrupt_on
 from bench.common.report import code_identity, first_line, shown
 from bench.common.syncers import parse_setting
+from bench.common.under_test import resolve_binaries, run_per_binary, short_version, version_line
 
 from .load import wrk_binary
 from .pem import DAYS, NAMES
@@ -113,18 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("keep it bounded: --wrk-timeout 0.1-60 s, --warmup and --tail 0-60 s")
     if not 0.5 <= args.serve_timeout <= 120 or not 1 <= args.start_timeout <= 600:
         parser.error("keep it bounded: --serve-timeout 0.5-120 s, --start-timeout 1-600 s")
-    args.haproxy = args.haproxy or [DEFAULT_HAPROXY]
-    for binary in args.haproxy:
-        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-            parser.error(f"--haproxy {binary}: not an executable file")
-    args.haproxy = [str(Path(b).resolve()) for b in args.haproxy]
+    args.haproxy = resolve_binaries(parser, args.haproxy, DEFAULT_HAPROXY)
     args.out = args.out.resolve()
     return args
-
-
-def short_version(line: str) -> str:
-    match = re.search(r"version (\S+)", line)
-    return match.group(1) if match else line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as exc:
         say(str(exc))
         return 1
-    versions = {binary: first_line([binary, "-v"]) for binary in args.haproxy}
-    if bad := [b for b, line in versions.items() if "HAProxy" not in line]:
-        say(f"not HAProxy (by its -v): {', '.join(bad)}")
+    try:
+        versions = {binary: version_line(binary) for binary in args.haproxy}
+    except StackError as exc:
+        say(str(exc))
         return 1
     params = Params(rotations=args.rotations, interval=args.interval, threads=args.threads,
                     connections=args.connections, wrk_timeout=args.wrk_timeout, warmup=args.warmup, tail=args.tail,
@@ -149,18 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"tls rotation: modes {','.join(args.modes)}, {args.rotations} rotations {args.interval:g} s apart under "
         f"wrk -t{args.threads} -c{args.connections}, on " + ", ".join(short_version(v) for v in versions.values()))
     workroot = Path(tempfile.mkdtemp(prefix="haproxy-sync-tls-rotation-"))
-    runs: list[dict[str, Any]] = []
     try:
-        for index, (binary, line) in enumerate(versions.items()):
-            version = short_version(line)
-            say(f"HAProxy {version} ({binary}):")
-            entry: dict[str, Any] = {"haproxy": binary, "version": version}
-            try:
-                entry.update(run(binary, workroot / f"{index}-{version}", params, say))
-            except StackError as exc:  # the backends did not come up: a run with an error, not the end of the others
-                entry.update(modes=[], error=str(exc)[:500])
-                say(f"  cannot run: {entry['error']}")
-            runs.append(entry)
+        runs = run_per_binary(versions, workroot, say, lambda binary, workdir: run(binary, workdir, params, say),
+                              {"modes": []})
     except KeyboardInterrupt:
         say("interrupted: every process started was stopped; no results written")
         return 130
