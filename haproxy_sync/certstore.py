@@ -183,6 +183,7 @@ class Applied:
     replaced: int = 0
     removed: int = 0
     runtime: bool = False  # the changes went through the Runtime API (else: written for the next reload)
+    newly_expiring: tuple[Certificate, ...] = ()  # served, within tls.expiry_warning, not told before
 
     @property
     def changed(self) -> bool:
@@ -201,6 +202,7 @@ class CertSync:
         self.refused: dict[str, str] = {}  # file name -> why, as last logged
         self.due_at: float | None = 0.0  # at start: at once
         self.expiring: list[Certificate] = []
+        self._told_expiring: set[str] = set()  # fingerprints whose expiry was reported once already
 
     def look_soon(self) -> None:
         self.due_at = 0.0
@@ -240,8 +242,10 @@ class CertSync:
             write_store(tls, wanted, settings.haproxy.group)
         self.entries = dict(wanted)
         self.expiring = certs.expiring(self.entries, now, tls.expiry_warning)
+        newly = tuple(c for c in self.expiring if c.fingerprint not in self._told_expiring)
+        self._told_expiring.update(c.fingerprint for c in newly)
         kinds = [step.kind for step in plan]
-        return Applied(kinds.count("add"), kinds.count("replace"), kinds.count("remove"), served is not None)
+        return Applied(kinds.count("add"), kinds.count("replace"), kinds.count("remove"), served is not None, newly)
 
     def _log_refusals(self, tls: TlsSettings, directory: Directory) -> None:
         for file_name, why in sorted(directory.refused.items()):

@@ -73,7 +73,7 @@ from haproxy_sync.plan import (
 )
 from haproxy_sync.reasons import ApplyPath, FailureStage, ReloadFailure, ReloadKind, ReloadReason, SkipKind
 from haproxy_sync.reconcile import Finding, read_back_after_reload, reconcile
-from haproxy_sync.render import TemplateError, load_template
+from haproxy_sync.render import TemplateError, load_template, render
 from haproxy_sync.reservations import RouteMemory
 from haproxy_sync.routing import Routing
 from haproxy_sync.second_look import reread_catalog, reread_held
@@ -141,7 +141,6 @@ class Daemon:
         self._ready_sent = False
         self._change_fields: dict[str, str] = {}  # service and instance fields of the cycle's change, for its line
         self._ready_without_consul_at: float | None = None  # when a start still waiting for Consul tells READY
-        self._expiry_warned: set[str] = set()  # fingerprints of the certificates whose expiry was logged
         self.writer = BackgroundWriter(self._persist, self._persist_failed,
                                        (haproxy.HAProxyError,), PERSIST_INTERVAL)
         self.certs: CertSync | None = CertSync() if settings.tls.enabled else None  # the HTTPS certificates
@@ -349,13 +348,11 @@ class Daemon:
             self.metrics.tls_changes.labels("applied").inc()
             log.info("%s", done.sentence(), extra=logs.event(
                 "tls.applied", path=str(settings.tls.store_dir), commands=done.added + done.replaced + done.removed))
-        for cert in self.certs.expiring:
-            if cert.fingerprint not in self._expiry_warned:
-                self._expiry_warned.add(cert.fingerprint)
-                days = (cert.not_after - time.time()) / 86400
-                log.warning("certificate %s (%s) expires in %.1f days; renew it (tls.expiry_warning %gh)", cert.name,
-                            ",".join(cert.names[:3]), days, settings.tls.expiry_warning / 3600,
-                            extra=logs.event("tls.expiring", path=str(settings.tls.cert_dir / f"{cert.name}.pem")))
+        for cert in done.newly_expiring:
+            days = (cert.not_after - time.time()) / 86400
+            log.warning("certificate %s (%s) expires in %.1f days; renew it (tls.expiry_warning %gh)", cert.name,
+                        ",".join(cert.names[:3]), days, settings.tls.expiry_warning / 3600,
+                        extra=logs.event("tls.expiring", path=str(settings.tls.cert_dir / f"{cert.name}.pem")))
 
     def _haproxy_runs(self) -> bool:
         """Whether HAProxy's admin socket is there to be asked (else the store is what it will load)."""
@@ -818,7 +815,7 @@ class Daemon:
             self.certs = None
         elif settings.tls != self.settings.tls:
             self.certs.look_soon()
-        weights_only = self._weights_only(settings, template, prepared)
+        weights_only = self._weights_only(settings, features, prepared)
         self.settings, self.template = settings, template
         self.rejections = self.rejections.cleared()  # what HAProxy refused may pass with the new ones
         if discovery_changed:
@@ -830,18 +827,17 @@ class Daemon:
                  "; only canary shares changed: weights, no reload" if weights_only else "",
                  extra=logs.event("config.reread", reason=why))
 
-    def _weights_only(self, settings: Settings, template: jinja2.Template, prepared: Prepared) -> bool:
-        """Whether the re-read ``settings`` and ``template`` change only canary shares: the old template
-        renders the new settings byte for byte as the new one does, and no other setting moved."""
+    def _weights_only(self, settings: Settings, features: haproxy.Features, prepared: Prepared) -> bool:
+        """Whether the re-read ``settings`` and template change only canary shares: the old template
+        renders the new settings' tables byte for byte as the new one does, and no other setting moved."""
         if self.template is None or not only_shares_differ(self.settings, settings):
             return False
-        observed = self._observe(settings)
         try:
-            before = prepare(settings, self.template, self.applier.features(settings), observed.routing,
-                             observed.snapshot, self.tables)
+            before = render(prepared.tables, settings, self.template, prepared.routing, features,
+                            prepared.rebind_socket)
         except TemplateError:
             return False
-        return before.text == prepared.text
+        return before == prepared.text
 
     def _start_catalog(self) -> None:
         """(Re)start the watch of tagged services, or stop it when discovery is off."""
