@@ -13,7 +13,7 @@ import pytest
 
 from haproxy_sync import haproxy
 from haproxy_sync.dev.devconsul import DevConsulThread
-from tests.helpers import App
+from tests.helpers import App, devconsul
 
 # The HAProxy binary the tests run: `--haproxy PATH` wins over $HAPROXY_SYNC_TEST_HAPROXY; with neither,
 # the distribution's haproxy, found as the product finds it (haproxy.find_binary("haproxy")).
@@ -111,18 +111,9 @@ def haproxy_binary() -> str:
 
 @pytest.fixture
 def consul() -> Iterator[DevConsulThread]:
-    """A devconsul of this test's own, on a free port, over real HTTP.
-
-    With Consul's check_update_interval = 0: every check result reaches the catalog at once, output-only
-    ones included, so check output noise moves the index as often as it can (the harshest Consul for a
-    client that must not render on it). devconsul's default is Consul's 5m, which defers those.
-    """
-    server = DevConsulThread(port=0, check_update_interval=0)
-    server.start()
-    try:
+    """A devconsul of this test's own (:func:`tests.helpers.devconsul`)."""
+    with devconsul() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import jinja2
 from haproxy_sync import haproxy, logs, master
 from haproxy_sync.catalog import Service
 from haproxy_sync.config import Settings
+from haproxy_sync.dev.devconsul import DevConsulThread
 from haproxy_sync.dev.process import HAProxyProcess
 from haproxy_sync.dev.workdir import Workdir, WorkdirPaths, merged, parse_sections
 from haproxy_sync.pipeline import Prepared, observe, prepare
@@ -350,3 +351,19 @@ _TRAILING_FIELDS = re.compile(rf'(?: (?:{_FIELD_NAMES})=(?:"(?:[^"\\]|\\.)*"|\S+
 def sentence(line: str) -> str:
     """A text log line's sentence without the ``key=value`` fields the formatter appends after it."""
     return _TRAILING_FIELDS.sub("", line)
+
+
+@contextlib.contextmanager
+def devconsul() -> Iterator[DevConsulThread]:
+    """A devconsul of its own, on a free port, over real HTTP, stopped on the way out.
+
+    With Consul's check_update_interval = 0: every check result reaches the catalog at once, output-only
+    ones included, so check output noise moves the index as often as it can (the harshest Consul for a
+    client that must not render on it). devconsul's default is Consul's 5m, which defers those.
+    """
+    server = DevConsulThread(port=0, check_update_interval=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,14 +6,12 @@ asks for is done as the unit would (stop, start the link's binary), and HAProxy'
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from haproxy_sync import haproxy, master
-from haproxy_sync.dev.devconsul import DevConsulThread
 from haproxy_sync.dev.process import HAProxyProcess
-from tests.helpers import App, free_port, http_get, register, wait_until
+from tests.helpers import App, devconsul, free_port, http_get, register, wait_until
 
 from .conftest import REPO, run, tail
 from .test_converge import _changed_tasks, _playbook, _recap
@@ -78,7 +75,7 @@ def upgrade(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str, str
     sockets["admin"].parent.mkdir(parents=True)
     runs, restarts = {}, {}
     with ExitStack() as stack:
-        consul = stack.enter_context(_devconsul())
+        consul = stack.enter_context(devconsul())
         app = App("cabify-1")
         stack.callback(app.stop)
         register(consul.url, app)
@@ -114,16 +111,6 @@ def upgrade(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str, str
                 restarts[step] = (daemon.version(), *before, *_worker(sockets["master"]))
         serving = {http_get(f"http://127.0.0.1:{http}/")[1].strip() for _ in range(3)}
     return Upgrade(root / "opt/haproxy-sync", runs, restarts, serving)
-
-
-@contextlib.contextmanager
-def _devconsul() -> Iterator[DevConsulThread]:
-    server = DevConsulThread(port=0, check_update_interval=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _worker(master_socket: Path) -> tuple[int, int]:
