@@ -246,8 +246,11 @@ def routing_for(
     # and a registrant could take paths on a host someone else holds.
     bare = {route.host for route in routes if route.host and not route.path}
     routes += [Route(host, "", kept[0].backend) for host in sorted({r.host for r in routes if r.host} - bare)]
-    canary_backends = tuple(CanaryBackend(s.backend, s.name, s.canary_tag) for s in kept
-                            if s.canary_tag and settings.haproxy.canary_header)
+    # A backend name near the length limit has no room for the suffix: such a backend gets no canary
+    # backend (its canaries still get their share), never a name every command to it would refuse.
+    canary_backends = tuple(c for c in (CanaryBackend(s.backend, s.name, s.canary_tag) for s in kept
+                                        if s.canary_tag and settings.haproxy.canary_header)
+                            if rules.is_name(c.name))
     return Routing(tuple(kept), tuple(sorted(routes)), tuple(sorted(unrouted, key=lambda u: u.service)),
                    canary_backends)
 

@@ -249,3 +249,16 @@ def test_canary_backends_exist_only_with_the_header_on(tmp_path: Path) -> None:
     on = routing('[haproxy]\ncanary_header = "X-Canary"\n')
     assert on.backends == (("cabify", "cabify"), ("cabify:canary", "cabify"))
     assert on.canaries_only == {"cabify:canary": "canary"}
+
+
+def test_a_name_with_no_room_for_the_canary_suffix_gets_no_canary_backend(tmp_path: Path) -> None:
+    """A registrant's 95-character name plus ":canary" is past the 100 of a name: a backend of that name
+    would make every Runtime API command to it refused, so it is not made (the share still applies)."""
+    path = tmp_path / "config.toml"
+    path.write_text('[haproxy]\ncanary_header = "X-Canary"\n[[services]]\nname = "cabify"\n')
+    long_name = "s" * 95
+    svc = service(long_name, {"haproxy-sync-host": "long.test", "haproxy-sync-canary-share": "10%"})
+    routing = routing_for(load_settings(path, env={}), {long_name: svc}, {long_name})
+    assert [s.name for s in routing.services] == ["cabify", long_name]
+    assert routing.canaries == {long_name: CanaryPolicy("canary", 0.10)}
+    assert routing.canary_backends == ()
