@@ -323,6 +323,10 @@ class HAProxySettings:
 class SyncSettings:
     wait_min: float = setting(parse_duration, "10ms", "Quiet time after a change before applying (resets per change).")
     wait_max: float = setting(parse_duration, "1s", "Longest a change waits for quiet before it is applied.")
+    first_change_at_once: bool = setting(
+        parse_bool, True,
+        "A change after `wait_min` without changes is applied at once; the ones that follow it within `wait_min` fold.",
+    )
     slots: int = setting(
         parse_int_range(1, 10_000), 8,
         "Server slots made per backend; doubled (add server) when full.",

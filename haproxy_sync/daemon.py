@@ -32,6 +32,7 @@ from haproxy_sync.apply import (
     Applier,
     HAProxyApplier,
 )
+from haproxy_sync.bursts import Bursts
 from haproxy_sync.canary import only_shares_differ, shares_in_force
 from haproxy_sync.catalog import Service, Snapshot
 from haproxy_sync.certstore import CertSync
@@ -117,6 +118,7 @@ class Daemon:
         self.stopping = asyncio.Event()  # set by request_stop: wiring.serve bounds how long a stop takes
         self.busy_since: float | None = None  # when the loop woke for the step it is in; None while it waits
         self._changed = False
+        self.bursts = Bursts()  # whether the pending change opens a burst (applied at once) or joins one
         self._stop = False
         self._hup = False
         self._reread_reason = "SIGHUP"
@@ -151,6 +153,7 @@ class Daemon:
         self.latest[update.service.name] = update.service
         if self._first_unapplied is None:
             self._first_unapplied = update.seen_at
+        self.bursts.seen(update.seen_at, self.settings.sync.wait_min)
         self._changed = True
         self._wake.set()
 
@@ -166,6 +169,7 @@ class Daemon:
             self._sync_watches()
         if self._first_unapplied is None:
             self._first_unapplied = seen_at
+        self.bursts.seen(seen_at, self.settings.sync.wait_min)
         self._changed = True
         self._wake.set()
 
@@ -311,11 +315,12 @@ class Daemon:
                     t <= now for t in (self._retry_at, self.hold_down.due_at) if t is not None)
                 if not (self._changed or timer_due):
                     continue
-                if self._changed:
+                if self._changed and not (self.settings.sync.first_change_at_once and self.bursts.opens):
                     await self._settle()
                     if self._stop:
                         break
                 self._changed = False
+                self.bursts.taken()
                 self._retry_at = None
                 started = time.monotonic()
                 outcome = await self._apply_once()

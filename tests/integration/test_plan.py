@@ -36,7 +36,7 @@ def test_render_plan_prints_the_decision_the_daemon_then_takes(tmp_path: Path, c
     window = f"{WINDOW:g}s"
     with ExitStack() as exits:
         stack = Stack(tmp_path, consul, make_apps(2), exits, quiescence=(window, window),
-                      extra='drain_timeout = "0s"\nreload_min_interval = "0s"\n')
+                      extra='drain_timeout = "0s"\nreload_min_interval = "0s"\nfirst_change_at_once = false\n')
 
         newcomer = make_apps(1, prefix="more")[0]
         plan, applied = plan_then_apply(stack, lambda: register(consul.url, newcomer),
