@@ -92,6 +92,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              indirect=True)
 
 
+#: How much of a failed test's daemon log its report carries: the lines that say why, not the whole run.
+DAEMON_LOG_TAIL = 60
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test that ran a daemon (``<tmp_path>/**/daemon.log``) shows that log's last lines in its
+    report: a clean-clone CI run keeps only its output, and a race is then read off what the daemon did."""
+    report: pytest.TestReport = yield
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(tmp_path, Path) and tmp_path.is_dir():
+        for log in sorted(tmp_path.rglob("daemon*.log"))[:3]:
+            lines = log.read_text(errors="replace").splitlines()[-DAEMON_LOG_TAIL:]
+            report.sections.append((f"{log.relative_to(tmp_path)} (last {len(lines)} lines)", "\n".join(lines)))
+    return report
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     binary = haproxy.find_binary("haproxy")
     if binary is None:
