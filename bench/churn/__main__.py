@@ -86,8 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=24, help="backend instances available to the churn [24]")
     parser.add_argument("--initial", type=int, default=10, help="instances registered before the churn [10]")
     parser.add_argument("--seed", type=int, default=42, help="seed of the change sequence and streams [42]")
-    parser.add_argument("--poll-ms", type=float, default=5.0,
-                        help="how often `show servers state` is read to time convergence [5]")
+    parser.add_argument("--poll-ms", type=float, default=1.0,
+                        help="how often `show servers state` is read to time convergence: the resolution of every "
+                        "convergence figure, kept well under the limit it is compared with [1]")
     add_syncer_arguments(parser, " in both of its modes", "the mode")
     parser.add_argument("--keep", action="store_true", help="keep the work directories (logs, configs) for a look")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,

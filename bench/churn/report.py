@@ -42,6 +42,8 @@ from .runner import ModeRun, Params
 MODE_COLORS = {"consul-template": "tab:red", "reload": "tab:orange", "runtime": "tab:green"}
 THROUGHPUT_TARGET = 0.95  # issue #4: the Runtime API mode keeps at least 95% of the no-churn throughput
 TARGET_MODE = "runtime"
+LIMIT_RATIO_TARGET = 2.0  # issue #19: Runtime API convergence p50 within 2x the limit measured in the same run
+P99_TARGET_MS = 25.0  # issue #19: and its p99 within 25 ms
 #: CPU roles in table order (see observe.ProcessSampler): the processes of the run, then "other" (derived: the
 #: machine's busy time not charged to any of them), "machine" (every CPU's busy time) and "steal" (the hypervisor's).
 PROCESS_ROLES = ("loadgen", "haproxy", "backends", "devconsul", "syncer", "streamer", "orchestrator")
@@ -143,7 +145,19 @@ def convergence_metrics(run: ModeRun) -> dict[str, Any]:
         "p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
         "p50_ms_by_kind": {k: round(percentile(sorted(v), 50) * 1000, 1) for k, v in sorted(by_kind.items())},
+        **_against_limit(run.limit, p50, p99),
     }
+
+
+def _against_limit(limit: dict[str, Any] | None, p50: float | None, p99: float | None) -> dict[str, Any]:
+    """The limit measured on the mode's stack, and the p50 as a multiple of it (targets: 2x, p99 25 ms)."""
+    if not limit:
+        return {}
+    total = limit.get("total_ms")
+    ratio = round(p50 * 1000 / total, 2) if p50 is not None and total else None
+    return {"limit": limit, "p50_over_limit": ratio,
+            "limit_target": None if ratio is None or p99 is None else
+            "met" if ratio <= LIMIT_RATIO_TARGET and p99 * 1000 <= P99_TARGET_MS else "not met"}
 
 
 def process_metrics(run: ModeRun) -> dict[str, Any]:
@@ -353,6 +367,18 @@ def target_lines(results: list[dict[str, Any]]) -> list[str]:
         detail = f"mean {_fmt(load['throughput_ratio'], 3)}" + (f", 95% CI {ci[0]:.3f} to {ci[1]:.3f}" if ci else "")
         lines.append(f"- {r['scenario']} / {r['label']}: throughput >= {THROUGHPUT_TARGET:g} of the quiet rate: "
                      f"**{load['throughput_target']}** ({detail}).")
+        conv, limit = r["convergence"], r["convergence"].get("limit")
+        if limit and "total_ms" in limit:
+            lines.append(
+                f"- {r['scenario']} / {r['label']}: convergence p50 {_fmt(conv['p50_ms'])} ms = "
+                f"{_fmt(conv['p50_over_limit'])}x the limit measured on its stack ({limit['total_ms']:.2f} ms: "
+                f"a Consul write until a parked blocking query returns "
+                f"{limit['consul_write_to_blocking_return_ms']:.2f} ms + one admin-socket command "
+                f"{limit['admin_socket_command_ms']:.3f} ms, medians of {limit['samples']}); p99 "
+                f"{_fmt(conv['p99_ms'])} ms; target p50 <= {LIMIT_RATIO_TARGET:g}x and p99 <= "
+                f"{P99_TARGET_MS:g} ms: **{conv['limit_target']}**.")
+        elif limit:
+            lines.append(f"- {r['scenario']} / {r['label']}: the limit could not be measured: {limit.get('error')}")
     return lines
 
 

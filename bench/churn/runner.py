@@ -55,6 +55,7 @@ from bench.common.under_test import HAProxyUnderTest, haproxy_binary
 from haproxy_sync import haproxy
 from haproxy_sync.dev.workdir import Workdir, merged
 
+from . import limit
 from .blocks import Schedule, Window, shift
 from .changes import Change, Plan
 from .observe import ConvergenceTracker, Outcome, ProcessSampler, Sample, matches, reload_count
@@ -145,6 +146,7 @@ class ModeRun:
     servers: tuple[int | None, int] = (None, 0)  # server lines in the backend: first seen, most seen
     syncer: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
+    limit: dict[str, Any] | None = None  # the physical limit of a change, measured on this mode's stack (limit)
 
 
 class Shared:
@@ -228,6 +230,8 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     syncer.start()
     stack.callback(syncer.stop)
     _wait_initial_state(target, plan, streaming, syncer)
+    if run.mode.key == "runtime":
+        run.limit = _limit(consul, target)
 
     poller = ConvergenceTracker(target.stats_socket, interval=params.poll_ms / 1000)
     sampler = _sampler(shared, target, consul, syncer, streaming)
@@ -272,6 +276,15 @@ def _run_mode(stack: contextlib.ExitStack, run: ModeRun, shared: Shared, workdir
     run.servers = (poller.servers_first, poller.servers_max)
     run.load = _read_load(load_out, ready)
     run.syncer = syncer_summary(syncer)
+
+
+def _limit(consul: DevConsul, target: HAProxyUnderTest) -> dict[str, Any]:
+    """The limit a change's convergence is compared with, on the same devconsul and HAProxy; an error
+    leaves it unmeasured (said in the JSON) rather than failing the run."""
+    try:
+        return limit.measure(consul.url, target.stats_socket, "cabify").as_dict()
+    except (OSError, haproxy.HAProxyError) as exc:
+        return {"error": str(exc)[:300]}
 
 
 def layout(root: Path, consul_url: str, runtime_api: bool, extra: tuple[tuple[str, str, str], ...] = ()) -> Workdir:
