@@ -15,7 +15,6 @@ cycle logs one sentence saying what it decided and why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -410,9 +409,18 @@ class Daemon:
     async def _sleep_until_woken(self) -> None:
         timers = self._timers()
         timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._woken_within(timeout)
         self._wake.clear()
+
+    async def _woken_within(self, seconds: float | None) -> bool:
+        """Wait for a wake-up, at most ``seconds``; whether one came. ``asyncio.timeout`` rather
+        than ``wait_for``, which on 3.11 starts a task per wait: a loop turn more on every change."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _settle(self) -> None:
         """Quiescence: wait until no change came for ``wait_min``, but never longer than ``wait_max``."""
@@ -423,9 +431,7 @@ class Daemon:
             if timeout <= 0:
                 return
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await self._woken_within(timeout):
                 return
 
     async def _apply_once(self, isolating: bool = True) -> Outcome:
@@ -447,7 +453,9 @@ class Daemon:
         live = self._running_text if self._confirmed else self.applier.read_live(settings)
         if self.tables is None and live is not None:
             live = await self._adoptable(live, routing)
-        features = await asyncio.to_thread(self.applier.features, settings)
+        # On the loop, as state_view does: a stat of the binary once `haproxy -v` was read; a worker
+        # thread's hop would cost more than that on every apply (bench/churn's convergence).
+        features = self.applier.features(settings)
         assert self.template is not None
         try:
             prepared = prepare(settings, self.template, features, routing, snapshot, self.tables, live,
