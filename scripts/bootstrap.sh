@@ -39,6 +39,14 @@ ensure_vagrant() {
   fi
 }
 
+ensure_debootstrap() {
+  # debootstrap builds the Debian 12 root of the host-in-a-box tests (tests/host, docs/host-box.md) once,
+  # cached in .cache/hostbox/. Installed from apt where we are root; elsewhere those tests are skipped.
+  if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ] && [ "$(id -u)" -eq 0 ]; then
+    apt_install debootstrap || say "could not install debootstrap; tests/host will be skipped"
+  fi
+}
+
 ensure_wrk() {
   # wrk drives HTTPS keep-alive load through certificate rotations (tests/integration/test_https.py).
   if ! command -v wrk >/dev/null 2>&1; then
