@@ -1,0 +1,55 @@
+"""Fixtures of the host-in-a-box tests: the cached root (session) and a booted box (module). Each test
+marks itself ``host``; the fixtures skip with the reason when the machine cannot run a box (not root, no
+debootstrap, no cgroup2), so that a machine without them still runs the rest of the suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.host.box import Box, BuildFailed, BuiltRoot, build_root, unavailable_reason
+
+#: Timings of this run, printed at its end (docs/host-box.md quotes them).
+TIMINGS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def hostbox_image() -> BuiltRoot:
+    """The Debian 12 root, built by debootstrap once and cached in .cache/hostbox/<key>/."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        image = build_root()
+    except BuildFailed as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the host box cannot be built: {exc}")
+        pytest.skip(f"the host box cannot be built: {exc}")
+    TIMINGS["root"] = (f"{image.path} reused (debootstrap took {image.build_seconds:.0f}s when it was built)"
+                       if image.cached else f"{image.path} built by debootstrap in {image.build_seconds:.0f}s")
+    return image
+
+
+@pytest.fixture(scope="module")
+def box(hostbox_image: BuiltRoot, tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest) -> Iterator[Box]:
+    """A box of this module's own, booted from a copy of the root and always torn down."""
+    booted = Box(hostbox_image.path, tmp_path_factory.mktemp("hostbox"))
+    try:
+        booted.boot()
+        TIMINGS[f"box of {request.module.__name__}"] = (
+            f"copy {booted.timings['copy']:.1f}s, systemd as PID 1 after {booted.timings['exec']:.1f}s, "
+            f"{booted.state} after {booted.timings['boot']:.1f}s")
+        yield booted
+    finally:
+        booted.teardown()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("host box timings")
+        for what, text in TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {text}")
+
