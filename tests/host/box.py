@@ -59,8 +59,9 @@ CACHE = REPO / ".cache" / "hostbox"
 
 SUITE = "bookworm"
 #: What the box is built with: systemd as init, and what the tests run inside (HAProxy from Debian, a
-#: Python for haproxy-sync's venv). Part of the cache key: a change builds a new root.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "haproxy", "ca-certificates")
+#: Python for haproxy-sync's venv); procps for /bin/kill, which both units' ExecReload= run (every Debian
+#: install but minbase has it: Priority important). Part of the cache key: a change builds a new root.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-venv", "haproxy", "ca-certificates")
 VARIANT = "minbase"
 
 #: PATH inside the box (nsenter passes on the caller's environment, so every command gets a clean one).
@@ -332,11 +333,14 @@ def _remove_cgroup(cgroup: Path) -> None:
 
 
 def remove_stale_cgroups() -> None:
-    """Empty cgroups of boxes whose pytest was killed before its teardown (nothing runs in them)."""
+    """Empty cgroups of boxes whose pytest was killed before its teardown. Only those of a pytest that is
+    gone (the PID in the name): another worker's may be empty because its box is about to start."""
     for stale in own_cgroup().glob("hostbox-*"):
-        if stale.is_dir() and not _cgroup_pids(stale):
-            with contextlib.suppress(OSError):
-                _remove_cgroup(stale)
+        owner = stale.name.split("-")[1]
+        if not (stale.is_dir() and owner.isdigit()) or Path(f"/proc/{owner}").exists() or _cgroup_pids(stale):
+            continue
+        with contextlib.suppress(OSError):
+            _remove_cgroup(stale)
 
 
 class Box:
@@ -412,8 +416,9 @@ class Box:
     def _booted(self) -> str | None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"the box's systemd exited {self.process.returncode}:\n{_tail(self.log_path)}")
+        # "offline" early on: systemd has not opened its sockets yet. "maintenance" or "stopping" will not pass.
         state = self.run("systemctl", "is-system-running", check=False, timeout=15).stdout.strip()
-        if state in ("maintenance", "stopping", "offline"):
+        if state in ("maintenance", "stopping"):
             failed = self.run("systemctl", "--failed", check=False).stdout
             raise AssertionError(f"the box's systemd is {state}:\n{failed}")
         return state if state in ("running", "degraded") else None

@@ -1,15 +1,19 @@
-"""Fixtures of the host-in-a-box tests: the cached root (session) and a booted box (module). Each test
-marks itself ``host``; the fixtures skip with the reason when the machine cannot run a box (not root, no
-debootstrap, no cgroup2), so that a machine without them still runs the rest of the suite."""
+"""Fixtures of the host-in-a-box tests: the cached root (session), a booted box (module), the release
+artifact (session). Each test marks itself ``host``; the fixtures skip with the reason when the machine
+cannot run a box (not root, no debootstrap, no cgroup2), so that such a machine still runs the rest."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.host.box import Box, BuildFailed, BuiltRoot, build_root, unavailable_reason
+from tests.host.edge import RELEASE_VERSION, build_release
 
 #: Timings of this run, printed at its end (docs/host-box.md quotes them).
 TIMINGS: dict[str, str] = {}
@@ -45,6 +49,15 @@ def box(hostbox_image: BuiltRoot, tmp_path_factory: pytest.TempPathFactory,
         yield booted
     finally:
         booted.teardown()
+
+
+@pytest.fixture(scope="session")
+def release_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scripts/release's artifact of the tree as it is: what the haproxy_sync role installs on an edge."""
+    started = time.monotonic()
+    artifact = build_release(tmp_path_factory.mktemp("release"), RELEASE_VERSION, python=sys.executable)
+    TIMINGS["release"] = f"scripts/release {RELEASE_VERSION} in {time.monotonic() - started:.0f}s"
+    return artifact
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
