@@ -380,7 +380,7 @@ def dev(instances: int, http_port: int, https_port: int, consul_port: int, stats
               help="Path of the haproxy-sync executable on the host.")
 @click.option("--user", default="haproxy-sync", show_default=True, help="User the service runs as.")
 @click.option("--group", default="haproxy", show_default=True,
-              help="Group the service runs as (HAProxy's, for its sockets and config dir).")
+              help="HAProxy's group, added to the user's own as a supplementary group (for HAProxy's sockets).")
 @click.option("--config", "config_path", default="/etc/haproxy-sync/config.toml", show_default=True,
               help="Config file the service reads.")
 def systemd_unit(exec_path: str, user: str, group: str, config_path: str) -> None:

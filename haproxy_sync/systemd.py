@@ -27,7 +27,9 @@ TimeoutStopSec=10s
 # One connection to Consul per watched service (consul.max_connections, 4096 by default), and more.
 LimitNOFILE=65536
 User={user}
-Group={group}
+# No Group=: the process keeps the user's own primary group, which owns its config and token files
+# (systemd's initgroups() would not add it back if Group= named another); HAProxy's group comes as a
+# supplementary one, for the master and admin sockets.
 SupplementaryGroups={group}
 UMask=0027
 
@@ -50,11 +52,13 @@ RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
-MemoryDenyWriteExecute=yes
+# No MemoryDenyWriteExecute=: the `haproxy -c` the daemon runs inherits it, and HAProxy's PCRE2 JIT
+# needs writable-executable memory to compile the template's regexes; every check would fail.
 RemoveIPC=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+# AF_NETLINK: the local addresses (sync.networks) are read with getifaddrs(), which asks the kernel over netlink.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallArchitectures=native

@@ -284,7 +284,8 @@ def test_unit_comes_from_the_package(converge: Converge) -> None:
     assert re.search(r"^Type=notify$", unit, re.M)
     assert re.search(rf"^ExecStart={re.escape(str(binary))}\b", unit, re.M)
     assert re.search(r"^User=haproxy-sync$", unit, re.M)
-    assert re.search(r"^Group=haproxy$", unit, re.M)
+    assert re.search(r"^SupplementaryGroups=haproxy$", unit, re.M)
+    assert not re.search(r"^Group=", unit, re.M), "the user's own group owns its config (no Group=)"
     assert re.search(r"^ExecReload=.*(HUP|kill)", unit, re.M)
 
 

@@ -3,10 +3,8 @@ artifact and run by the unit ``haproxy-sync systemd-unit`` prints, both laid out
 ``haproxy`` and ``haproxy_sync`` lay them out (paths, users, modes), so that what the box finds is what a
 host converged by the roles would do.
 
-Two product bugs stop the shipped unit from running at all, and one more stops the role's layout from
-reading its config (docs/host-box.md, "Product bugs found"). :func:`apply_workarounds` works around each,
-named in :data:`WORKAROUNDS`; a strict xfail test in test_unit.py runs without each one, so a fix shows
-up as a failing run and the workaround can go.
+The unit runs exactly as shipped: no drop-in. The three product bugs the box found in it (docs/host-box.md,
+"What the box found") are fixed, and test_unit.py keeps a test for each.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,32 +29,8 @@ VENV = "/opt/haproxy-sync"
 BINARY = f"{VENV}/current/bin/haproxy-sync"
 CONFIG = "/etc/haproxy-sync/config.toml"
 MASTER_SOCKET = "/run/haproxy-master.sock"
-DROP_IN = f"/etc/systemd/system/{UNIT}.d/hostbox-workarounds.conf"
 #: Debian's packaged haproxy.cfg, kept aside at install: each test starts HAProxy from it again.
 PRISTINE_HAPROXY_CFG = "/root/haproxy.cfg.debian"
-
-#: name -> (what is wrong, the drop-in lines that work around it; None: a change of the role's layout).
-WORKAROUNDS: dict[str, tuple[str, list[str] | None]] = {
-    "netlink": (
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 refuses the AF_NETLINK socket that "
-        "psutil.net_if_addrs() (config.local_addresses, for sync.networks) opens: OSError [Errno 97], "
-        "the daemon exits 1 at start",
-        ["RestrictAddressFamilies=AF_NETLINK"],
-    ),
-    "jit": (
-        "MemoryDenyWriteExecute=yes is inherited by the `haproxy -c` the daemon runs, and Debian's HAProxy "
-        "JIT-compiles the built-in template's regexes with PCRE2: \"regex '\\.$' jit compilation failed\", "
-        "every apply is refused and READY never comes",
-        ["MemoryDenyWriteExecute=no"],
-    ),
-    "config-group": (
-        "the unit runs with Group=haproxy (the role passes --group haproxy), and systemd's initgroups() "
-        "does not add the user's own primary group; the role makes /etc/haproxy-sync 0750 and config.toml "
-        "0640 root:haproxy-sync, so the daemon cannot read its config and exits at start",
-        None,
-    ),
-}
-
 
 def build_release(out: Path, version: str, python: str) -> Path:
     """scripts/release VERSION OUT: the wheel of the tree as it is plus its locked dependencies."""
@@ -98,26 +71,6 @@ def install(box: Box, artifact: Path, version: str = RELEASE_VERSION) -> None:
     unit = box.run(BINARY, "systemd-unit", "--exec-path", BINARY, "--user", "haproxy-sync", "--group", "haproxy",
                    "--config", CONFIG).stdout
     box.path(f"/etc/systemd/system/{UNIT}").write_text(unit.strip() + "\n")
-    apply_workarounds(box)
-
-
-def apply_workarounds(box: Box, without: Iterable[str] = ()) -> None:
-    """The drop-in and the group membership of :data:`WORKAROUNDS`, all but ``without``; then daemon-reload."""
-    skipped = set(without)
-    assert skipped <= WORKAROUNDS.keys(), skipped
-    lines = ["# tests/host/edge.py: workarounds for product bugs the host box found (docs/host-box.md);",
-             "# each goes once its bug is fixed (its strict xfail test in tests/host/test_unit.py then fails).",
-             "[Service]"]
-    for name, (why, directives) in WORKAROUNDS.items():
-        if directives and name not in skipped:
-            lines += [f"# {name}: {why}", *directives]
-    drop_in = box.path(DROP_IN)
-    drop_in.parent.mkdir(parents=True, exist_ok=True)
-    drop_in.write_text("\n".join(lines) + "\n")
-    if "config-group" in skipped:
-        box.sh("gpasswd -d haproxy-sync haproxy-sync >/dev/null 2>&1 || true")
-    else:
-        box.sh("usermod -a -G haproxy-sync haproxy-sync")
     box.systemctl("daemon-reload")
 
 

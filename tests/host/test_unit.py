@@ -2,9 +2,8 @@
 artifact into a box, run by the unit ``haproxy-sync systemd-unit`` prints, HAProxy from Debian's
 haproxy.service, devconsul and the backends outside on 127.0.0.1.
 
-The unit runs with every directive it ships, the mount-namespace ones included (the box makes them work:
-test_the_sandbox_directives_are_in_force), plus the workarounds of tests/host/edge.py for the product
-bugs the box found; each of those has a strict xfail test at the end of this module.
+The unit runs as shipped, every directive in force, the mount-namespace ones included (the box makes them
+work: test_the_sandbox_directives_are_in_force). The product bugs the box found each keep a test at the end.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ import pytest
 from haproxy_sync.dev.devconsul import DevConsulThread
 from tests.helpers import App, all_passing, http_get, register, wait_until
 from tests.host.box import Box
-from tests.host.edge import BINARY, CONFIG, UNIT, WORKAROUNDS, Edge, apply_workarounds, install
+from tests.host.edge import BINARY, CONFIG, UNIT, Edge, install
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def installed(box: Box, release_artifact: Path) -> Box:
-    """The box with haproxy-sync's release installed, its unit and the workarounds in place."""
+    """The box with haproxy-sync's release installed and its unit in place."""
     install(box, release_artifact)
     return box
 
@@ -34,13 +33,12 @@ def installed(box: Box, release_artifact: Path) -> Box:
 @pytest.fixture
 def edge(installed: Box, consul: DevConsulThread) -> Iterator[Edge]:
     """This test's edge: its own ports and devconsul, HAProxy restarted from Debian's config, haproxy-sync
-    stopped; stopped again afterwards, with every workaround back (a test may take one away)."""
+    stopped; stopped again afterwards."""
     this = Edge(installed, consul.url)
     this.reset()
     yield this
     installed.systemctl("stop", UNIT, check=False, timeout=60)
     installed.systemctl("reset-failed", UNIT, check=False)
-    apply_workarounds(installed)
 
 
 def _backends(consul: DevConsulThread, make_apps: object, count: int) -> list[App]:
@@ -206,51 +204,86 @@ def test_the_sandbox_directives_are_in_force(edge: Edge, consul: DevConsulThread
     assert "hidepid=invisible" in mounts["/proc"][1], "ProtectProc=invisible"
 
 
-# --- the product bugs the box found: each test runs without one workaround, and must pass once it is fixed ---
-# Only the known failure counts as the expected one (an AssertionError); any other is a RuntimeError, which
-# fails the run as a failure of its own.
+def test_consul_down_at_boot_with_a_last_good_config_still_reaches_ready(
+        edge: Edge, consul: DevConsulThread, make_apps: object) -> None:
+    apps = _backends(consul, make_apps, 1)
+    _started(edge)
+    wait_until(lambda: edge.status()["confirmed"], 20, interval=0.2, what="HAProxy confirmed running the config")
+    # A reboot with Consul's agent not answering: both stopped, HAProxy started again from the last good
+    # config on disk, Consul gone (its port refuses), then haproxy-sync started.
+    edge.box.systemctl("stop", UNIT, "haproxy.service", timeout=60)
+    consul.stop()
+    # As after a reboot, the file is older than the worker that reads it by more than show proc's
+    # whole-second uptime can blur (running_claim.UPTIME_MARGIN): then the daemon may trust that the
+    # worker runs it, the one thing that lets it tell systemd READY without Consul.
+    cfg = edge.box.path("/etc/haproxy/haproxy.cfg")
+    wait_until(lambda: time.time() - cfg.stat().st_mtime > 4, 10, interval=0.2, what="haproxy.cfg 4 s old")
+    edge.box.systemctl("start", "haproxy.service", timeout=60)
+    assert _served_by(edge, apps) == {apps[0].instance_id}, "HAProxy serves the last good config by itself"
+    started = edge.start()
+    assert started.returncode == 0, f"{started.stderr}\n{edge.journal('-o', 'cat')}"
+    assert edge.box.show(UNIT, "StatusText").startswith("waiting for Consul; HAProxy serves the last good config")
+    code, body = http_get(f"http://127.0.0.1:{edge.metrics_port}/ready")
+    assert code == 503 and "no good read of cabify from Consul yet" in body, (code, body)
+    assert _served_by(edge, apps) == {apps[0].instance_id}
 
 
-def _xfail(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"product bug: {WORKAROUNDS[name][0]}")
-
-
-def _known(edge: Edge, signature: str, what: str) -> None:
-    """``what`` did not happen: an AssertionError when the journal shows the known bug (the regex
-    ``signature``), else a RuntimeError."""
-    journal = edge.journal("-o", "cat")
-    if not re.search(signature, journal):
-        raise RuntimeError(f"{what}, and not for the known bug ({signature!r}):\n{journal}")
-    raise AssertionError(f"{what}: the known bug, {signature!r} in the journal")
-
-
-def _start_without(edge: Edge, workaround: str, signature: str) -> None:
-    apply_workarounds(edge.box, without=[workaround])
+def test_started_together_haproxy_comes_first(edge: Edge, consul: DevConsulThread, make_apps: object) -> None:
+    _backends(consul, make_apps, 1)
     edge.write_config(edge.settings())
-    if edge.start().returncode != 0:
-        _known(edge, signature, "the start failed")
+    edge.box.systemctl("stop", "haproxy.service", timeout=60)
+    # One transaction holding both start jobs, as multi-user.target's at boot (`systemctl start A B` would
+    # be two, and the first job runs before the second exists): only After=haproxy.service orders them.
+    target = edge.box.path("/etc/systemd/system/hostbox-edge.target")
+    target.write_text(f"[Unit]\nDescription=both, as at boot\nWants={UNIT} haproxy.service\n")
+    edge.box.systemctl("daemon-reload")
+    since = time.time()
+    started = edge.box.systemctl("start", "hostbox-edge.target", check=False, timeout=90)
+    target.unlink()
+    assert started.returncode == 0, f"{started.stderr}\n{edge.journal('-o', 'cat')}"
+    wait_until(lambda: edge.box.show(UNIT, "ActiveState") == "active", 90, interval=0.2, what=f"{UNIT} active")
+    lines = edge.box.journal("_PID=1", f"--since=@{since:.6f}", "-o", "cat").splitlines()
+    haproxy_up = lines.index("Started haproxy.service - HAProxy Load Balancer.")
+    sync_starting = next(i for i, line in enumerate(lines) if line.startswith("Starting haproxy-sync.service"))
+    assert haproxy_up < sync_starting, "\n".join(lines)
+    assert edge.status()["last_apply_path"] == "reload", "the first apply found HAProxy's master socket"
 
 
-@_xfail("config-group")
+# --- the product bugs the box found in the shipped unit, fixed; each test failed on the unit before ---
+
+
 def test_the_daemon_reads_its_config_as_the_role_installs_it(edge: Edge) -> None:
-    _start_without(edge, "config-group", r"is not readable|permission denied reading the config file")
+    """config.toml is 0640 root:haproxy-sync and the user is not listed in its own group (useradd --gid): the
+    unit once ran with Group=haproxy, and initgroups() does not add the user's primary group back."""
+    assert "haproxy-sync" not in edge.box.run("getent", "group", "haproxy-sync").stdout.rpartition(":")[2]
+    edge.write_config(edge.settings())
+    started = edge.start()
+    assert started.returncode == 0, f"{started.stderr}\n{edge.journal('-o', 'cat')}"
+    groups = edge.box.run("cat", f"/proc/{edge.main_pid()}/status").stdout
+    gid = edge.box.run("getent", "group", "haproxy-sync").stdout.split(":")[2]
+    haproxy_gid = edge.box.run("getent", "group", "haproxy").stdout.split(":")[2]
+    assert re.search(rf"^Gid:\s+{gid}\b", groups, re.M), groups
+    assert re.search(rf"^Groups:.*\b{haproxy_gid}\b", groups, re.M), "HAProxy's group, for its sockets"
 
 
-@_xfail("netlink")
 def test_the_shipped_unit_lets_the_daemon_read_the_local_addresses(edge: Edge) -> None:
-    _start_without(edge, "netlink", r"Address family not supported by protocol")
+    """getifaddrs() asks the kernel over AF_NETLINK, which RestrictAddressFamilies= once refused (exit 1)."""
+    edge.write_config(edge.settings())
+    started = edge.start()
+    journal = edge.journal("-o", "cat")
+    assert started.returncode == 0, f"{started.stderr}\n{journal}"
+    assert "Address family not supported" not in journal
 
 
-@_xfail("jit")
 def test_the_shipped_unit_lets_haproxy_check_the_built_in_template(edge: Edge) -> None:
-    apply_workarounds(edge.box, without=["jit"])
+    """The `haproxy -c` the daemon runs inherits the unit's sandbox; MemoryDenyWriteExecute=yes once made
+    PCRE2's JIT fail on the template's regexes, and every apply was refused."""
     edge.write_config(edge.settings())
     # Not `systemctl start`: with every apply refused it would wait for TimeoutStartSec (90 s).
     edge.box.systemctl("start", "--no-block", UNIT)
     deadline = time.monotonic() + 30
-    while not (outcome := re.search(r"^(applied|apply failed)\b", edge.journal("-o", "cat"), re.M)):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no apply within 30s:\n{edge.journal('-o', 'cat')}")
+    while not (outcome := re.search(r"^(applied|apply failed)\b.*", edge.journal("-o", "cat"), re.M)):
+        assert time.monotonic() < deadline, f"no apply within 30s:\n{edge.journal('-o', 'cat')}"
         time.sleep(0.2)
-    if outcome.group(1) != "applied":
-        _known(edge, r"jit compilation failed", "the first apply failed")
+    assert outcome.group(1) == "applied", edge.journal("-o", "cat")
+    assert "jit compilation failed" not in edge.journal("-o", "cat")
