@@ -5,9 +5,12 @@ cannot run a box (not root, no debootstrap, no cgroup2), so that such a machine 
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,34 @@ def release_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     artifact = build_release(tmp_path_factory.mktemp("release"), RELEASE_VERSION, python=sys.executable)
     TIMINGS["release"] = f"scripts/release {RELEASE_VERSION} in {time.monotonic() - started:.0f}s"
     return artifact
+
+
+@pytest.fixture(scope="session")
+def ansible_wheels(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """ansible-core as wheels, with its dependencies, for a box's Python ("3.11"): the box has Python but no
+    Ansible, and the roles must converge inside it (``-c local``), so the .venv's pip fetches the version the
+    deploy tests run with, once a session per Python, and the box installs from these alone (``--no-index``)."""
+    fetched: dict[str, Path] = {}
+
+    def for_python(python: str) -> Path:
+        if python not in fetched:
+            started = time.monotonic()
+            out = tmp_path_factory.mktemp(f"ansible-wheels-{python}")
+            version = metadata.version("ansible-core")
+            platforms = [f"--platform=manylinux{tag}_{platform.machine()}"
+                         for tag in ("2014", "_2_17", "_2_28", "_2_34")]
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                 "--only-binary=:all:", f"--python-version={python}", "--implementation=cp", *platforms,
+                 "--dest", str(out), f"ansible-core=={version}"],
+                capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0, f"pip download ansible-core=={version} failed:\n{proc.stdout}{proc.stderr}"
+            TIMINGS[f"ansible-core wheels for {python}"] = (
+                f"pip download ansible-core=={version} in {time.monotonic() - started:.0f}s")
+            fetched[python] = out
+        return fetched[python]
+
+    return for_python
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
