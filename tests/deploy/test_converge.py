@@ -187,6 +187,8 @@ def test_config_toml_says_what_the_role_was_given(converge: Converge) -> None:
     assert haproxy["config_path"] == str(converge.path("haproxy_config_dir") / "haproxy.cfg")
     assert haproxy["master_socket"] == "/run/haproxy-master.sock"
     assert haproxy["stats_socket"] == "/run/haproxy/admin.sock"
+    # The file the role creates is the one the daemon writes (it once wrote the default path instead).
+    assert haproxy["server_state_file"] == str(converge.path("haproxy_sync_server_state_file"))
     assert haproxy["reload_command"] == []
     assert (haproxy["http_bind"], haproxy["stats_bind"], haproxy["maxconn"]) == ("*:80", "127.0.0.1:8404", 2000)
     assert config["sync"] == {"wait_min": "10ms", "wait_max": "1s", "networks": []}
