@@ -22,20 +22,30 @@ from tests.host.edge import RELEASE_VERSION, build_release
 TIMINGS: dict[str, str] = {}
 
 
-@pytest.fixture(scope="session")
-def hostbox_image() -> BuiltRoot:
-    """The Debian 12 root, built by debootstrap once and cached in .cache/hostbox/<key>/."""
+#: The Debian releases every host test runs on, by test id: 12 with HAProxy 2.6 and systemd 252 (what the
+#: roles deploy to), 13 with HAProxy 3.0 LTS and systemd 257, each its distribution's own package.
+SUITES = {"debian12": "bookworm", "debian13": "trixie"}
+#: A built root's path -> its test id (for the timings).
+RELEASE_OF: dict[Path, str] = {}
+
+
+@pytest.fixture(scope="session", params=list(SUITES), ids=list(SUITES))
+def hostbox_image(request: pytest.FixtureRequest) -> BuiltRoot:
+    """The Debian root of this parameter's release, built by debootstrap once and cached in
+    .cache/hostbox/<key>/."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
     try:
-        image = build_root()
+        image = build_root(SUITES[request.param])
     except BuildFailed as exc:
         if os.environ.get("CI"):
             pytest.fail(f"the host box cannot be built: {exc}")
         pytest.skip(f"the host box cannot be built: {exc}")
-    TIMINGS["root"] = (f"{image.path} reused (debootstrap took {image.build_seconds:.0f}s when it was built)"
-                       if image.cached else f"{image.path} built by debootstrap in {image.build_seconds:.0f}s")
+    TIMINGS[f"root {request.param}"] = (
+        f"{image.path} reused (debootstrap took {image.build_seconds:.0f}s when it was built)"
+        if image.cached else f"{image.path} built by debootstrap in {image.build_seconds:.0f}s")
+    RELEASE_OF[image.path] = request.param
     return image
 
 
@@ -46,7 +56,7 @@ def box(hostbox_image: BuiltRoot, tmp_path_factory: pytest.TempPathFactory,
     booted = Box(hostbox_image.path, tmp_path_factory.mktemp("hostbox"))
     try:
         booted.boot()
-        TIMINGS[f"box of {request.module.__name__}"] = (
+        TIMINGS[f"box of {request.module.__name__} on {RELEASE_OF.get(hostbox_image.path, '?')}"] = (
             f"copy {booted.timings['copy']:.1f}s, systemd as PID 1 after {booted.timings['exec']:.1f}s, "
             f"{booted.state} after {booted.timings['boot']:.1f}s")
         yield booted

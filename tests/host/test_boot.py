@@ -32,6 +32,17 @@ def test_a_line_logged_inside_reaches_the_journal(box: Box) -> None:
     assert "hello from the box" in box.journal("-t", "hostbox-test", "-p", "err")
 
 
+#: The HAProxy and systemd each Debian release ships (tests/host/conftest.py SUITES): what the box runs.
+SHIPPED = {"debian12": ("HAProxy version 2.6.", "systemd 252 "), "debian13": ("HAProxy version 3.0.", "systemd 257 ")}
+
+
+def test_the_box_runs_its_releases_own_haproxy_and_systemd(box: Box, request: pytest.FixtureRequest) -> None:
+    release = request.node.callspec.params["hostbox_image"]
+    haproxy, systemd = SHIPPED[release]
+    assert box.run("/usr/sbin/haproxy", "-v").stdout.startswith(haproxy)
+    assert box.run("systemctl", "--version").stdout.startswith(systemd)
+
+
 def test_haproxy_runs_from_debians_unit_in_master_worker_mode(box: Box) -> None:
     assert box.systemctl("is-active", "haproxy.service").stdout.strip() == "active"
     cmdline = box.run("cat", f"/proc/{box.show('haproxy.service', 'MainPID')}/cmdline").stdout.split("\0")
