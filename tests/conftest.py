@@ -92,6 +92,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              indirect=True)
 
 
+#: Test directories whose modules share one pytest-xdist worker: the deploy suite's converges install
+#: apt packages and create users, and two of them at once would wait on each other's dpkg lock.
+ONE_WORKER = ("deploy",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``scripts/test`` runs two workers, ``--dist loadgroup``) each module runs whole
+    on one worker, so its module fixtures start once, and each of :data:`ONE_WORKER` on one worker."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).relative_to(root)
+        shared = next((d for d in ONE_WORKER if d in where.parts[:2]), None)
+        item.add_marker(pytest.mark.xdist_group(shared or str(where)))
+
+
 #: How much of a failed test's daemon log its report carries: the lines that say why, not the whole run.
 DAEMON_LOG_TAIL = 60
 

@@ -122,8 +122,11 @@ def test_a_deleted_routes_map_is_put_back_and_a_deleted_admin_socket_is_bound_ag
         assert stack.layout.reloads() - reloads == 2, "one reload binds it, one puts the spelling back"
         assert socket_path.is_socket()
         # The Runtime API works again: a change goes through it, with no reload.
+        before = stack.daemon.log().count("event=apply.done applied ")
         consul_put(stack.consul.url, f"/v1/agent/service/deregister/{stack.apps[0].instance_id}")
         wait_until(lambda: stack.serving() == {stack.apps[1].instance_id}, 15, what="the change applied")
+        # HAProxy runs the change before the daemon logs it: wait for the line, then read it.
+        stack.daemon.wait_for_log("event=apply.done applied ", count=before + 1)
         assert stack.layout.reloads() - reloads == 2
         applied = [line for line in stack.daemon.log().splitlines() if "event=apply.done applied " in line]
         assert "runtime API:" in applied[-1], applied[-1]
