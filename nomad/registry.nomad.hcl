@@ -18,10 +18,19 @@ job "registry" {
   datacenters = var.datacenters
   type        = "service"
 
+  # A new registry version (Nomad's update block, developer.hashicorp.com/nomad/docs/job-specification/update):
+  # one allocation, so max_parallel 1 replaces it in place, stop then start; no canary, since a second
+  # registry could not bind static port 5000 on the host that holds the volume. It counts as healthy once
+  # its Consul check (health_check "checks") has passed for min_healthy_time 20s, two check intervals of
+  # 10s, so one lucky answer right after start is not enough; healthy_deadline 2m covers an image pull
+  # and a start, and auto_revert puts the last stable version back when it does not get there.
+  # No migrate block (job-specification/migrate): the host volume exists on one client only, so a drain
+  # of that client stops the registry until the client is back (pulls fail meanwhile; the running cabify
+  # instances keep serving; docs/deployment.md).
   update {
     max_parallel     = 1
     health_check     = "checks"
-    min_healthy_time = "5s"
+    min_healthy_time = "20s"
     healthy_deadline = "2m"
     auto_revert      = true
   }

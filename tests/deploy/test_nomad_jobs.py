@@ -99,6 +99,16 @@ def test_registry_has_its_own_health_check_and_a_pinned_image(registry: dict[str
     assert name == "registry" and tag and tag != "latest" and tag.count(".") == 2
 
 
+def test_a_registry_update_replaces_its_one_allocation_once_healthy_for_two_checks(registry: dict[str, Any]) -> None:
+    job = hcl_block(registry["job"], "registry")
+    update = job["update"][0]
+    group = hcl_block(job["group"], "registry")
+    assert group["count"] == 1 and "canary" not in update, "a second registry could not bind static 5000"
+    assert (update["max_parallel"], update["health_check"], update["auto_revert"]) == (1, "checks", True)
+    interval = int(group["service"][0]["check"][0]["interval"].rstrip("s"))
+    assert int(update["min_healthy_time"].rstrip("s")) >= 2 * interval, "more than one check must pass"
+
+
 def test_cabify_moves_off_a_draining_client_one_healthy_instance_at_a_time(cabify: dict[str, Any]) -> None:
     """site.yml drains each Nomad client before its restart: the group's migrate block decides how."""
     job = hcl_block(cabify["job"], "cabify")
